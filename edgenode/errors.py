@@ -1,0 +1,71 @@
+"""One exception tree for edgenode; foreign errors are translated where they enter."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChecksumMismatch",
+    "ConfigError",
+    "DuplicateTensor",
+    "EdgenodeError",
+    "IncompleteTensor",
+    "InvalidTensor",
+    "ModelError",
+    "PeerUnavailable",
+    "PlanError",
+    "ProtocolError",
+    "TensorTooLarge",
+    "TransportError",
+    "UsageError",
+]
+
+
+class EdgenodeError(Exception):
+    """Base of every error edgenode raises on purpose."""
+
+
+class UsageError(EdgenodeError):
+    """The command line or an argument of a public function is invalid."""
+
+
+class ConfigError(EdgenodeError):
+    """A configuration file or value is invalid; the message names the key."""
+
+
+class ModelError(EdgenodeError):
+    """A model cannot be loaded, analysed, cut or exported."""
+
+
+class PlanError(EdgenodeError):
+    """No valid plan exists for the given graph and nodes."""
+
+
+class TransportError(EdgenodeError):
+    """Moving tensors between processes failed."""
+
+
+class PeerUnavailable(TransportError):
+    """A peer cannot be reached or went away; the message names the peer."""
+
+
+class ProtocolError(TransportError):
+    """Frames break the wire protocol: garbage bytes, a chunk out of place or past the end."""
+
+
+class InvalidTensor(ProtocolError):
+    """A tensor header is inconsistent: unknown dtype, bad dimensions, shape vs byte length."""
+
+
+class TensorTooLarge(ProtocolError):
+    """A tensor is larger than the receiving node accepts."""
+
+
+class DuplicateTensor(ProtocolError):
+    """The same tensor (request id and name) arrived twice."""
+
+
+class IncompleteTensor(ProtocolError):
+    """A tensor ended with fewer bytes than its header declared."""
+
+
+class ChecksumMismatch(ProtocolError):
+    """A tensor's bytes do not match the checksum its header declared."""
