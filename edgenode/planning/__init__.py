@@ -1,0 +1,49 @@
+"""Pure planning: which node runs which contiguous part of the model."""
+
+from __future__ import annotations
+
+from edgenode.planning._costs import (
+    DEFAULT_BANDWIDTH_BYTES_PER_S,
+    DEFAULT_HOP_LATENCY_S,
+    CostGraph,
+    Link,
+    NodeSpec,
+    OpCost,
+    Stage,
+    TensorCost,
+    boundary_tensors,
+    crossing_bytes,
+    stage_cost,
+    stage_memory_bytes,
+)
+from edgenode.planning.partition import (
+    MAX_EXACT_NODES,
+    TIE_REL_TOL,
+    Plan,
+    equal_cuts,
+    narrow_cuts,
+    plan_parts,
+    plan_pipeline,
+)
+
+__all__ = [
+    "DEFAULT_BANDWIDTH_BYTES_PER_S",
+    "DEFAULT_HOP_LATENCY_S",
+    "MAX_EXACT_NODES",
+    "TIE_REL_TOL",
+    "CostGraph",
+    "Link",
+    "NodeSpec",
+    "OpCost",
+    "Plan",
+    "Stage",
+    "TensorCost",
+    "boundary_tensors",
+    "crossing_bytes",
+    "equal_cuts",
+    "narrow_cuts",
+    "plan_parts",
+    "plan_pipeline",
+    "stage_cost",
+    "stage_memory_bytes",
+]

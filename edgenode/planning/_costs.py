@@ -1,0 +1,301 @@
+"""Cost model of a pipeline stage: graph, nodes, link, and what one contiguous part costs.
+
+Cost of a part [a, b) of the topological order on a node (the model every planner shares):
+
+- compute: sum(work[a:b]) / speed, taken as a difference of prefix sums, so that for a fixed
+  stop the value can only shrink as the start grows (planning relies on that);
+- send bytes: every tensor produced in [a, b) with a consumer at or after b, once, plus every
+  final tensor produced in [a, b), again, because it also goes back to the request's origin;
+  model inputs (producer -1) come from the request's origin and cost no stage anything;
+- time: compute + send_bytes / bandwidth + the hop latency, where the latency is paid only by
+  a stage that sends at least one byte (to the next stage or to the origin);
+- memory: its parameters plus the largest single tensor one of its ops reads or writes. An
+  estimate, not a bound: it assumes activations are freed after their last reader and ignores
+  an op holding its inputs and outputs at the same time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edgenode.errors import PlanError
+
+__all__ = [
+    "DEFAULT_BANDWIDTH_BYTES_PER_S",
+    "DEFAULT_HOP_LATENCY_S",
+    "CostGraph",
+    "CostTables",
+    "Link",
+    "NodeSpec",
+    "OpCost",
+    "Stage",
+    "TensorCost",
+    "boundary_tensors",
+    "build_tables",
+    "check_graph",
+    "check_link",
+    "check_speed",
+    "crossing_bytes",
+    "make_stage",
+    "stage_cost",
+    "stage_memory_bytes",
+    "work_prefix",
+]
+
+DEFAULT_BANDWIDTH_BYTES_PER_S = 1e9
+DEFAULT_HOP_LATENCY_S = 0.0005
+# Stands for "cannot fit" in the memory table; far above any real memory.
+_NO_FIT_BYTES = np.iinfo(np.int64).max
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpCost:
+    """One operation at its position in the fixed topological order."""
+
+    name: str
+    work: float  # FLOPs or reference-device seconds; NodeSpec.speed uses the same unit
+    param_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TensorCost:
+    """A tensor: its producing op (-1 for a model input), its readers and its size."""
+
+    name: str
+    producer: int
+    consumers: tuple[int, ...] = ()
+    nbytes: int
+    final: bool = False  # a model output, sent back to the request's origin
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CostGraph:
+    """Ops in topological order and the tensors between them."""
+
+    ops: tuple[OpCost, ...]
+    tensors: tuple[TensorCost, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    """A device: its speed in work units per second and the bytes it can hold for its part."""
+
+    node_id: str
+    speed: float
+    memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link:
+    """The network between nodes, the same for every hop."""
+
+    bandwidth_bytes_per_s: float = DEFAULT_BANDWIDTH_BYTES_PER_S
+    latency_s: float = DEFAULT_HOP_LATENCY_S
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stage:
+    """Part [start, stop) on one node, with what it costs there."""
+
+    node_id: str
+    start: int
+    stop: int
+    compute_s: float
+    send_bytes: int
+    send_s: float
+    time_s: float
+    param_bytes: int
+    work: float
+
+
+@dataclass(frozen=True, slots=True)
+class CostTables:
+    """Per-graph tables indexed [start, stop] (shape (n + 1, n + 1)) for every part at once."""
+
+    n: int
+    work_prefix: NDArray[np.float64]
+    param_prefix: NDArray[np.int64]
+    send_bytes: NDArray[np.int64]
+    memory_bytes: NDArray[np.int64]  # _NO_FIT_BYTES where stop <= start
+
+
+def check_graph(graph: CostGraph) -> None:
+    """Raise PlanError unless the graph is non-empty and consistent with its order."""
+    n = len(graph.ops)
+    if n == 0:
+        raise PlanError("graph has no ops")
+    for op in graph.ops:
+        if not (math.isfinite(op.work) and op.work >= 0):
+            raise PlanError(f"op {op.name!r} has work {op.work!r}; need a finite value >= 0")
+        if op.param_bytes < 0:
+            raise PlanError(f"op {op.name!r} has negative param_bytes {op.param_bytes}")
+    for t in graph.tensors:
+        if not -1 <= t.producer < n:
+            raise PlanError(f"tensor {t.name!r} has producer {t.producer} outside -1..{n - 1}")
+        if t.nbytes < 0:
+            raise PlanError(f"tensor {t.name!r} has negative nbytes {t.nbytes}")
+        for c in t.consumers:
+            if not t.producer < c < n:
+                raise PlanError(
+                    f"tensor {t.name!r} has consumer {c} outside {t.producer + 1}..{n - 1}"
+                )
+
+
+def check_link(link: Link) -> None:
+    """Raise PlanError unless bandwidth is positive and latency non-negative."""
+    if not link.bandwidth_bytes_per_s > 0:
+        raise PlanError(f"link bandwidth must be positive, got {link.bandwidth_bytes_per_s!r}")
+    if not (math.isfinite(link.latency_s) and link.latency_s >= 0):
+        raise PlanError(f"link latency must be finite and >= 0, got {link.latency_s!r}")
+
+
+def check_speed(node: NodeSpec) -> None:
+    """Raise PlanError unless the node's speed is finite and positive."""
+    if not (math.isfinite(node.speed) and node.speed > 0):
+        raise PlanError(f"node {node.node_id!r} has speed {node.speed!r}; need a finite value > 0")
+
+
+def _check_range(graph: CostGraph, start: int, stop: int) -> None:
+    if not 0 <= start < stop <= len(graph.ops):
+        raise PlanError(f"part [{start}, {stop}) is not a non-empty range of {len(graph.ops)} ops")
+
+
+def work_prefix(graph: CostGraph) -> NDArray[np.float64]:
+    """Cumulative work before each position, from 0 to the total (length n + 1)."""
+    prefix = np.zeros(len(graph.ops) + 1, dtype=np.float64)
+    np.cumsum([op.work for op in graph.ops], dtype=np.float64, out=prefix[1:])
+    return prefix
+
+
+def make_stage(
+    node: NodeSpec,
+    start: int,
+    stop: int,
+    work: float,
+    send_bytes: int,
+    param_bytes: int,
+    link: Link,
+) -> Stage:
+    """Build a Stage; the arithmetic matches the planner's tables operation for operation."""
+    compute_s = work / node.speed
+    send_s = send_bytes / link.bandwidth_bytes_per_s
+    hop_s = link.latency_s if send_bytes > 0 else 0.0
+    return Stage(
+        node_id=node.node_id,
+        start=start,
+        stop=stop,
+        compute_s=compute_s,
+        send_bytes=send_bytes,
+        send_s=send_s,
+        time_s=compute_s + (send_s + hop_s),
+        param_bytes=param_bytes,
+        work=work,
+    )
+
+
+def _send_bytes(graph: CostGraph, start: int, stop: int) -> int:
+    total = 0
+    for t in graph.tensors:
+        if start <= t.producer < stop:
+            if max(t.consumers, default=-1) >= stop:
+                total += t.nbytes
+            if t.final:
+                total += t.nbytes
+    return total
+
+
+def stage_cost(graph: CostGraph, start: int, stop: int, node: NodeSpec, link: Link) -> Stage:
+    """Cost of part [start, stop) on node (memory is not checked; see stage_memory_bytes)."""
+    check_graph(graph)
+    check_link(link)
+    _check_range(graph, start, stop)
+    check_speed(node)
+    prefix = work_prefix(graph)
+    work = float(prefix[stop] - prefix[start])
+    params = sum(op.param_bytes for op in graph.ops[start:stop])
+    return make_stage(node, start, stop, work, _send_bytes(graph, start, stop), params, link)
+
+
+def stage_memory_bytes(graph: CostGraph, start: int, stop: int) -> int:
+    """Bytes part [start, stop) needs: its parameters plus its largest activation."""
+    check_graph(graph)
+    _check_range(graph, start, stop)
+    params = sum(op.param_bytes for op in graph.ops[start:stop])
+    touched = [
+        t.nbytes
+        for t in graph.tensors
+        if start <= t.producer < stop or any(start <= c < stop for c in t.consumers)
+    ]
+    return params + max(touched, default=0)
+
+
+def crossing_bytes(graph: CostGraph, cut: int) -> int:
+    """Bytes of the tensors produced before cut and read at or after it (model inputs too)."""
+    check_graph(graph)
+    if not 0 <= cut <= len(graph.ops):
+        raise PlanError(f"cut {cut} is outside 0..{len(graph.ops)}")
+    return sum(t.nbytes for t in graph.tensors if t.producer < cut <= max(t.consumers, default=-1))
+
+
+def boundary_tensors(
+    graph: CostGraph, start: int, stop: int
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Names of the tensors part [start, stop) receives and sends, in graph.tensors order."""
+    check_graph(graph)
+    _check_range(graph, start, stop)
+    inputs = tuple(
+        t.name
+        for t in graph.tensors
+        if t.producer < start and any(start <= c < stop for c in t.consumers)
+    )
+    outputs = tuple(
+        t.name
+        for t in graph.tensors
+        if start <= t.producer < stop and (t.final or max(t.consumers, default=-1) >= stop)
+    )
+    return inputs, outputs
+
+
+def _add_rectangle(diff: NDArray[np.int64], last_start: int, stops: range, nbytes: int) -> None:
+    # Adds nbytes to every part [a, b) with a <= last_start and b in stops (2-D difference).
+    first, after = stops.start, stops.stop
+    diff[0, first] += nbytes
+    diff[0, after] -= nbytes
+    diff[last_start + 1, first] -= nbytes
+    diff[last_start + 1, after] += nbytes
+
+
+def build_tables(graph: CostGraph) -> CostTables:
+    """Prefix sums, send bytes and memory needs of every part of a checked graph."""
+    n = len(graph.ops)
+    param_prefix = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum([op.param_bytes for op in graph.ops], dtype=np.int64, out=param_prefix[1:])
+    diff = np.zeros((n + 2, n + 2), dtype=np.int64)
+    peak = np.zeros(n, dtype=np.int64)  # largest tensor each op reads or writes
+    for t in graph.tensors:
+        for c in t.consumers:
+            peak[c] = max(peak[c], t.nbytes)
+        if t.producer < 0:
+            continue
+        peak[t.producer] = max(peak[t.producer], t.nbytes)
+        last = max(t.consumers, default=-1)
+        if last > t.producer:
+            _add_rectangle(diff, t.producer, range(t.producer + 1, last + 1), t.nbytes)
+        if t.final:
+            _add_rectangle(diff, t.producer, range(t.producer + 1, n + 1), t.nbytes)
+    send = np.cumsum(np.cumsum(diff, axis=0), axis=1)[: n + 1, : n + 1]
+    memory = param_prefix[None, :] - param_prefix[:, None]
+    for a in range(n):
+        memory[a, a + 1 :] += np.maximum.accumulate(peak[a:])
+    memory[np.tril(np.ones((n + 1, n + 1), dtype=np.bool_))] = _NO_FIT_BYTES
+    return CostTables(
+        n=n,
+        work_prefix=work_prefix(graph),
+        param_prefix=param_prefix,
+        send_bytes=send,
+        memory_bytes=memory,
+    )
