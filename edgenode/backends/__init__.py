@@ -1,0 +1,1 @@
+"""Part runners: Keras (TensorFlow) and LiteRT. Each imports its runtime lazily."""
