@@ -1,0 +1,328 @@
+"""The manifest: which parts a model was cut into, their tensors, and which are final.
+
+``manifest.json`` sits beside the part files written by ``edgenode split``. It is
+plain JSON so other tools can read it, and this module imports neither Keras nor
+TensorFlow, so LiteRT-only nodes can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgenode.errors import ModelError
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST_NAME",
+    "Manifest",
+    "ManifestError",
+    "ModelSpec",
+    "OutputSpec",
+    "PartSpec",
+    "TensorSpec",
+    "file_sha256",
+    "load_manifest",
+]
+
+FORMAT = "edgenode-manifest/1"
+MANIFEST_NAME = "manifest.json"
+_HASH_BLOCK_BYTES = 1 << 20
+
+
+class ManifestError(ModelError):
+    """A manifest is malformed, inconsistent, or does not match its part files."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TensorSpec:
+    """A named tensor; ``None`` in ``shape`` is the batch (or another free) dimension."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object of this spec."""
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputSpec(TensorSpec):
+    """A part output; ``final`` marks a model output (returned to the request's origin)."""
+
+    final: bool
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object of this spec."""
+        return {**TensorSpec.to_json(self), "final": self.final}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSpec:
+    """The whole model the parts come from."""
+
+    name: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    ops: int
+    macs: int
+    flops: int
+    param_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartSpec:
+    """One part file and its interface."""
+
+    index: int
+    file: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[OutputSpec, ...]
+    start: int  # first op (position in the model's op order)
+    stop: int  # one past the last op
+    macs: int
+    flops: int
+    param_bytes: int
+
+    @property
+    def format(self) -> str:
+        """``keras`` or ``litert``, from the file's suffix."""
+        return "litert" if self.file.endswith(".tflite") else "keras"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    """A model cut into parts."""
+
+    model: ModelSpec
+    parts: tuple[PartSpec, ...]
+    created_by: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as a JSON-ready dict (format ``edgenode-manifest/1``)."""
+        m = self.model
+        return {
+            "format": FORMAT,
+            "created_by": self.created_by,
+            "model": {
+                "name": m.name,
+                "sha256": m.sha256,
+                "inputs": [t.to_json() for t in m.inputs],
+                "outputs": list(m.outputs),
+                "ops": m.ops,
+                "macs": m.macs,
+                "flops": m.flops,
+                "param_bytes": m.param_bytes,
+            },
+            "parts": [
+                {
+                    "index": p.index,
+                    "file": p.file,
+                    "sha256": p.sha256,
+                    "inputs": [t.to_json() for t in p.inputs],
+                    "outputs": [t.to_json() for t in p.outputs],
+                    "ops": {"start": p.start, "stop": p.stop},
+                    "macs": p.macs,
+                    "flops": p.flops,
+                    "param_bytes": p.param_bytes,
+                }
+                for p in self.parts
+            ],
+        }
+
+    def dumps(self) -> str:
+        """Canonical JSON text (stable key order, trailing newline)."""
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical JSON: identifies this exact cut of this model."""
+        return hashlib.sha256(self.dumps().encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, data: Any) -> Manifest:
+        """Parse and validate a manifest; ManifestError names the offending field."""
+        return _parse(data)
+
+    def write(self, directory: Path) -> Path:
+        """Write ``manifest.json`` into ``directory``."""
+        path = directory / MANIFEST_NAME
+        path.write_text(self.dumps())
+        return path
+
+    def verify_files(self, directory: Path) -> None:
+        """Check every part file exists and matches its sha256."""
+        for part in self.parts:
+            path = directory / part.file
+            if not path.is_file():
+                raise ManifestError(f"part {part.index}: file {path} is missing")
+            actual = file_sha256(path)
+            if actual != part.sha256:
+                raise ManifestError(
+                    f"part {part.index}: {path} has sha256 {actual[:12]}..., "
+                    f"manifest says {part.sha256[:12]}..."
+                )
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_HASH_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(path: Path) -> Manifest:
+    """Read a manifest from a file or from a directory holding ``manifest.json``."""
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    return _parse(data)
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, Mapping):
+        raise ManifestError(f"{where}: expected an object, got {type(obj).__name__}")
+    if key not in obj:
+        raise ManifestError(f"{where}.{key}: missing")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ManifestError(f"{where}.{key}: expected {_kind_name(kind)}, got {value!r:.60}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+def _shape(value: Any, where: str) -> tuple[int | None, ...]:
+    if not isinstance(value, list) or not all(
+        d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in value
+    ):
+        raise ManifestError(f"{where}.shape: expected a list of sizes or null, got {value!r:.60}")
+    return tuple(value)
+
+
+def _tensor(obj: Any, where: str) -> TensorSpec:
+    return TensorSpec(
+        name=_field(obj, "name", str, where),
+        shape=_shape(_field(obj, "shape", list, where), where),
+        dtype=_field(obj, "dtype", str, where),
+    )
+
+
+def _output(obj: Any, where: str) -> OutputSpec:
+    base = _tensor(obj, where)
+    final = _field(obj, "final", bool, where)
+    return OutputSpec(name=base.name, shape=base.shape, dtype=base.dtype, final=final)
+
+
+def _list(obj: Mapping[str, Any], key: str, where: str) -> Sequence[Any]:
+    value: Sequence[Any] = _field(obj, key, list, where)
+    return value
+
+
+def _tensors(obj: Mapping[str, Any], key: str, where: str) -> tuple[TensorSpec, ...]:
+    return tuple(_tensor(t, f"{where}.{key}[{i}]") for i, t in enumerate(_list(obj, key, where)))
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ManifestError(f"{where}: expected str, got {value!r:.60}")
+    return value
+
+
+def _optional_int(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value: int = _field(obj, key, int, where) if key in obj else 0
+    return value
+
+
+def _parse(data: Any) -> Manifest:
+    fmt = _field(data, "format", str, "manifest")
+    if fmt != FORMAT:
+        raise ManifestError(f"manifest.format: unsupported {fmt!r}, expected {FORMAT!r}")
+    m = _field(data, "model", dict, "manifest")
+    model = ModelSpec(
+        name=_field(m, "name", str, "model"),
+        sha256=_field(m, "sha256", str, "model"),
+        inputs=_tensors(m, "inputs", "model"),
+        outputs=tuple(
+            _name(o, f"model.outputs[{i}]") for i, o in enumerate(_list(m, "outputs", "model"))
+        ),
+        ops=_optional_int(m, "ops", "model"),
+        macs=_optional_int(m, "macs", "model"),
+        flops=_optional_int(m, "flops", "model"),
+        param_bytes=_optional_int(m, "param_bytes", "model"),
+    )
+    parts = []
+    for i, p in enumerate(_list(data, "parts", "manifest")):
+        where = f"parts[{i}]"
+        ops = _field(p, "ops", dict, where) if isinstance(p, Mapping) and "ops" in p else {}
+        parts.append(
+            PartSpec(
+                index=_field(p, "index", int, where),
+                file=_field(p, "file", str, where),
+                sha256=_field(p, "sha256", str, where),
+                inputs=_tensors(p, "inputs", where),
+                outputs=tuple(
+                    _output(t, f"{where}.outputs[{j}]")
+                    for j, t in enumerate(_list(p, "outputs", where))
+                ),
+                start=_optional_int(ops, "start", f"{where}.ops"),
+                stop=_optional_int(ops, "stop", f"{where}.ops"),
+                macs=_optional_int(p, "macs", where),
+                flops=_field(p, "flops", int, where),
+                param_bytes=_field(p, "param_bytes", int, where),
+            )
+        )
+    manifest = Manifest(model=model, parts=tuple(parts), created_by=str(data.get("created_by", "")))
+    _check(manifest)
+    return manifest
+
+
+def _check(manifest: Manifest) -> None:
+    """Cross-field checks: indices, file names, dataflow and final outputs."""
+    if not manifest.parts:
+        raise ManifestError("manifest.parts: empty")
+    available = {t.name for t in manifest.model.inputs}
+    finals: set[str] = set()
+    for i, part in enumerate(manifest.parts):
+        if part.index != i:
+            raise ManifestError(f"parts[{i}].index: expected {i}, got {part.index}")
+        if Path(part.file).name != part.file or part.file in ("", ".", ".."):
+            raise ManifestError(f"parts[{i}].file: {part.file!r} must be a plain file name")
+        for t in part.inputs:
+            if t.name not in available:
+                raise ManifestError(
+                    f"parts[{i}].inputs: {t.name!r} is neither a model input nor an "
+                    "output of an earlier part"
+                )
+        for out in part.outputs:
+            available.add(out.name)
+            if out.final:
+                finals.add(out.name)
+    missing = set(manifest.model.outputs) - finals
+    extra = finals - set(manifest.model.outputs)
+    if missing:
+        raise ManifestError(f"model outputs {sorted(missing)} are not marked final in any part")
+    if extra:
+        raise ManifestError(f"outputs {sorted(extra)} are marked final but are not model outputs")

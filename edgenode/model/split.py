@@ -1,0 +1,231 @@
+"""``edgenode split``: choose cuts, write the part files and the manifest."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgenode import __version__
+from edgenode.errors import ModelError
+from edgenode.model.cost import OpStats, graph_stats
+from edgenode.model.graph import LayerGraph, build_graph
+from edgenode.model.loading import model_sha256
+from edgenode.model.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ModelSpec,
+    OutputSpec,
+    PartSpec,
+    TensorSpec,
+    file_sha256,
+)
+from edgenode.model.slicing import SUFFIX, Part, cut_graph, export_part, max_abs_diff, run_parts
+from edgenode.planning import CostGraph, OpCost, TensorCost, equal_cuts, narrow_cuts, plan_parts
+
+__all__ = ["CUT_METHODS", "SplitResult", "choose_cuts", "cost_graph", "split_model", "verify_chain"]
+
+logger = logging.getLogger(__name__)
+
+CUT_METHODS = ("balanced", "narrow", "even", "per-op")
+Progress = Callable[[str], None]
+
+
+def cost_graph(
+    graph: LayerGraph, stats: Sequence[OpStats], op_seconds: dict[str, float] | None = None
+) -> CostGraph:
+    """The planner's view of ``graph``: work per op (FLOPs, or measured seconds)."""
+    if op_seconds is not None:
+        missing = [op.name for op in graph.ops if op.name not in op_seconds]
+        if missing:
+            raise ModelError(
+                f"the profile does not match this model (no timing for {missing[0]!r})"
+            )
+    ops = tuple(
+        OpCost(
+            name=s.name,
+            work=float(op_seconds[s.name] if op_seconds is not None else s.flops),
+            param_bytes=s.param_bytes,
+        )
+        for s in stats
+    )
+    finals = set(graph.outputs)
+    tensors = tuple(
+        TensorCost(
+            name=t.name,
+            producer=t.producer,
+            consumers=t.consumers,
+            nbytes=t.nbytes,
+            final=t.name in finals,
+        )
+        for t in graph.tensors.values()
+    )
+    return CostGraph(ops=ops, tensors=tensors)
+
+
+def choose_cuts(
+    graph: LayerGraph,
+    stats: Sequence[OpStats],
+    *,
+    parts: int | None,
+    method: str = "balanced",
+    at: Sequence[int] | None = None,
+) -> tuple[int, ...]:
+    """Cut positions for ``parts`` parts by ``method``, or exactly ``at``."""
+    n = len(graph.ops)
+    if at is not None:
+        cuts = tuple(at)
+        if any(not 0 < c < n for c in cuts) or list(cuts) != sorted(set(cuts)):
+            raise ModelError(
+                f"cut positions must be distinct, increasing and within 1..{n - 1}; got "
+                f"{','.join(map(str, cuts))}"
+            )
+        return cuts
+    if method == "per-op":
+        return tuple(range(1, n))
+    if parts is None:
+        raise ModelError("give a part count (--parts), cut positions (--at) or --cut per-op")
+    if parts < 1:
+        raise ModelError(f"the part count must be at least 1, got {parts}")
+    if parts > n:
+        raise ModelError(f"cannot cut {n} operations into {parts} parts")
+    if method == "balanced":
+        return tuple(plan_parts(cost_graph(graph, stats), parts))
+    if method == "narrow":
+        return tuple(narrow_cuts(cost_graph(graph, stats), parts))
+    if method == "even":
+        return tuple(equal_cuts(n, parts))
+    raise ModelError(f"unknown cut method {method!r}; expected one of {', '.join(CUT_METHODS)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SplitResult:
+    """What ``split_model`` wrote."""
+
+    manifest: Manifest
+    directory: Path
+    parts: list[Part]
+    graph: LayerGraph
+
+
+def _spec(graph: LayerGraph, name: str) -> TensorSpec:
+    t = graph.tensors[name]
+    return TensorSpec(name=name, shape=t.shape, dtype=t.dtype)
+
+
+def _unique_weight_bytes(model: Any) -> int:
+    total = 0
+    for w in model.weights:
+        total += int(np.prod(w.shape, dtype=np.int64)) * np.dtype(w.dtype).itemsize
+    return total
+
+
+def _prepare_directory(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ModelError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ModelError(f"{out} is not empty and holds no earlier split; choose another --out")
+
+
+def split_model(
+    model: Any,
+    out: Path,
+    *,
+    cuts: Sequence[int] | None = None,
+    parts: int | None = None,
+    method: str = "balanced",
+    fmt: str = "keras",
+    progress: Progress | None = None,
+) -> SplitResult:
+    """Cut ``model``, export every part into ``out`` and write ``manifest.json`` last.
+
+    Files are written into a temporary directory beside ``out`` and moved into place
+    at the end, so an interrupted split never leaves a manifest that lies.
+    """
+    say = progress or (lambda _msg: None)
+    graph = build_graph(model)
+    stats = graph_stats(graph)
+    chosen = choose_cuts(graph, stats, parts=parts, method=method, at=cuts)
+    _prepare_directory(out)
+    say(f"cutting {graph.name} ({len(graph.ops)} ops) into {len(chosen) + 1} parts")
+    built = cut_graph(graph, chosen)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    finals = set(graph.outputs)
+    specs = []
+    with tempfile.TemporaryDirectory(prefix=".edgenode-split-", dir=out.parent) as tmp:
+        staging = Path(tmp)
+        for part in built:
+            say(f"exporting part {part.index + 1}/{len(built)} ({part.op_count} ops, {fmt})")
+            path = export_part(part, staging / f"part-{part.index}{SUFFIX[fmt]}", fmt)
+            ops = stats[part.start : part.stop]
+            specs.append(
+                PartSpec(
+                    index=part.index,
+                    file=path.name,
+                    sha256=file_sha256(path),
+                    inputs=tuple(_spec(graph, n) for n in part.inputs),
+                    outputs=tuple(
+                        OutputSpec(**_spec_kwargs(graph, n), final=n in finals)
+                        for n in part.outputs
+                    ),
+                    start=part.start,
+                    stop=part.stop,
+                    macs=sum(s.macs for s in ops),
+                    flops=sum(s.flops for s in ops),
+                    param_bytes=_unique_weight_bytes(part.model),
+                )
+            )
+        manifest = Manifest(
+            model=ModelSpec(
+                name=graph.name,
+                sha256=model_sha256(graph),
+                inputs=tuple(_spec(graph, n) for n in graph.inputs),
+                outputs=graph.outputs,
+                ops=len(graph.ops),
+                macs=sum(s.macs for s in stats),
+                flops=sum(s.flops for s in stats),
+                param_bytes=_unique_weight_bytes(model),
+            ),
+            parts=tuple(specs),
+            created_by=f"edgenode {__version__}",
+        )
+        manifest.write(staging)
+        _replace_directory(staging, out)
+    return SplitResult(manifest=manifest, directory=out, parts=built, graph=graph)
+
+
+def _spec_kwargs(graph: LayerGraph, name: str) -> dict[str, Any]:
+    t = graph.tensors[name]
+    return {"name": name, "shape": t.shape, "dtype": t.dtype}
+
+
+def _replace_directory(staging: Path, out: Path) -> None:
+    out.mkdir(exist_ok=True)
+    manifest = out / MANIFEST_NAME
+    manifest.unlink(missing_ok=True)  # the old manifest goes first: no stale claims
+    for old in out.glob("part-*"):
+        old.unlink() if old.is_file() else shutil.rmtree(old)
+    for new in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST_NAME):
+        new.replace(out / new.name)
+
+
+def verify_chain(result: SplitResult, *, seed: int = 0) -> float:
+    """Max abs difference between chained parts and the whole model on random input."""
+    graph = result.graph
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for name in graph.inputs:
+        t = graph.tensors[name]
+        shape = tuple(d if d is not None else 1 for d in t.shape)
+        inputs[name] = rng.uniform(-1.0, 1.0, size=shape).astype(t.dtype)
+    from edgenode.model.slicing import run_model
+
+    expected = run_model(graph, inputs)
+    outs = run_parts(result.parts, inputs, outputs=graph.outputs)
+    return max_abs_diff([expected[n] for n in graph.outputs], [outs[n] for n in graph.outputs])

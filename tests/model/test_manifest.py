@@ -1,0 +1,124 @@
+"""The manifest format: round trip, validation with named fields, file verification."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgenode.model.manifest import Manifest, ManifestError, load_manifest
+
+
+def _sample() -> dict:
+    def t(name: str, shape: tuple = (None, 4)) -> dict:
+        return {"name": name, "shape": list(shape), "dtype": "float32"}
+
+    return {
+        "format": "edgenode-manifest/1",
+        "model": {
+            "name": "m",
+            "sha256": "ab" * 32,
+            "inputs": [t("input")],
+            "outputs": ["head", "aux"],
+        },
+        "parts": [
+            {
+                "index": 0,
+                "file": "part-0.keras",
+                "sha256": "0" * 64,
+                "inputs": [t("input")],
+                "outputs": [{**t("aux"), "final": True}, {**t("mid"), "final": False}],
+                "ops": {"start": 0, "stop": 3},
+                "macs": 10,
+                "flops": 25,
+                "param_bytes": 64,
+            },
+            {
+                "index": 1,
+                "file": "part-1.keras",
+                "sha256": "1" * 64,
+                "inputs": [t("mid"), t("aux")],
+                "outputs": [{**t("head"), "final": True}],
+                "ops": {"start": 3, "stop": 5},
+                "macs": 5,
+                "flops": 12,
+                "param_bytes": 32,
+            },
+        ],
+    }
+
+
+def test_round_trip_is_identical() -> None:
+    manifest = Manifest.from_json(_sample())
+    again = Manifest.from_json(json.loads(manifest.dumps()))
+    assert again == manifest and again.digest == manifest.digest
+    assert manifest.parts[1].inputs[0].shape == (None, 4)
+    assert [o.final for o in manifest.parts[0].outputs] == [True, False]
+
+
+def test_manifest_module_does_not_import_tensorflow() -> None:
+    import subprocess
+
+    code = (
+        "import sys, edgenode.model.manifest\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def _broken(mutate) -> dict:
+    data = copy.deepcopy(_sample())
+    mutate(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(format="other/2"), "unsupported 'other/2'"),
+        (lambda d: d["model"].pop("sha256"), r"model\.sha256: missing"),
+        (lambda d: d["parts"][0].update(flops="many"), r"parts\[0\]\.flops: expected int"),
+        (lambda d: d["parts"][0].update(index=True), r"parts\[0\]\.index: expected int"),
+        (lambda d: d["parts"][1].update(index=5), r"parts\[1\]\.index: expected 1, got 5"),
+        (lambda d: d["parts"][0]["inputs"][0].update(shape=[None, -1]), r"inputs\[0\]\.shape"),
+        (lambda d: d["parts"][1]["outputs"][0].update(final=False), "'head'.*not marked final"),
+        (lambda d: d["parts"][0]["outputs"][1].update(final=True), "'mid'.*not model outputs"),
+        (lambda d: d["parts"][1]["inputs"][0].update(name="ghost"), "'ghost' is neither"),
+        (lambda d: d["parts"][0].update(file="../evil.keras"), "plain file name"),
+        (lambda d: d.update(parts=[]), "parts: empty"),
+        (lambda d: d.update(model=[]), "model: expected dict"),
+    ],
+)
+def test_invalid_manifests_name_the_field(mutate, message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_json(_broken(mutate))
+
+
+def test_load_from_directory_and_verify_files(tmp_path: Path) -> None:
+    from edgenode.model.manifest import file_sha256
+
+    data = _sample()
+    for part in data["parts"]:
+        (tmp_path / part["file"]).write_bytes(part["file"].encode())
+        part["sha256"] = file_sha256(tmp_path / part["file"])
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    manifest = load_manifest(tmp_path)
+    manifest.verify_files(tmp_path)
+    (tmp_path / "part-1.keras").write_bytes(b"tampered")
+    with pytest.raises(ManifestError, match=r"part 1: .* has sha256"):
+        manifest.verify_files(tmp_path)
+    (tmp_path / "part-0.keras").unlink()
+    with pytest.raises(ManifestError, match=r"part 0: .* is missing"):
+        manifest.verify_files(tmp_path)
+
+
+def test_unreadable_manifests(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="cannot read manifest"):
+        load_manifest(tmp_path / "nope.json")
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        load_manifest(tmp_path)
