@@ -1,0 +1,123 @@
+"""The command line: split, plan and profile, and one-line errors without tracebacks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgenode.cli import main
+
+
+def _edgenode(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgenode.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+    )
+
+
+def test_help_explains_every_command() -> None:
+    out = _edgenode("--help")
+    assert out.returncode == 0
+    for command in ("split", "plan", "profile"):
+        assert command in out.stdout
+    split_help = _edgenode("split", "--help").stdout
+    for flag in ("--model", "--parts", "--out", "--format", "--weights", "--input-shape"):
+        assert flag in split_help
+
+
+def test_bad_arguments_exit_2() -> None:
+    out = _edgenode("split", "--model", "x", "--parts", "0", "--out", "o")
+    assert out.returncode == 2 and "expected at least 1" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.model import models
+
+    path = tmp_path_factory.mktemp("model") / "fork_join.keras"
+    models.build("fork_join").save(path)
+    return path
+
+
+@pytest.mark.tf
+def test_split_command_end_to_end(small_model: Path, tmp_path: Path) -> None:
+    out = _edgenode("split", "--model", str(small_model), "--parts", "3", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "max abs diff 0" in out.stdout
+    assert "exporting part 3/3" in out.stderr  # progress goes to stderr
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["format"] == "edgenode-manifest/1" and len(manifest["parts"]) == 3
+    assert "Traceback" not in out.stderr and "oneDNN" not in out.stderr
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "MobileNetV9"], "unknown model 'MobileNetV9'"),
+        (["--model", "{garbage}"], "garbage.keras: "),
+        (["--model", "{small}", "--parts", "99"], "cannot cut 13 operations into 99 parts"),
+        (["--model", "{small}", "--parts", "2", "--at", "3"], None),
+        (["--model", "MobileNetV3Small", "--weights", "/nonexistent.h5"], "does not exist"),
+        (["--model", "{subclassed}"], "subclassed keras.Model"),
+    ],
+)
+def test_split_errors_are_one_line(
+    args: list[str], message: str | None, small_model: Path, tmp_path: Path, capsys
+) -> None:
+    import keras
+
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"\x00not a zip")
+    from tests.cli_models import Doubler
+
+    subclassed = tmp_path / "sub.keras"
+    model = Doubler()
+    model(keras.ops.ones((1, 3)))
+    model.save(subclassed)
+    args = [a.format(garbage=garbage, small=small_model, subclassed=subclassed) for a in args]
+    if "--parts" not in args and "--at" not in args:
+        args += ["--parts", "2"]
+    code = main(["split", *args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    if message is None:  # --parts and --at together: the explicit cuts win
+        assert code == 0
+        return
+    assert code == 1
+    assert err[-1].startswith("edgenode: error: ") and message in err[-1], err
+    assert not any("Traceback" in line for line in err)
+
+
+@pytest.mark.tf
+def test_plan_and_profile(small_model: Path, tmp_path: Path, capsys) -> None:
+    assert main(["plan", "--model", str(small_model), "--nodes", "1,1,3", "--gflops", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "bottleneck stage" in out and "node-2" in out
+    assert (
+        main(["plan", "--model", str(small_model), "--nodes", "3", "--gflops", "2", "--json"]) == 0
+    )
+    plan = json.loads(capsys.readouterr().out)
+    stages = plan["stages"]
+    assert stages[0]["start"] == 0 and stages[-1]["stop"] == 13
+    assert all(a["stop"] == b["start"] for a, b in itertools.pairwise(stages))
+
+    profile = tmp_path / "profile.json"
+    assert main(["profile", "--model", str(small_model), "--out", str(profile), "--runs", "3"]) == 0
+    data = json.loads(profile.read_text())
+    assert len(data["ops"]) == 13 and all(o["raw_seconds"] > 0 for o in data["ops"])
+    # net of the per-call overhead, scaled so that the ops add up to the whole model
+    assert all(o["seconds"] >= 0 for o in data["ops"])
+    assert sum(o["seconds"] for o in data["ops"]) == pytest.approx(data["whole_model_s"])
+    capsys.readouterr()
+    assert (
+        main(["plan", "--model", str(small_model), "--nodes", "2", "--profile", str(profile)]) == 0
+    )
+    assert "speed basis: measured" in capsys.readouterr().out
