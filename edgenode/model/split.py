@@ -170,10 +170,7 @@ def split_model(
                     file=path.name,
                     sha256=file_sha256(path),
                     inputs=tuple(_spec(graph, n) for n in part.inputs),
-                    outputs=tuple(
-                        OutputSpec(**_spec_kwargs(graph, n), final=n in finals)
-                        for n in part.outputs
-                    ),
+                    outputs=tuple(_output_spec(graph, n, n in finals) for n in part.outputs),
                     start=part.start,
                     stop=part.stop,
                     macs=sum(s.macs for s in ops),
@@ -200,9 +197,9 @@ def split_model(
     return SplitResult(manifest=manifest, directory=out, parts=built, graph=graph)
 
 
-def _spec_kwargs(graph: LayerGraph, name: str) -> dict[str, Any]:
+def _output_spec(graph: LayerGraph, name: str, final: bool) -> OutputSpec:
     t = graph.tensors[name]
-    return {"name": name, "shape": t.shape, "dtype": t.dtype}
+    return OutputSpec(name=name, shape=t.shape, dtype=t.dtype, final=final)
 
 
 def _replace_directory(staging: Path, out: Path) -> None:
