@@ -9,9 +9,9 @@ Cost of a part [a, b) of the topological order on a node (the model every planne
   model inputs (producer -1) come from the request's origin and cost no stage anything;
 - time: compute + send_bytes / bandwidth + the hop latency, where the latency is paid only by
   a stage that sends at least one byte (to the next stage or to the origin);
-- memory: its parameters plus the largest single tensor one of its ops reads or writes. An
-  estimate, not a bound: it assumes activations are freed after their last reader and ignores
-  an op holding its inputs and outputs at the same time.
+- memory: its parameters plus the largest working set of one of its ops (every tensor the op
+  reads plus every tensor it writes, all held at once). An estimate, not a bound: it assumes
+  activations are freed after their last reader.
 """
 
 from __future__ import annotations
@@ -221,16 +221,22 @@ def stage_cost(graph: CostGraph, start: int, stop: int, node: NodeSpec, link: Li
 
 
 def stage_memory_bytes(graph: CostGraph, start: int, stop: int) -> int:
-    """Bytes part [start, stop) needs: its parameters plus its largest activation."""
+    """Bytes part [start, stop) needs: its parameters plus its largest op working set."""
     check_graph(graph)
     _check_range(graph, start, stop)
     params = sum(op.param_bytes for op in graph.ops[start:stop])
-    touched = [
-        t.nbytes
-        for t in graph.tensors
-        if start <= t.producer < stop or any(start <= c < stop for c in t.consumers)
-    ]
-    return params + max(touched, default=0)
+    return params + int(_working_sets(graph)[start:stop].max())
+
+
+def _working_sets(graph: CostGraph) -> NDArray[np.int64]:
+    """Per op: bytes of every tensor it reads plus every tensor it writes."""
+    held = np.zeros(len(graph.ops), dtype=np.int64)
+    for t in graph.tensors:
+        for c in set(t.consumers):
+            held[c] += t.nbytes
+        if t.producer >= 0:
+            held[t.producer] += t.nbytes
+    return held
 
 
 def crossing_bytes(graph: CostGraph, cut: int) -> int:
@@ -275,13 +281,10 @@ def build_tables(graph: CostGraph) -> CostTables:
     param_prefix = np.zeros(n + 1, dtype=np.int64)
     np.cumsum([op.param_bytes for op in graph.ops], dtype=np.int64, out=param_prefix[1:])
     diff = np.zeros((n + 2, n + 2), dtype=np.int64)
-    peak = np.zeros(n, dtype=np.int64)  # largest tensor each op reads or writes
+    peak = _working_sets(graph)
     for t in graph.tensors:
-        for c in t.consumers:
-            peak[c] = max(peak[c], t.nbytes)
         if t.producer < 0:
             continue
-        peak[t.producer] = max(peak[t.producer], t.nbytes)
         last = max(t.consumers, default=-1)
         if last > t.producer:
             _add_rectangle(diff, t.producer, range(t.producer + 1, last + 1), t.nbytes)
