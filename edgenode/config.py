@@ -1,0 +1,239 @@
+"""Node configuration: frozen dataclasses read from TOML; errors name the key.
+
+Unknown keys and wrong types are refused (a typo must not silently fall back to a
+default); every section and key has a default, so an empty file is a valid
+one-machine configuration. Command-line flags override the file only when given
+(``Config.override``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgenode.errors import ConfigError
+
+__all__ = [
+    "ClusterConfig",
+    "Config",
+    "LimitsConfig",
+    "ModelConfig",
+    "NodeConfig",
+    "load_config",
+    "parse_address",
+    "parse_config",
+]
+
+DEFAULT_PORT = 50051
+DEFAULT_MAX_TENSOR_BYTES = 256 * 2**20
+DEFAULT_DEADLINE_S = 10.0
+
+
+def parse_address(text: str, *, key: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """'host:port', '[v6]:port', 'host' or ':port' -> (host, port); ConfigError naming ``key``."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or "]" in port_text:
+        host, port_text = text, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{key}: expected host:port, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key}: port {port} is out of range 0..65535")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """[node]: who this node is and where it listens."""
+
+    name: str = field(default_factory=socket.gethostname)
+    id: str = ""  # defaults to the name
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    metrics_listen: str = ""  # host:port of the Prometheus endpoint; "" disables it
+
+    @property
+    def node_id(self) -> str:
+        """The id peers know this node by."""
+        return self.id or self.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    """[cluster]: which nodes belong together and how they find each other."""
+
+    name: str = "edgenode"
+    interfaces: tuple[str, ...] | Literal["all"] = "all"
+    peers: tuple[str, ...] = ()
+    multicast: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelConfig:
+    """[model]: what to run and with which backend."""
+
+    source: str = "MobileNetV3Large"
+    weights: str = "none"
+    input_shape: tuple[int, ...] = ()
+    seed: int = 0
+    backend: Literal["keras", "litert"] = "keras"
+    threads: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    """[limits]: what a node accepts before refusing."""
+
+    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+    request_deadline_s: float = DEFAULT_DEADLINE_S
+    max_inflight_requests: int = 64
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """A whole node configuration."""
+
+    node: NodeConfig = field(default_factory=NodeConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def override(self, section: str, **values: Any) -> Config:
+        """A copy with the given keys of ``section`` replaced; ``None`` values are skipped."""
+        given = {k: v for k, v in values.items() if v is not None}
+        if not given:
+            return self
+        current = getattr(self, section)
+        data = {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
+        data.update(given)
+        updated = _build(type(current), data, section)
+        return dataclasses.replace(self, **{section: updated})
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(data, base=path.parent)
+
+
+def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config:
+    """Validate a parsed TOML document; relative model paths resolve against ``base``."""
+    config: Config = _build(Config, data, "")
+    source = Path(config.model.source)
+    relative = base is not None and not source.is_absolute()
+    if (
+        relative
+        and base is not None
+        and (_looks_like_path(str(source)) or (base / source).exists())
+    ):
+        config = config.override("model", source=str(base / source))
+    _check(config)
+    return config
+
+
+def _looks_like_path(source: str) -> bool:
+    return "/" in source or source.endswith((".keras", ".h5")) or source.startswith(".")
+
+
+def _check(config: Config) -> None:
+    parse_address(config.node.listen, key="node.listen")
+    if config.node.metrics_listen:
+        parse_address(config.node.metrics_listen, key="node.metrics_listen")
+    for i, peer in enumerate(config.cluster.peers):
+        parse_address(peer, key=f"cluster.peers[{i}]")
+    if not config.node.name:
+        raise ConfigError("node.name: must not be empty")
+    if not config.cluster.name:
+        raise ConfigError("cluster.name: must not be empty")
+    if config.model.threads < 1:
+        raise ConfigError(f"model.threads: must be at least 1, got {config.model.threads}")
+    if config.limits.max_tensor_bytes < 1:
+        raise ConfigError("limits.max_tensor_bytes: must be positive")
+    if config.limits.request_deadline_s <= 0:
+        raise ConfigError("limits.request_deadline_s: must be positive")
+    if config.limits.max_inflight_requests < 1:
+        raise ConfigError("limits.max_inflight_requests: must be at least 1")
+    if _looks_like_path(config.model.source) and not Path(config.model.source).exists():
+        raise ConfigError(f"model.source: {config.model.source} does not exist")
+    if not config.cluster.multicast and not config.cluster.peers:
+        raise ConfigError("cluster.peers: needed when cluster.multicast is false")
+
+
+# -- a small typed reader for the dataclasses above ----------------------------------------
+
+
+def _build(cls: type[Any], data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a table, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        values[name] = _convert(hints[name], value, key)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type[Any], hint), value, key)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _convert(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc).split(": ", 1)[-1])
+        raise ConfigError(f"{key}: {' or '.join(errors)}")
+    if origin is Literal:
+        options = typing.get_args(hint)
+        if value not in options:
+            allowed = ", ".join(map(repr, options))
+            raise ConfigError(f"{key}: expected one of {allowed}, got {_show(value)}")
+        return value
+    if origin is tuple:
+        (item, _) = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {_show(value)}")
+        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (str, int, float, bool):
+        if type(value) is not hint:
+            raise ConfigError(f"{key}: expected {_type_name(hint)}, got {_show(value)}")
+        return value
+    raise ConfigError(f"{key}: unsupported setting type {hint!r}")  # a bug in this module
+
+
+def _type_name(hint: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}[hint]
+
+
+def _show(value: Any) -> str:
+    kind = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list"}.get(
+        type(value), "table" if isinstance(value, Mapping) else type(value).__name__
+    )
+    text = repr(value)
+    return f"{kind} {text[:40]}{'...' if len(text) > 40 else ''}"
