@@ -16,6 +16,7 @@ from edgenode.planning._costs import (
     stage_cost,
     stage_memory_bytes,
 )
+from edgenode.planning.cluster import Assignment, ClusterPlan, Member, plan_cluster
 from edgenode.planning.partition import (
     MAX_EXACT_NODES,
     TIE_REL_TOL,
@@ -31,8 +32,11 @@ __all__ = [
     "DEFAULT_HOP_LATENCY_S",
     "MAX_EXACT_NODES",
     "TIE_REL_TOL",
+    "Assignment",
+    "ClusterPlan",
     "CostGraph",
     "Link",
+    "Member",
     "NodeSpec",
     "OpCost",
     "Plan",
@@ -42,6 +46,7 @@ __all__ = [
     "crossing_bytes",
     "equal_cuts",
     "narrow_cuts",
+    "plan_cluster",
     "plan_parts",
     "plan_pipeline",
     "stage_cost",

@@ -1,0 +1,117 @@
+"""The cluster plan: which member owns which manifest parts, and its digest.
+
+Every node runs ``plan_cluster`` on the same manifest and the same membership and
+gets the same plan; nodes then compare ``ClusterPlan.digest`` over gRPC and serve
+only a plan all owners agree on. Speeds come from each node's own short benchmark,
+so they are rounded to two significant digits first: measurement noise must not
+flip a plan between two nodes that see slightly different numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from edgenode.errors import PlanError
+from edgenode.planning._costs import CostGraph, Link, NodeSpec
+from edgenode.planning.partition import plan_pipeline
+
+__all__ = ["Assignment", "ClusterPlan", "Member", "plan_cluster", "quantize_speed"]
+
+SPEED_DIGITS = 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Member:
+    """A node as the planner sees it."""
+
+    node_id: str
+    speed: float  # work units per second (FLOP/s)
+    memory_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assignment:
+    """A node and the consecutive manifest parts it runs."""
+
+    node_id: str
+    start: int
+    stop: int
+
+    @property
+    def parts(self) -> range:
+        """Indices of the manifest parts."""
+        return range(self.start, self.stop)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterPlan:
+    """Assignments in pipeline order; members left without a part are idle."""
+
+    manifest_digest: str
+    members: tuple[str, ...]
+    assignments: tuple[Assignment, ...]
+    idle: tuple[str, ...]
+    bottleneck_s: float
+    latency_s: float
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of what nodes must agree on: manifest, members and assignments."""
+        canonical = json.dumps(
+            {
+                "manifest": self.manifest_digest,
+                "members": list(self.members),
+                "stages": [[a.node_id, a.start, a.stop] for a in self.assignments],
+            },
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def owner(self, part: int) -> str:
+        """The node running manifest part ``part``."""
+        for a in self.assignments:
+            if a.start <= part < a.stop:
+                return a.node_id
+        raise PlanError(f"part {part} is not in the plan")
+
+    def parts_of(self, node_id: str) -> range:
+        """The parts ``node_id`` runs (empty when idle or unknown)."""
+        for a in self.assignments:
+            if a.node_id == node_id:
+                return a.parts
+        return range(0)
+
+
+def quantize_speed(speed: float) -> float:
+    """``speed`` rounded to SPEED_DIGITS significant digits."""
+    return float(f"{speed:.{SPEED_DIGITS}g}")
+
+
+def plan_cluster(
+    graph: CostGraph, members: Sequence[Member], link: Link, *, manifest_digest: str
+) -> ClusterPlan:
+    """The plan over manifest parts (``graph.ops`` are the parts) for these members."""
+    if not members:
+        raise PlanError("no members to plan for")
+    ordered = sorted(members, key=lambda m: m.node_id)
+    nodes = [
+        NodeSpec(node_id=m.node_id, speed=quantize_speed(m.speed), memory_bytes=m.memory_bytes)
+        for m in ordered
+    ]
+    plan = plan_pipeline(graph, nodes, link)
+    assignments = tuple(
+        Assignment(node_id=s.node_id, start=s.start, stop=s.stop) for s in plan.stages
+    )
+    busy = {a.node_id for a in assignments}
+    return ClusterPlan(
+        manifest_digest=manifest_digest,
+        members=tuple(m.node_id for m in ordered),
+        assignments=assignments,
+        idle=tuple(m.node_id for m in ordered if m.node_id not in busy),
+        bottleneck_s=plan.bottleneck_s,
+        latency_s=plan.latency_s,
+    )
