@@ -9,6 +9,7 @@ one-machine configuration. Command-line flags override the file only when given
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import tomllib
 import types
@@ -34,6 +35,8 @@ __all__ = [
 DEFAULT_PORT = 50051
 DEFAULT_MAX_TENSOR_BYTES = 256 * 2**20
 DEFAULT_DEADLINE_S = 10.0
+NODE_ID_MAX_CHARS = 48  # the id is an mDNS instance and host label
+_NODE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 
 
 def parse_address(text: str, *, key: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -62,8 +65,11 @@ class NodeConfig:
 
     @property
     def node_id(self) -> str:
-        """The id peers know this node by."""
-        return self.id or self.name
+        """The id peers know this node by: ``id``, or the name made DNS-label safe."""
+        if self.id:
+            return self.id
+        label = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+        return label[:NODE_ID_MAX_CHARS].rstrip("-") or "node"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +166,11 @@ def _check(config: Config) -> None:
         parse_address(peer, key=f"cluster.peers[{i}]")
     if not config.node.name:
         raise ConfigError("node.name: must not be empty")
+    node_id = config.node.id
+    if node_id and (len(node_id) > NODE_ID_MAX_CHARS or not _NODE_ID.fullmatch(node_id)):
+        raise ConfigError(
+            f"node.id: {node_id!r} must be 1-{NODE_ID_MAX_CHARS} characters of a-z, 0-9 and '-'"
+        )
     if not config.cluster.name:
         raise ConfigError("cluster.name: must not be empty")
     if config.model.threads < 1:

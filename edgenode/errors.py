@@ -5,9 +5,11 @@ from __future__ import annotations
 __all__ = [
     "ChecksumMismatch",
     "ConfigError",
+    "DiscoveryError",
     "DuplicateTensor",
     "EdgenodeError",
     "IncompleteTensor",
+    "InvalidPeerRecord",
     "InvalidTensor",
     "ModelError",
     "PeerUnavailable",
@@ -37,6 +39,14 @@ class ModelError(EdgenodeError):
 
 class PlanError(EdgenodeError):
     """No valid plan exists for the given graph and nodes."""
+
+
+class DiscoveryError(EdgenodeError):
+    """Discovery cannot start or announce (sockets, interfaces, names)."""
+
+
+class InvalidPeerRecord(DiscoveryError):
+    """A peer's advertised record is malformed; the message says what is wrong."""
 
 
 class TransportError(EdgenodeError):

@@ -62,6 +62,7 @@ def test_values_are_read_and_converted(tmp_path: Path) -> None:
         ({"node": {"nmae": "x"}}, "node.nmae: unknown key"),
         ({"node": {"name": 5}}, "node.name: expected a string, got integer 5"),
         ({"node": {"name": ""}}, "node.name: must not be empty"),
+        ({"node": {"id": "Pi_4"}}, "node.id: 'Pi_4' must be"),
         ({"node": "x"}, "node: expected a table, got string 'x'"),
         ({"node": {"listen": "host:http"}}, "node.listen: expected host:port"),
         ({"node": {"listen": "host:70000"}}, "node.listen: port 70000 is out of range"),
@@ -91,6 +92,14 @@ def test_unreadable_files(tmp_path: Path) -> None:
     bad.write_text("[node\nname = 1")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "node_id"),
+    [("pi-kitchen", "pi-kitchen"), ("Pi_Kitchen.local", "pi-kitchen-local"), ("__", "node")],
+)
+def test_node_id_is_derived_from_the_name(name: str, node_id: str) -> None:
+    assert parse_config({"node": {"name": name}}).node.node_id == node_id
 
 
 def test_overrides_apply_only_when_given() -> None:

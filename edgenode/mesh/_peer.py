@@ -1,0 +1,187 @@
+"""Domain types of the mesh: who a peer is, where to reach it, and what changed."""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import secrets
+from dataclasses import dataclass
+from typing import NewType
+
+from edgenode.errors import UsageError
+
+__all__ = [
+    "MAX_INCARNATION",
+    "NODE_ID_MAX_CHARS",
+    "TEXT_MAX_BYTES",
+    "Capacity",
+    "Endpoint",
+    "NodeId",
+    "PeerEvent",
+    "PeerEventKind",
+    "PeerInfo",
+    "incompatibility",
+    "new_incarnation",
+]
+
+NodeId = NewType("NodeId", str)
+
+# The node id is also the mDNS instance label and part of the host label "edgenode-<id>"
+# (at most 63 bytes), and DNS names compare case-insensitively: lower case only.
+NODE_ID_MAX_CHARS = 48
+TEXT_MAX_BYTES = 63  # node name and cluster name, UTF-8
+MAX_INCARNATION = 2**64 - 1
+_SHA256_HEX_CHARS = 64
+_MAX_PORT = 65535
+_MAX_PROTOCOL = 65535
+_NODE_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_MAX_HOST_CHARS = 253
+
+
+def new_incarnation() -> int:
+    """A random 64-bit number that tells this run of a node from its earlier runs."""
+    return secrets.randbits(64)
+
+
+def _check_text(what: str, value: str) -> None:
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if not 0 < size <= TEXT_MAX_BYTES:
+        raise UsageError(f"{what} must be 1-{TEXT_MAX_BYTES} bytes of UTF-8, got {value!r}")
+    if any(not ch.isprintable() for ch in value):
+        raise UsageError(f"{what} must be printable, got {value!r}")
+
+
+def _check_host(host: str) -> None:
+    if not host or len(host) > _MAX_HOST_CHARS or any(ch.isspace() for ch in host):
+        raise UsageError(f"invalid host {host!r}")
+
+
+def _check_port(port: int) -> None:
+    if not 0 < port <= _MAX_PORT:
+        raise UsageError(f"port must be 1-{_MAX_PORT}, got {port}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """A host (IP address or name) and a TCP port."""
+
+    host: str
+    port: int
+
+    def __post_init__(self) -> None:
+        _check_host(self.host)
+        _check_port(self.port)
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """Parse "host:port" or "[ipv6]:port"."""
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not port.isdigit():
+            raise UsageError(f"expected HOST:PORT, got {text!r}")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise UsageError(f"write an IPv6 address in brackets, [addr]:port, got {text!r}")
+        return cls(host=host, port=int(port))
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capacity:
+    """What a node offers the planner: a speed score and the bytes it can hold for its part."""
+
+    speed: float  # work units per second, from the node's self-benchmark
+    memory_bytes: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.speed, bool) or not isinstance(self.speed, int | float):
+            raise UsageError(f"speed must be a number, got {self.speed!r}")
+        if not (math.isfinite(self.speed) and self.speed > 0):
+            raise UsageError(f"speed must be finite and positive, got {self.speed!r}")
+        if isinstance(self.memory_bytes, bool) or not isinstance(self.memory_bytes, int):
+            raise UsageError(f"memory_bytes must be an int, got {self.memory_bytes!r}")
+        if self.memory_bytes < 0:
+            raise UsageError(f"memory_bytes must be >= 0, got {self.memory_bytes}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerInfo:
+    """One node as the others see it: identity, gRPC endpoint, compatibility and capacity."""
+
+    node_id: NodeId
+    name: str  # human-friendly, not necessarily unique
+    addresses: tuple[str, ...]  # where its gRPC server listens, preferred first
+    port: int  # gRPC port
+    protocol: int  # edgenode wire protocol version
+    cluster: str
+    model_sha256: str  # lower-case hex digest of the model the cluster serves
+    capacity: Capacity
+    incarnation: int  # differs between runs of the same node, see new_incarnation()
+
+    def __post_init__(self) -> None:
+        if len(self.node_id) > NODE_ID_MAX_CHARS or not _NODE_ID_RE.fullmatch(self.node_id):
+            raise UsageError(
+                f"node id must be 1-{NODE_ID_MAX_CHARS} characters of a-z, 0-9 and '-' "
+                f"(not first or last), got {self.node_id!r}"
+            )
+        _check_text("node name", self.name)
+        _check_text("cluster name", self.cluster)
+        if not isinstance(self.addresses, tuple) or not self.addresses:
+            raise UsageError(f"addresses must be a non-empty tuple, got {self.addresses!r}")
+        for host in self.addresses:
+            _check_host(host)
+        _check_port(self.port)
+        if not 0 <= self.protocol <= _MAX_PROTOCOL:
+            raise UsageError(f"protocol version must be 0-{_MAX_PROTOCOL}, got {self.protocol}")
+        if not _SHA256_RE.fullmatch(self.model_sha256):
+            raise UsageError(
+                f"model_sha256 must be {_SHA256_HEX_CHARS} lower-case hex digits, "
+                f"got {self.model_sha256!r}"
+            )
+        if not 0 <= self.incarnation <= MAX_INCARNATION:
+            raise UsageError(f"incarnation must fit in 64 bits, got {self.incarnation}")
+
+    @property
+    def host(self) -> str:
+        """The preferred address."""
+        return self.addresses[0]
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The preferred gRPC endpoint."""
+        return Endpoint(host=self.host, port=self.port)
+
+
+def incompatibility(local: PeerInfo, peer: PeerInfo) -> str | None:
+    """Why `local` must not join `peer` in one cluster, or None when it can."""
+    if peer.node_id == local.node_id:
+        return "own node id"
+    if peer.cluster != local.cluster:
+        return f"other cluster {peer.cluster!r} (ours is {local.cluster!r})"
+    if peer.protocol != local.protocol:
+        return f"protocol version {peer.protocol} (ours is {local.protocol})"
+    if peer.model_sha256 != local.model_sha256:
+        return f"model {peer.model_sha256[:12]} (ours is {local.model_sha256[:12]})"
+    return None
+
+
+class PeerEventKind(enum.Enum):
+    """What happened to a peer."""
+
+    JOINED = "joined"  # a new run of a node (a new node id, or a new incarnation)
+    UPDATED = "updated"  # same run, changed record (capacity, name, addresses, port)
+    LEFT = "left"  # said goodbye, stopped answering probes, or was replaced by a new run
+
+
+@dataclass(frozen=True, slots=True)
+class PeerEvent:
+    """A change in the set of peers; for LEFT, `peer` is the last record seen."""
+
+    kind: PeerEventKind
+    peer: PeerInfo
