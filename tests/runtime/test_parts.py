@@ -1,0 +1,106 @@
+"""PartHost: owned parts on worker threads, chained locally, loaded and dropped on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgenode.errors import ModelError
+from edgenode.model.graph import build_graph
+from edgenode.model.slicing import run_model
+from edgenode.model.split import split_model
+from edgenode.runtime.parts import PartHost
+from tests.model import models
+
+pytestmark = pytest.mark.tf
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory):
+    directory = tmp_path_factory.mktemp("split")
+    model = models.build("multi_io")
+    manifest = split_model(model, directory, cuts=[2, 4, 6]).manifest
+    graph = build_graph(model)
+    inputs = models.sample_inputs(model, batch=2)
+    return manifest, directory, inputs, run_model(graph, inputs)
+
+
+async def test_chain_of_owned_parts_gives_the_model_output(split) -> None:
+    manifest, directory, inputs, expected = split
+    async with PartHost(manifest, directory) as host:
+        await host.load(range(4))
+        assert host.loaded == (0, 1, 2, 3)
+        out = await host.run_chain(range(4), inputs)
+    for name in manifest.model.outputs:
+        assert np.array_equal(out[name], expected[name])
+
+
+async def test_parts_run_on_their_own_threads_not_the_loop(split) -> None:
+    manifest, directory, inputs, _ = split
+    seen: list[str] = []
+
+    def factory(spec, d):
+        from edgenode.backends import load_runner
+
+        runner = load_runner(spec, d)
+
+        class Recording:
+            inputs = runner.inputs
+            outputs = runner.outputs
+
+            def __call__(self, feed):
+                seen.append(threading.current_thread().name)
+                return runner(feed)
+
+        return Recording()
+
+    async with PartHost(manifest, directory, factory=factory) as host:
+        await host.load([0, 1])
+        await asyncio.gather(host.run(0, inputs), host.run(0, inputs))
+        values = dict(inputs)
+        values.update(await host.run(0, inputs))
+        await host.run(1, values)
+    assert seen[:3] == ["part-0_0"] * 3 and seen[3] == "part-1_0"
+    assert threading.main_thread().name not in seen
+
+
+async def test_load_drops_parts_no_longer_owned(split) -> None:
+    manifest, directory, inputs, _ = split
+    async with PartHost(manifest, directory) as host:
+        await host.load([0, 1])
+        await host.load([1, 2])
+        assert host.loaded == (1, 2)
+        with pytest.raises(ModelError, match="part 0 is not loaded"):
+            await host.run(0, inputs)
+        with pytest.raises(ModelError, match="part 9 is not in the manifest"):
+            await host.load([9])
+
+
+async def test_bad_inputs_are_refused_and_the_part_keeps_working(split) -> None:
+    manifest, directory, inputs, _ = split
+    async with PartHost(manifest, directory) as host:
+        await host.load([0])
+        bad = {k: v.astype(np.float64) for k, v in inputs.items()}
+        with pytest.raises(ModelError, match="dtype float64"):
+            await host.run(0, bad)
+        with pytest.raises(ModelError, match="missing"):
+            await host.run(0, {})
+        wrong_shape = {k: v[..., :1] for k, v in inputs.items()}
+        with pytest.raises(ModelError, match="shape"):
+            await host.run(0, wrong_shape)
+        assert await host.run(0, inputs)
+
+
+def test_missing_part_file(split, tmp_path: Path) -> None:
+    manifest, _, _, _ = split
+
+    async def go() -> None:
+        async with PartHost(manifest, tmp_path) as host:
+            await host.load([0])
+
+    with pytest.raises(ModelError, match=r"does not exist|cannot load"):
+        asyncio.run(go())
