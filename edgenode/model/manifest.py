@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgenode.errors import ModelError
+from edgenode.planning import CostGraph, OpCost, TensorCost
 
 __all__ = [
     "FORMAT",
@@ -157,6 +158,37 @@ class Manifest:
         path.write_text(self.dumps())
         return path
 
+    def cost_graph(self) -> CostGraph:
+        """The planner's view of the parts: each part is one op, boundary tensors link them."""
+        producer: dict[str, int] = {t.name: -1 for t in self.model.inputs}
+        specs: dict[str, TensorSpec] = {t.name: t for t in self.model.inputs}
+        consumers: dict[str, list[int]] = {}
+        finals: set[str] = set()
+        for part in self.parts:
+            for t in part.inputs:
+                consumers.setdefault(t.name, []).append(part.index)
+            for out in part.outputs:
+                producer[out.name] = part.index
+                specs[out.name] = out
+                if out.final:
+                    finals.add(out.name)
+        return CostGraph(
+            ops=tuple(
+                OpCost(name=f"part-{p.index}", work=float(p.flops), param_bytes=p.param_bytes)
+                for p in self.parts
+            ),
+            tensors=tuple(
+                TensorCost(
+                    name=name,
+                    producer=producer[name],
+                    consumers=tuple(consumers.get(name, ())),
+                    nbytes=_nbytes(specs[name]),
+                    final=name in finals,
+                )
+                for name in producer
+            ),
+        )
+
     def verify_files(self, directory: Path) -> None:
         """Check every part file exists and matches its sha256."""
         for part in self.parts:
@@ -169,6 +201,33 @@ class Manifest:
                     f"part {part.index}: {path} has sha256 {actual[:12]}..., "
                     f"manifest says {part.sha256[:12]}..."
                 )
+
+
+_ITEMSIZE = {
+    "bool": 1,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "float16": 2,
+    "bfloat16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "float32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
+}
+
+
+def _nbytes(spec: TensorSpec) -> int:
+    """Bytes of one sample (free dimensions taken as 1)."""
+    count = 1
+    for dim in spec.shape:
+        count *= dim if dim is not None else 1
+    return count * _ITEMSIZE.get(spec.dtype, 4)
 
 
 def file_sha256(path: Path) -> str:

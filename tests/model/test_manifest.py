@@ -122,3 +122,14 @@ def test_unreadable_manifests(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         load_manifest(tmp_path)
+
+
+def test_cost_graph_links_parts_by_their_boundary_tensors() -> None:
+    graph = Manifest.from_json(_sample()).cost_graph()
+    assert [op.name for op in graph.ops] == ["part-0", "part-1"]
+    assert [op.work for op in graph.ops] == [25.0, 12.0]
+    by_name = {t.name: t for t in graph.tensors}
+    assert by_name["input"].producer == -1 and by_name["input"].consumers == (0,)
+    assert by_name["aux"].producer == 0 and by_name["aux"].consumers == (1,)
+    assert by_name["aux"].final and by_name["head"].final and not by_name["mid"].final
+    assert by_name["mid"].nbytes == 4 * 4  # (None, 4) float32, batch 1

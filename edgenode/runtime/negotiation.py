@@ -1,0 +1,228 @@
+"""Negotiating the plan: every node computes it, then confirms that all owners agree.
+
+There is no coordinator. Each node feeds the same inputs (the manifest and the
+membership sorted by node id) to the same pure planner, so nodes that see the same
+members compute the same plan. A node serves a plan only once every member has
+reported the same digest (asked over gRPC through ``PlanPeers``); until then it
+keeps serving the previous agreed plan, so a switch is atomic from its point of view.
+
+Membership changes are debounced (a burst of joins gives one re-plan). A member
+that cannot be reached several times in a row while confirming is marked dead,
+which triggers a re-plan without it: mDNS would keep a killed node's record for
+minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgenode.errors import PeerUnavailable, PlanError
+from edgenode.mesh import Debounce, Discovery, Membership, NodeId, PeerEvent, PeerInfo
+from edgenode.model.manifest import Manifest
+from edgenode.planning import ClusterPlan, Link, Member, plan_cluster
+
+__all__ = ["DEFAULT_LINK", "Negotiator", "PlanPeers", "PlanState"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LINK = Link(bandwidth_bytes_per_s=125e6, latency_s=0.0005)  # gigabit Ethernet
+CONFIRM_INTERVAL_S = 0.02  # between rounds of asking peers for their digest
+ASK_TIMEOUT_S = 1.0  # a peer slower than this to answer counts as unreachable
+DEAD_AFTER_FAILURES = 3  # consecutive unreachable answers before a peer is marked dead
+
+
+class PlanPeers(Protocol):
+    """Asks another node which plan digest it has computed (its GetPlan RPC)."""
+
+    async def plan_digest(self, peer: PeerInfo) -> str:
+        """The digest ``peer`` computed ("" when none); PeerUnavailable if unreachable."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanState:
+    """What this node computed, and what it serves."""
+
+    computed: ClusterPlan | None  # latest plan from the current membership
+    agreed: ClusterPlan | None  # latest plan every member confirmed; the one served
+    members: tuple[NodeId, ...]
+    version: int  # increases on every change of this state
+
+    @property
+    def settled(self) -> bool:
+        """True when the served plan is the latest computed one."""
+        return self.computed is not None and self.agreed is self.computed
+
+
+class Negotiator:
+    """Runs the negotiation for one node; ``run()`` until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        discovery: Discovery,
+        manifest: Manifest,
+        peers: PlanPeers,
+        link: Link = DEFAULT_LINK,
+        debounce: Debounce | None = None,
+        confirm_interval_s: float = CONFIRM_INTERVAL_S,
+        ask_timeout_s: float = ASK_TIMEOUT_S,
+        dead_after_failures: int = DEAD_AFTER_FAILURES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._discovery = discovery
+        self._manifest = manifest
+        self._graph = manifest.cost_graph()
+        self._manifest_digest = manifest.digest
+        self._peers = peers
+        self._link = link
+        self._debounce = debounce or Debounce()
+        self._confirm_interval_s = confirm_interval_s
+        self._ask_timeout_s = ask_timeout_s
+        self._dead_after = dead_after_failures
+        self._clock = clock
+        self._membership = Membership.of(discovery.local)
+        self._failures: dict[NodeId, int] = {}
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._state = PlanState(computed=None, agreed=None, members=(), version=0)
+
+    @property
+    def state(self) -> PlanState:
+        """The current state (immutable snapshot)."""
+        return self._state
+
+    @property
+    def membership(self) -> Membership:
+        """The current membership view."""
+        return self._membership
+
+    def plan_digest(self) -> str:
+        """The digest this node computed ("" before the first plan): its GetPlan answer."""
+        computed = self._state.computed
+        return computed.digest if computed is not None else ""
+
+    def mark_dead(self, node_id: NodeId, incarnation: int | None = None) -> None:
+        """Drop a peer the transport found dead; re-plan without it."""
+        self._set_membership(self._membership.mark_dead(node_id, incarnation))
+
+    async def wait(self, predicate: Callable[[PlanState], bool], timeout_s: float) -> PlanState:
+        """The first state satisfying ``predicate``; TimeoutError after ``timeout_s``."""
+        async with asyncio.timeout(timeout_s), self._changed:
+            await self._changed.wait_for(lambda: predicate(self._state))
+            return self._state
+
+    async def run(self) -> None:
+        """Consume discovery events and keep an agreed plan; returns only when cancelled."""
+        self._debounce = self._debounce.changed(self._clock())
+        self._wake.set()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._consume_events())
+            await self._plan_loop()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _consume_events(self) -> None:
+        event: PeerEvent
+        async for event in self._discovery.events():
+            self._set_membership(self._membership.apply(event))
+
+    def _set_membership(self, membership: Membership) -> None:
+        if membership.members == self._membership.members:
+            self._membership = membership
+            return
+        before = {p.node_id for p in self._membership.members}
+        after = {p.node_id for p in membership.members}
+        self._membership = membership
+        logger.info(
+            "membership: %d nodes (joined %s, left %s)",
+            len(after),
+            sorted(after - before) or "-",
+            sorted(before - after) or "-",
+        )
+        self._debounce = self._debounce.changed(self._clock())
+        self._wake.set()
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(seconds, 0.0)):
+                await self._wake.wait()
+        self._wake.clear()
+
+    async def _plan_loop(self) -> None:
+        while True:
+            due = self._debounce.due_s
+            if due is None:
+                await self._sleep_or_wake(3600.0)
+                continue
+            if self._clock() < due:
+                await self._sleep_or_wake(due - self._clock())
+                continue
+            self._debounce = self._debounce.done()
+            plan = self._compute()
+            await self._publish(computed=plan, agreed=self._state.agreed)
+            if plan is not None:
+                await self._confirm(plan)
+
+    def _compute(self) -> ClusterPlan | None:
+        members = [
+            Member(node_id=p.node_id, speed=p.capacity.speed, memory_bytes=p.capacity.memory_bytes)
+            for p in self._membership.members
+        ]
+        try:
+            plan = plan_cluster(
+                self._graph, members, self._link, manifest_digest=self._manifest_digest
+            )
+        except PlanError as exc:
+            logger.warning("no plan for %d nodes: %s", len(members), exc)
+            return None
+        return plan
+
+    async def _confirm(self, plan: ClusterPlan) -> None:
+        """Ask every other member for its digest until all match or membership changes."""
+        local = self._membership.local.node_id
+        while not self._debounce.pending:
+            others = [p for p in self._membership.members if p.node_id != local]
+            answers = await asyncio.gather(*(self._ask(p) for p in others))
+            if self._debounce.pending:
+                return
+            if all(answer == plan.digest for answer in answers):
+                stages = ", ".join(f"{a.node_id}:{a.start}-{a.stop - 1}" for a in plan.assignments)
+                idle = f"; idle {', '.join(plan.idle)}" if plan.idle else ""
+                logger.info("plan %s agreed: %s%s", plan.digest[:12], stages, idle)
+                await self._publish(computed=plan, agreed=plan)
+                return
+            await self._sleep_or_wake(self._confirm_interval_s)
+
+    async def _ask(self, peer: PeerInfo) -> str | None:
+        try:
+            async with asyncio.timeout(self._ask_timeout_s):
+                digest = await self._peers.plan_digest(peer)
+        except (PeerUnavailable, TimeoutError) as exc:
+            failures = self._failures.get(peer.node_id, 0) + 1
+            self._failures[peer.node_id] = failures
+            if failures == 1:
+                logger.warning("peer %s does not answer: %s", peer.node_id, exc)
+            if failures >= self._dead_after:
+                logger.warning("peer %s marked dead after %d failures", peer.node_id, failures)
+                self._failures.pop(peer.node_id, None)
+                self.mark_dead(peer.node_id, peer.incarnation)
+            return None
+        self._failures.pop(peer.node_id, None)
+        return digest
+
+    async def _publish(self, *, computed: ClusterPlan | None, agreed: ClusterPlan | None) -> None:
+        async with self._changed:
+            self._state = PlanState(
+                computed=computed,
+                agreed=agreed,
+                members=tuple(p.node_id for p in self._membership.members),
+                version=self._state.version + 1,
+            )
+            self._changed.notify_all()

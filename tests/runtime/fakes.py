@@ -1,0 +1,75 @@
+"""In-memory cluster pieces for negotiation tests: a chain manifest, peers, PlanPeers."""
+
+from __future__ import annotations
+
+from edgenode.errors import PeerUnavailable
+from edgenode.mesh import Capacity, InMemoryNetwork, PeerInfo
+from edgenode.model.manifest import Manifest
+from edgenode.runtime.negotiation import Negotiator
+
+GIB = 2**30
+
+
+def chain_manifest(parts: int, flops: int = 10**8) -> Manifest:
+    """A manifest of ``parts`` parts in a chain; only the last output is final."""
+
+    def tensor(name: str) -> dict:
+        return {"name": name, "shape": [None, 256], "dtype": "float32"}
+
+    entries = []
+    for i in range(parts):
+        last = i == parts - 1
+        entries.append(
+            {
+                "index": i,
+                "file": f"part-{i}.keras",
+                "sha256": f"{i:064x}",
+                "inputs": [tensor("input" if i == 0 else f"t{i - 1}")],
+                "outputs": [{**tensor(f"t{i}"), "final": last}],
+                "flops": flops,
+                "param_bytes": 1000,
+            }
+        )
+    return Manifest.from_json(
+        {
+            "format": "edgenode-manifest/1",
+            "model": {
+                "name": "chain",
+                "sha256": "ab" * 32,
+                "inputs": [tensor("input")],
+                "outputs": [f"t{parts - 1}"],
+            },
+            "parts": entries,
+        }
+    )
+
+
+def peer_info(node_id: str, port: int, manifest: Manifest, speed: float = 1e9) -> PeerInfo:
+    return PeerInfo(
+        node_id=node_id,
+        name=node_id,
+        addresses=("127.0.0.1",),
+        port=port,
+        protocol=1,
+        cluster="test",
+        model_sha256=manifest.digest,
+        capacity=Capacity(speed=speed, memory_bytes=GIB),
+        incarnation=port,
+    )
+
+
+class InMemoryPlanPeers:
+    """PlanPeers over a dict of live negotiators; a missing or crashed node is unavailable."""
+
+    def __init__(self) -> None:
+        self.negotiators: dict[str, Negotiator] = {}
+        self.down: set[str] = set()
+
+    async def plan_digest(self, peer: PeerInfo) -> str:
+        negotiator = self.negotiators.get(peer.node_id)
+        if negotiator is None or peer.node_id in self.down:
+            raise PeerUnavailable(f"{peer.node_id} does not answer")
+        return negotiator.plan_digest()
+
+
+__all__ = ["InMemoryNetwork", "InMemoryPlanPeers", "chain_manifest", "peer_info"]
