@@ -144,8 +144,23 @@ class Manifest:
 
     @property
     def digest(self) -> str:
-        """sha256 of the canonical JSON: identifies this exact cut of this model."""
+        """sha256 of the canonical JSON, part file hashes included."""
         return hashlib.sha256(self.dumps().encode()).hexdigest()
+
+    @property
+    def identity(self) -> str:
+        """sha256 of what the cluster must agree on: the model and this cut of it.
+
+        Leaves out the part files' hashes and the tool version: two nodes that cut the
+        same model the same way get files with different zip timestamps, yet serve the
+        same parts and can work together.
+        """
+        data = self.to_json()
+        data.pop("created_by")
+        for part in data["parts"]:
+            part.pop("sha256")
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @classmethod
     def from_json(cls, data: Any) -> Manifest:

@@ -79,7 +79,7 @@ class Negotiator:
         self._discovery = discovery
         self._manifest = manifest
         self._graph = manifest.cost_graph()
-        self._manifest_digest = manifest.digest
+        self._manifest_digest = manifest.identity
         self._peers = peers
         self._link = link
         self._debounce = debounce or Debounce()

@@ -133,3 +133,15 @@ def test_cost_graph_links_parts_by_their_boundary_tensors() -> None:
     assert by_name["aux"].producer == 0 and by_name["aux"].consumers == (1,)
     assert by_name["aux"].final and by_name["head"].final and not by_name["mid"].final
     assert by_name["mid"].nbytes == 4 * 4  # (None, 4) float32, batch 1
+
+
+def test_identity_ignores_file_hashes_but_not_the_cut() -> None:
+    base = Manifest.from_json(_sample())
+    rehashed = _sample()
+    rehashed["parts"][0]["sha256"] = "f" * 64
+    rehashed["created_by"] = "edgenode 9"
+    other = Manifest.from_json(rehashed)
+    assert other.identity == base.identity and other.digest != base.digest
+    recut = _sample()
+    recut["parts"][0]["ops"]["stop"] = 4
+    assert Manifest.from_json(recut).identity != base.identity

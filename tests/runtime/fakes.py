@@ -52,7 +52,7 @@ def peer_info(node_id: str, port: int, manifest: Manifest, speed: float = 1e9) -
         port=port,
         protocol=1,
         cluster="test",
-        model_sha256=manifest.digest,
+        model_sha256=manifest.identity,
         capacity=Capacity(speed=speed, memory_bytes=GIB),
         incarnation=port,
     )
