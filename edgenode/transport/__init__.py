@@ -1,0 +1,60 @@
+"""Moving tensors between nodes: codec, gRPC transport, in-memory transport.
+
+Layers above depend on the ``Transport`` and ``PeerSender`` Protocols; only the composition
+root names ``GrpcTransport`` (or ``MemoryTransport`` in tests). A node calls ``tune_malloc()``
+once at start-up and runs its loop with ``run(main(), use_uvloop=...)``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edgenode.transport._api import (
+    DEFAULT_MAX_BUFFERED_BYTES,
+    PeerSender,
+    StreamTotals,
+    Transport,
+    TransportConfig,
+    TransportStats,
+)
+from edgenode.transport._grpc import SERVICE_NAME, GrpcPeer, GrpcTransport
+from edgenode.transport._inbox import TensorInbox
+from edgenode.transport._memory import MemoryNetwork, MemoryPeer, MemoryTransport
+from edgenode.transport._runtime import loop_factory, run, tune_malloc
+from edgenode.transport.codec import (
+    CHUNK_BYTES,
+    DEFAULT_MAX_TENSOR_BYTES,
+    FrameDecoder,
+    RequestId,
+    Tensor,
+    encode_frames,
+)
+
+__all__ = [
+    "CHUNK_BYTES",
+    "DEFAULT_MAX_BUFFERED_BYTES",
+    "DEFAULT_MAX_TENSOR_BYTES",
+    "SERVICE_NAME",
+    "FrameDecoder",
+    "GrpcPeer",
+    "GrpcTransport",
+    "MemoryNetwork",
+    "MemoryPeer",
+    "MemoryTransport",
+    "PeerSender",
+    "RequestId",
+    "StreamTotals",
+    "Tensor",
+    "TensorInbox",
+    "Transport",
+    "TransportConfig",
+    "TransportStats",
+    "encode_frames",
+    "loop_factory",
+    "run",
+    "tune_malloc",
+]
+
+if TYPE_CHECKING:  # both implementations satisfy the Protocols the layers above use
+    _transports: tuple[type[Transport], ...] = (GrpcTransport, MemoryTransport)
+    _senders: tuple[type[PeerSender], ...] = (GrpcPeer, MemoryPeer)

@@ -1,0 +1,472 @@
+"""Tensors <-> serialized ``edgenode.v1.Frame`` messages: pure (no I/O), with few copies.
+
+Sending, the only copy is the one that joins a frame's pieces (header bytes and a slice of the
+array's own memory) into the message bytes. Receiving, a tensor that arrived whole in one frame
+is a zero-copy view of that frame's bytes; a chunked tensor is written chunk by chunk into one
+buffer allocated from its header. Received arrays are read-only.
+
+The Frame and TensorPart wrappers are read and written here directly in protobuf wire format
+(they are a few tags and lengths); the TensorHeader message goes through the generated class.
+Tests check both directions against the generated classes.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, NewType
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.message import DecodeError
+
+from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
+from edgenode.errors import (
+    ChecksumMismatch,
+    DuplicateTensor,
+    IncompleteTensor,
+    InvalidTensor,
+    ProtocolError,
+    TensorTooLarge,
+)
+
+__all__ = [
+    "CHUNK_BYTES",
+    "DEFAULT_MAX_TENSOR_BYTES",
+    "DUPLICATE_WINDOW_REQUESTS",
+    "MAX_NDIM",
+    "FrameDecoder",
+    "RequestId",
+    "Tensor",
+    "encode_frames",
+    "wire_dtypes",
+]
+
+CHUNK_BYTES = 1 << 20  # data bytes per frame; far below gRPC's 4 MiB message limit
+DEFAULT_MAX_TENSOR_BYTES = 1 << 30  # a receiver refuses larger tensors unless configured
+MAX_NDIM = 64  # numpy's own limit
+DUPLICATE_WINDOW_REQUESTS = 4096  # requests remembered per stream for duplicate detection
+
+RequestId = NewType("RequestId", str)
+
+_DTYPES: dict[int, np.dtype[Any]] = {
+    pb.DTYPE_BOOL: np.dtype("?"),
+    pb.DTYPE_INT8: np.dtype("i1"),
+    pb.DTYPE_UINT8: np.dtype("u1"),
+    pb.DTYPE_INT16: np.dtype("<i2"),
+    pb.DTYPE_UINT16: np.dtype("<u2"),
+    pb.DTYPE_INT32: np.dtype("<i4"),
+    pb.DTYPE_UINT32: np.dtype("<u4"),
+    pb.DTYPE_INT64: np.dtype("<i8"),
+    pb.DTYPE_UINT64: np.dtype("<u8"),
+    pb.DTYPE_FLOAT16: np.dtype("<f2"),
+    pb.DTYPE_FLOAT32: np.dtype("<f4"),
+    pb.DTYPE_FLOAT64: np.dtype("<f8"),
+    pb.DTYPE_COMPLEX64: np.dtype("<c8"),
+    pb.DTYPE_COMPLEX128: np.dtype("<c16"),
+}
+_CODES: dict[np.dtype[Any], int] = {dt: code for code, dt in _DTYPES.items()}
+
+# Wire types and the tags of the hand-coded messages (field number << 3 | wire type).
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+_TAG_FRAME_PARTS = b"\x0a"  # Frame.parts = 1, LEN
+_TAG_PART_HEADER = b"\x0a"  # TensorPart.header = 1, LEN
+_TAG_PART_OFFSET = b"\x10"  # TensorPart.offset = 2, VARINT
+_TAG_PART_DATA = b"\x1a"  # TensorPart.data = 3, LEN
+_PART_OVERHEAD_BYTES = 32  # tags and lengths of one part, generously
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """One named tensor of one inference request."""
+
+    request_id: RequestId
+    name: str
+    array: npt.NDArray[Any]
+    plan_digest: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensor's data."""
+        return int(self.array.nbytes)
+
+
+def wire_dtypes() -> list[np.dtype[Any]]:
+    """The element types that can travel (little-endian forms)."""
+    return list(_CODES)
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+
+def encode_frames(
+    tensors: Iterable[Tensor], *, chunk_bytes: int = CHUNK_BYTES, checksum: bool = False
+) -> Iterator[bytes]:
+    """Serialized frames carrying the tensors in order; small tensors share one frame.
+
+    A tensor starts a new frame unless it fits whole in the current one; a tensor larger than
+    chunk_bytes spans frames of one part each. Frames are produced lazily, so a sender that
+    awaits each write holds one frame at a time.
+    """
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
+    # Checked before the first frame, so a bad tensor never leaves half a send on a stream.
+    prepared = []
+    for tensor in tensors:
+        data = _wire_bytes(tensor)
+        prepared.append((data, _header(tensor, data, checksum).SerializeToString()))
+    return _frames(prepared, chunk_bytes)
+
+
+def _frames(prepared: list[tuple[memoryview, bytes]], chunk_bytes: int) -> Iterator[bytes]:
+    pieces: list[bytes | memoryview] = []
+    used = 0
+    for data, header in prepared:
+        size = len(data) + len(header) + _PART_OVERHEAD_BYTES
+        if pieces and used + size > chunk_bytes:
+            yield b"".join(pieces)
+            pieces, used = [], 0
+        first = min(len(data), chunk_bytes)
+        _add_part(pieces, header, 0, data[:first])
+        used += size
+        for offset in range(first, len(data), chunk_bytes):
+            yield b"".join(pieces)
+            chunk = data[offset : offset + chunk_bytes]
+            pieces, used = [], len(chunk) + _PART_OVERHEAD_BYTES
+            _add_part(pieces, None, offset, chunk)
+    if pieces:
+        yield b"".join(pieces)
+
+
+def _wire_bytes(tensor: Tensor) -> memoryview:
+    """The array's bytes, C-ordered and little-endian; a view when it already is."""
+    array = np.asarray(tensor.array)
+    wire = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    if wire not in _CODES:
+        raise InvalidTensor(
+            f"tensor {tensor.name!r} of request {tensor.request_id!r}: dtype {array.dtype} "
+            f"cannot travel (supported: {', '.join(str(d) for d in _CODES)})"
+        )
+    if array.dtype != wire or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=wire)
+    return array.reshape(-1).view(np.uint8).data
+
+
+def _header(tensor: Tensor, data: memoryview, checksum: bool) -> pb.TensorHeader:
+    array = tensor.array
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    header = pb.TensorHeader(
+        request_id=tensor.request_id,
+        plan_digest=tensor.plan_digest,
+        name=tensor.name,
+        dtype=_CODES[dtype],  # type: ignore[arg-type]
+        shape=array.shape,
+        byte_length=len(data),
+    )
+    if checksum:
+        header.crc32 = zlib.crc32(data)
+    return header
+
+
+def _add_part(
+    out: list[bytes | memoryview], header: bytes | None, offset: int, data: memoryview
+) -> None:
+    body: list[bytes | memoryview] = []
+    if header is not None:
+        body += [_TAG_PART_HEADER, _varint(len(header)), header]
+    if offset:
+        body += [_TAG_PART_OFFSET, _varint(offset)]
+    if len(data):
+        body += [_TAG_PART_DATA, _varint(len(data)), data]
+    out += [_TAG_FRAME_PARTS, _varint(sum(len(b) for b in body)), *body]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# -- decoding ------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Assembly:
+    """A tensor whose header arrived and whose bytes are still arriving."""
+
+    request_id: RequestId
+    name: str
+    plan_digest: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    crc32: int | None
+    buffer: npt.NDArray[np.uint8]
+    filled: int = 0
+
+    def label(self) -> str:
+        return f"tensor {self.name!r} of request {self.request_id!r}"
+
+
+class FrameDecoder:
+    """Reassembles the tensors of one stream from its frames; raises on the first bad one.
+
+    The pieces of one tensor must follow each other, so at most one buffer is pending. After
+    an error the decoder is unusable; call ``discard`` to free the pending buffer.
+    """
+
+    def __init__(self, *, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
+        self._max_tensor_bytes = max_tensor_bytes
+        self._current: _Assembly | None = None
+        self._seen: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
+        self.tensors = 0  # whole tensors decoded
+        self.bytes = 0  # their data bytes
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes allocated for a tensor still arriving (0 when none)."""
+        return 0 if self._current is None else int(self._current.buffer.nbytes)
+
+    def feed(self, frame: bytes) -> list[Tensor]:
+        """Decode one serialized frame; return the tensors it completed, in order."""
+        done: list[Tensor] = []
+        view = memoryview(frame)
+        pos, end = 0, len(view)
+        while pos < end:
+            field, wire, pos = _read_tag(view, pos, end, "frame")
+            if field == 1 and wire == _LEN:
+                length, pos = _read_varint(view, pos, end, "frame")
+                stop = _span_end(pos, length, end, "frame part")
+                tensor = self._part(frame, view, pos, stop)
+                if tensor is not None:
+                    done.append(tensor)
+                pos = stop
+            else:
+                pos = _skip(view, field, wire, pos, end, "frame")
+        return done
+
+    def finish(self) -> None:
+        """The stream ended normally: raise if a tensor is missing bytes."""
+        current = self._current
+        if current is not None:
+            self.discard()
+            raise IncompleteTensor(
+                f"{current.label()}: stream ended after {current.filled} of "
+                f"{current.buffer.nbytes} bytes"
+            )
+
+    def discard(self) -> None:
+        """Free the buffer of a tensor still arriving (stream failed or was cancelled)."""
+        self._current = None
+
+    def _part(self, frame: bytes, view: memoryview, pos: int, end: int) -> Tensor | None:
+        header: memoryview | None = None
+        offset = 0
+        data_start = data_end = pos
+        seen: set[int] = set()
+        while pos < end:
+            field, wire, pos = _read_tag(view, pos, end, "tensor part")
+            if field in (1, 2, 3) and field in seen:
+                raise ProtocolError(f"tensor part repeats field {field}")
+            seen.add(field)
+            if field == 1 and wire == _LEN:
+                length, pos = _read_varint(view, pos, end, "tensor part")
+                stop = _span_end(pos, length, end, "tensor header")
+                header, pos = view[pos:stop], stop
+            elif field == 2 and wire == _VARINT:
+                offset, pos = _read_varint(view, pos, end, "tensor part")
+            elif field == 3 and wire == _LEN:
+                length, pos = _read_varint(view, pos, end, "tensor part")
+                data_start, data_end = pos, _span_end(pos, length, end, "tensor data")
+                pos = data_end
+            elif field in (1, 2, 3):
+                raise ProtocolError(f"tensor part field {field} has wire type {wire}")
+            else:
+                pos = _skip(view, field, wire, pos, end, "tensor part")
+        if header is not None:
+            return self._start(frame, header, offset, data_start, data_end)
+        return self._continue(view, offset, data_start, data_end)
+
+    def _start(
+        self, frame: bytes, raw: memoryview, offset: int, start: int, end: int
+    ) -> Tensor | None:
+        try:
+            header = pb.TensorHeader.FromString(bytes(raw))
+        except DecodeError as exc:
+            raise ProtocolError(f"tensor header is not a valid TensorHeader: {exc}") from None
+        rid, name = RequestId(header.request_id), header.name
+        label = f"tensor {name!r} of request {rid!r}"
+        current = self._current
+        if current is not None:
+            raise IncompleteTensor(
+                f"{current.label()}: header of {label} arrived after {current.filled} of "
+                f"{current.buffer.nbytes} bytes"
+            )
+        dtype, shape = self._check_header(header, label)
+        # A retry under a new plan reuses the request id: the plan digest is part of the key.
+        key = (rid, header.plan_digest)
+        names = self._seen.get(key)
+        if names is None:
+            names = self._seen[key] = set()
+            if len(self._seen) > DUPLICATE_WINDOW_REQUESTS:
+                self._seen.popitem(last=False)
+        elif name in names:
+            raise DuplicateTensor(f"{label} arrived twice on this stream")
+        names.add(name)
+        length = header.byte_length
+        crc = header.crc32 if header.HasField("crc32") else None
+        if offset != 0:
+            raise ProtocolError(f"{label}: first chunk at offset {offset}, expected 0")
+        if end - start > length:
+            raise ProtocolError(
+                f"{label}: chunk of {end - start} bytes at offset 0 goes beyond the declared "
+                f"length of {length} bytes"
+            )
+        if end - start == length:  # whole tensor in this frame: a view, no copy
+            array = np.frombuffer(frame, dtype=np.uint8, count=length, offset=start)
+            return self._complete(rid, name, header.plan_digest, dtype, shape, crc, array)
+        self._current = _Assembly(
+            request_id=rid,
+            name=name,
+            plan_digest=header.plan_digest,
+            dtype=dtype,
+            shape=shape,
+            crc32=crc,
+            buffer=np.empty(length, dtype=np.uint8),
+        )
+        self._fill(frame, 0, start, end)
+        return None
+
+    def _check_header(
+        self, header: pb.TensorHeader, label: str
+    ) -> tuple[np.dtype[Any], tuple[int, ...]]:
+        dtype = _DTYPES.get(header.dtype)
+        if dtype is None:
+            raise InvalidTensor(f"{label}: unknown dtype {header.dtype}")
+        shape = tuple(header.shape)
+        if len(shape) > MAX_NDIM:
+            raise InvalidTensor(f"{label}: {len(shape)} dimensions, at most {MAX_NDIM}")
+        if any(d < 0 for d in shape):
+            raise InvalidTensor(f"{label}: negative dimension in shape {list(shape)}")
+        # numpy refuses shapes whose non-zero dimensions multiply past its index type.
+        if math.prod(d for d in shape if d) * dtype.itemsize >= 1 << 63:
+            raise InvalidTensor(f"{label}: shape {list(shape)} overflows: absurd dimensions")
+        needed = math.prod(shape) * dtype.itemsize
+        if needed != header.byte_length:
+            raise InvalidTensor(
+                f"{label}: shape {list(shape)} of {dtype} needs {needed} bytes but the header "
+                f"declares byte length {header.byte_length}"
+            )
+        if needed > self._max_tensor_bytes:
+            raise TensorTooLarge(
+                f"{label}: {needed} bytes exceeds this node's limit of "
+                f"{self._max_tensor_bytes} bytes per tensor"
+            )
+        return dtype, shape
+
+    def _continue(self, view: memoryview, offset: int, start: int, end: int) -> Tensor | None:
+        current = self._current
+        if current is None:
+            raise ProtocolError(f"chunk at offset {offset} without a tensor header before it")
+        if offset != current.filled:
+            raise ProtocolError(
+                f"{current.label()}: chunk at offset {offset}, expected {current.filled}"
+            )
+        if offset + (end - start) > current.buffer.nbytes:
+            raise ProtocolError(
+                f"{current.label()}: chunk of {end - start} bytes at offset {offset} goes "
+                f"beyond the declared length of {current.buffer.nbytes} bytes"
+            )
+        return self._fill(view, offset, start, end)
+
+    def _fill(self, source: bytes | memoryview, offset: int, start: int, end: int) -> Tensor | None:
+        current = self._current
+        assert current is not None
+        n = end - start
+        current.buffer[offset : offset + n] = np.frombuffer(source, np.uint8, n, start)
+        current.filled += n
+        if current.filled < current.buffer.nbytes:
+            return None
+        self._current = None
+        return self._complete(
+            current.request_id,
+            current.name,
+            current.plan_digest,
+            current.dtype,
+            current.shape,
+            current.crc32,
+            current.buffer,
+        )
+
+    def _complete(
+        self,
+        rid: RequestId,
+        name: str,
+        plan_digest: str,
+        dtype: np.dtype[Any],
+        shape: tuple[int, ...],
+        crc: int | None,
+        data: npt.NDArray[np.uint8],
+    ) -> Tensor:
+        if crc is not None and (actual := zlib.crc32(data.data)) != crc:
+            raise ChecksumMismatch(
+                f"tensor {name!r} of request {rid!r}: crc32 of the data is "
+                f"{actual:#010x}, header declares {crc:#010x}"
+            )
+        array = data.view(dtype).reshape(shape)
+        array.flags.writeable = False
+        self.tensors += 1
+        self.bytes += int(data.nbytes)
+        return Tensor(request_id=rid, name=name, array=array, plan_digest=plan_digest)
+
+
+# -- protobuf wire format ------------------------------------------------------------------
+
+
+def _read_varint(view: memoryview, pos: int, end: int, where: str) -> tuple[int, int]:
+    result = shift = 0
+    while pos < end:
+        byte = view[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift >= 64:
+            raise ProtocolError(f"garbage bytes in {where}: varint longer than 10 bytes")
+    raise ProtocolError(f"garbage bytes in {where}: truncated varint")
+
+
+def _read_tag(view: memoryview, pos: int, end: int, where: str) -> tuple[int, int, int]:
+    key, pos = _read_varint(view, pos, end, where)
+    field, wire = key >> 3, key & 7
+    if field == 0:
+        raise ProtocolError(f"garbage bytes in {where}: field number 0")
+    return field, wire, pos
+
+
+def _span_end(pos: int, length: int, end: int, what: str) -> int:
+    if length > end - pos:
+        raise ProtocolError(
+            f"garbage bytes: {what} declares {length} bytes, only {end - pos} remain"
+        )
+    return pos + length
+
+
+def _skip(view: memoryview, field: int, wire: int, pos: int, end: int, where: str) -> int:
+    """Step over an unknown field (kept for forward compatibility)."""
+    if wire == _VARINT:
+        return _read_varint(view, pos, end, where)[1]
+    if wire == _I64:
+        return _span_end(pos, 8, end, f"field {field} of {where}")
+    if wire == _I32:
+        return _span_end(pos, 4, end, f"field {field} of {where}")
+    if wire == _LEN:
+        length, pos = _read_varint(view, pos, end, where)
+        return _span_end(pos, length, end, f"field {field} of {where}")
+    raise ProtocolError(f"garbage bytes in {where}: field {field} has wire type {wire}")
