@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LINK = Link(bandwidth_bytes_per_s=125e6, latency_s=0.0005)  # gigabit Ethernet
 CONFIRM_INTERVAL_S = 0.02  # between rounds of asking peers for their digest
-ASK_TIMEOUT_S = 1.0  # a peer slower than this to answer counts as unreachable
-DEAD_AFTER_FAILURES = 3  # consecutive unreachable answers before a peer is marked dead
+CHECK_INTERVAL_S = 0.5  # once agreed, members are asked again this often (liveness, drift)
+ASK_TIMEOUT_S = 0.5  # a peer slower than this to answer counts as unreachable
+DEAD_AFTER_FAILURES = 2  # consecutive unreachable answers before a peer is marked dead
 
 
 class PlanPeers(Protocol):
@@ -72,6 +73,7 @@ class Negotiator:
         link: Link = DEFAULT_LINK,
         debounce: Debounce | None = None,
         confirm_interval_s: float = CONFIRM_INTERVAL_S,
+        check_interval_s: float = CHECK_INTERVAL_S,
         ask_timeout_s: float = ASK_TIMEOUT_S,
         dead_after_failures: int = DEAD_AFTER_FAILURES,
         clock: Callable[[], float] = time.monotonic,
@@ -84,6 +86,7 @@ class Negotiator:
         self._link = link
         self._debounce = debounce or Debounce()
         self._confirm_interval_s = confirm_interval_s
+        self._check_interval_s = check_interval_s
         self._ask_timeout_s = ask_timeout_s
         self._dead_after = dead_after_failures
         self._clock = clock
@@ -159,7 +162,9 @@ class Negotiator:
         while True:
             due = self._debounce.due_s
             if due is None:
-                await self._sleep_or_wake(3600.0)
+                await self._sleep_or_wake(self._check_interval_s)
+                if not self._debounce.pending:
+                    await self._check_members()
                 continue
             if self._clock() < due:
                 await self._sleep_or_wake(due - self._clock())
@@ -199,6 +204,21 @@ class Negotiator:
                 await self._publish(computed=plan, agreed=plan)
                 return
             await self._sleep_or_wake(self._confirm_interval_s)
+
+    async def _check_members(self) -> None:
+        """Between changes: ask members again, so a dead one is found and dropped, and a
+        member that computed another plan (it saw other records) makes us re-confirm."""
+        state = self._state
+        local = self._membership.local.node_id
+        others = [p for p in self._membership.members if p.node_id != local]
+        if not others or state.computed is None:
+            return
+        answers = await asyncio.gather(*(self._ask(p) for p in others))
+        if self._debounce.pending:
+            return
+        if any(a is not None and a != state.computed.digest for a in answers):
+            logger.info("a member computed another plan; confirming again")
+            await self._confirm(state.computed)
 
     async def _ask(self, peer: PeerInfo) -> str | None:
         try:

@@ -7,7 +7,7 @@ from edgenode.runtime.selfbench import measure_speed, total_memory_bytes
 
 def test_speed_score_is_plausible() -> None:
     a, b = measure_speed(runs=5), measure_speed(runs=5)
-    assert 1e8 < a < 1e13 and 1e8 < b < 1e13
+    assert 1e7 < a < 1e13 and 1e7 < b < 1e13
     assert max(a, b) / min(a, b) < 10  # noisy machines, same order of magnitude
 
 
