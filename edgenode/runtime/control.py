@@ -1,0 +1,122 @@
+"""The control plane's domain side: what a node answers about itself.
+
+The gRPC adapter (edgenode/transport/_control.py) only translates these to and
+from messages: Hello (who are you), GetPlan (the digest this node computed, used
+to confirm agreement), GetStatus (for `edgenode status`) and FetchFile (part
+files and the manifest, for nodes that lack them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgenode.errors import ModelError
+from edgenode.mesh import PeerInfo
+from edgenode.model.manifest import MANIFEST_NAME, Manifest
+from edgenode.runtime.negotiation import PlanState
+
+__all__ = ["FILE_CHUNK_BYTES", "NodeControl", "NodeStatus", "StageStats"]
+
+FILE_CHUNK_BYTES = 1 << 20
+MANIFEST_FILE = -1  # FetchFile's part index for manifest.json
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageStats:
+    """How one owned part has been doing."""
+
+    part: int
+    count: int
+    mean_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatus:
+    """One node's view of itself and the cluster."""
+
+    node: PeerInfo
+    address: str
+    plan: PlanState
+    parts: tuple[int, ...]  # loaded
+    requests_served: int
+    stages: tuple[StageStats, ...]
+    peers: tuple[PeerInfo, ...]
+    uptime_s: float
+
+
+@dataclass(slots=True)
+class _Stage:
+    count: int = 0
+    total_s: float = 0.0
+
+
+@dataclass(eq=False)
+class NodeControl:
+    """Answers control requests from the node's live state (getters injected)."""
+
+    local: Callable[[], PeerInfo]
+    address: Callable[[], str]
+    plan: Callable[[], PlanState]
+    loaded: Callable[[], tuple[int, ...]]
+    peers: Callable[[], tuple[PeerInfo, ...]]
+    manifest: Manifest
+    directory: Path
+    clock: Callable[[], float] = time.monotonic
+    started_s: float = field(default=0.0)
+    requests_served: int = 0
+    _stages: dict[int, _Stage] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.started_s = self.clock()
+
+    def plan_digest(self) -> str:
+        """The digest of the plan this node computed ("" before the first)."""
+        computed = self.plan().computed
+        return computed.digest if computed is not None else ""
+
+    def record_stage(self, part: int, seconds: float) -> None:
+        """Note one run of an owned part."""
+        stage = self._stages.setdefault(part, _Stage())
+        stage.count += 1
+        stage.total_s += seconds
+
+    def status(self) -> NodeStatus:
+        """A snapshot for `edgenode status`."""
+        return NodeStatus(
+            node=self.local(),
+            address=self.address(),
+            plan=self.plan(),
+            parts=self.loaded(),
+            requests_served=self.requests_served,
+            stages=tuple(
+                StageStats(part=p, count=s.count, mean_s=s.total_s / s.count)
+                for p, s in sorted(self._stages.items())
+                if s.count
+            ),
+            peers=self.peers(),
+            uptime_s=self.clock() - self.started_s,
+        )
+
+    def file_path(self, manifest_identity: str, part: int) -> Path:
+        """The file behind a FetchFile request; ModelError when this node cannot serve it."""
+        if manifest_identity != self.manifest.identity:
+            raise ModelError("this node serves another model or another cut of it")
+        if part == MANIFEST_FILE:
+            path = self.directory / MANIFEST_NAME
+        elif 0 <= part < len(self.manifest.parts):
+            path = self.directory / self.manifest.parts[part].file
+        else:
+            raise ModelError(f"part {part} is not in the manifest")
+        if not path.is_file():
+            raise ModelError(f"this node does not have {path.name}")
+        return path
+
+    def read_file(self, manifest_identity: str, part: int) -> Iterator[bytes]:
+        """The requested file in chunks (blocking reads: iterate in a worker thread)."""
+        path = self.file_path(manifest_identity, part)
+        with path.open("rb") as f:
+            while chunk := f.read(FILE_CHUNK_BYTES):
+                yield chunk

@@ -1,0 +1,237 @@
+"""gRPC adapter of the control plane: Hello, GetPlan, GetStatus, FetchFile.
+
+Server side: handlers that decode a request, call one NodeControl method, encode the
+reply. Client side: ``ControlClient``, one channel per peer address, which implements
+the negotiation's ``PlanPeers`` and discovery's ``Prober``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
+from edgenode.errors import EdgenodeError, ModelError, PeerUnavailable, TransportError
+from edgenode.mesh import Capacity, Endpoint, PeerInfo
+from edgenode.runtime.control import NodeControl, NodeStatus
+from edgenode.runtime.negotiation import PlanState
+from edgenode.transport._options import CHANNEL_OPTIONS
+
+__all__ = [
+    "CONTROL_TIMEOUT_S",
+    "ControlClient",
+    "control_handlers",
+    "peer_from_record",
+    "record_of",
+    "status_to_dict",
+]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["EdgeNode"].full_name
+CONTROL_TIMEOUT_S = 2.0  # a control call slower than this: the peer is unavailable
+FETCH_TIMEOUT_S = 300.0  # a whole part file
+
+
+def record_of(info: PeerInfo) -> pb.NodeRecord:
+    """A PeerInfo as its wire message."""
+    return pb.NodeRecord(
+        node_id=info.node_id,
+        name=info.name,
+        addresses=list(info.addresses),
+        port=info.port,
+        protocol=info.protocol,
+        cluster=info.cluster,
+        model_sha256=info.model_sha256,
+        speed=info.capacity.speed,
+        memory_bytes=info.capacity.memory_bytes,
+        incarnation=info.incarnation,
+    )
+
+
+def peer_from_record(record: pb.NodeRecord) -> PeerInfo:
+    """A wire record as a validated PeerInfo (UsageError if malformed)."""
+    from edgenode.mesh import NodeId
+
+    return PeerInfo(
+        node_id=NodeId(record.node_id),
+        name=record.name,
+        addresses=tuple(record.addresses),
+        port=record.port,
+        protocol=record.protocol,
+        cluster=record.cluster,
+        model_sha256=record.model_sha256,
+        capacity=Capacity(speed=record.speed, memory_bytes=record.memory_bytes),
+        incarnation=record.incarnation,
+    )
+
+
+def _plan_reply(state: PlanState) -> pb.PlanReply:
+    agreed = state.agreed
+    return pb.PlanReply(
+        computed_digest=state.computed.digest if state.computed else "",
+        agreed_digest=agreed.digest if agreed else "",
+        assignments=[
+            pb.Assignment(node_id=a.node_id, start=a.start, stop=a.stop)
+            for a in (agreed.assignments if agreed else ())
+        ],
+        members=list(state.members),
+        idle=list(agreed.idle if agreed else ()),
+    )
+
+
+def _status_reply(status: NodeStatus) -> pb.NodeStatus:
+    return pb.NodeStatus(
+        node=record_of(status.node),
+        address=status.address,
+        plan=_plan_reply(status.plan),
+        parts=list(status.parts),
+        requests_served=status.requests_served,
+        stages=[pb.StageStats(part=s.part, count=s.count, mean_s=s.mean_s) for s in status.stages],
+        peers=[record_of(p) for p in status.peers],
+        uptime_s=status.uptime_s,
+    )
+
+
+def control_handlers(control: Callable[[], NodeControl]) -> dict[str, grpc.RpcMethodHandler]:
+    """Method handlers of the control RPCs, reading the node's live state via ``control``."""
+
+    async def hello(request: pb.HelloRequest, context: Any) -> pb.NodeRecord:
+        return record_of(control().local())
+
+    async def get_plan(request: pb.PlanRequest, context: Any) -> pb.PlanReply:
+        return _plan_reply(control().plan())
+
+    async def get_status(request: pb.StatusRequest, context: Any) -> pb.NodeStatus:
+        return _status_reply(control().status())
+
+    async def fetch_file(request: pb.FileRequest, context: Any) -> AsyncIterator[pb.FileChunk]:
+        try:
+            path = control().file_path(request.model_sha256, request.part)
+        except ModelError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            return
+        handle = await asyncio.to_thread(path.open, "rb")
+        try:
+            while chunk := await asyncio.to_thread(handle.read, 1 << 20):
+                yield pb.FileChunk(data=chunk)
+        finally:
+            handle.close()
+
+    def unary(fn: Any, request: Any, reply: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=request.FromString, response_serializer=reply.SerializeToString
+        )
+
+    return {
+        "Hello": unary(hello, pb.HelloRequest, pb.NodeRecord),
+        "GetPlan": unary(get_plan, pb.PlanRequest, pb.PlanReply),
+        "GetStatus": unary(get_status, pb.StatusRequest, pb.NodeStatus),
+        "FetchFile": grpc.unary_stream_rpc_method_handler(
+            fetch_file,
+            request_deserializer=pb.FileRequest.FromString,
+            response_serializer=pb.FileChunk.SerializeToString,
+        ),
+    }
+
+
+class ControlClient:
+    """Control calls to peers over one cached channel per address."""
+
+    def __init__(self, *, protocol: int, timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+        self._protocol = protocol
+        self._timeout_s = timeout_s
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel
+        return channel
+
+    async def _unary(self, address: str, method: str, request: Any, reply: Any) -> Any:
+        call = self._channel(address).unary_unary(
+            f"/{SERVICE_NAME}/{method}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=reply.FromString,
+        )
+        try:
+            return await call(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise PeerUnavailable(f"{address}: {exc.code().name}: {exc.details()}") from None
+
+    async def hello(self, endpoint: Endpoint) -> PeerInfo:
+        """Who listens at ``endpoint`` (discovery's Prober)."""
+        record = await self._unary(
+            str(endpoint), "Hello", pb.HelloRequest(protocol=self._protocol), pb.NodeRecord
+        )
+        try:
+            return peer_from_record(record)
+        except EdgenodeError as exc:
+            raise PeerUnavailable(f"{endpoint} sent an invalid record: {exc}") from None
+
+    async def plan_digest(self, peer: PeerInfo) -> str:
+        """The digest ``peer`` computed (negotiation's PlanPeers)."""
+        reply = await self._unary(str(peer.endpoint), "GetPlan", pb.PlanRequest(), pb.PlanReply)
+        return str(reply.computed_digest)
+
+    async def status(self, address: str) -> pb.NodeStatus:
+        """The full status of the node at ``address``."""
+        reply: pb.NodeStatus = await self._unary(
+            address, "GetStatus", pb.StatusRequest(), pb.NodeStatus
+        )
+        return reply
+
+    async def fetch_file(
+        self, peer: PeerInfo, model_sha256: str, part: int, path: Path, sha256: str
+    ) -> None:
+        """Download a part file from ``peer`` into ``path``, verified, written atomically."""
+        call = self._channel(str(peer.endpoint)).unary_stream(
+            f"/{SERVICE_NAME}/FetchFile",
+            request_serializer=pb.FileRequest.SerializeToString,
+            response_deserializer=pb.FileChunk.FromString,
+        )
+        digest = hashlib.sha256()
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with partial.open("wb") as out:
+                stream = call(
+                    pb.FileRequest(model_sha256=model_sha256, part=part), timeout=FETCH_TIMEOUT_S
+                )
+                async for chunk in stream:
+                    digest.update(chunk.data)
+                    await asyncio.to_thread(out.write, chunk.data)
+            if digest.hexdigest() != sha256:
+                raise ModelError(
+                    f"{path.name} from {peer.node_id} has sha256 {digest.hexdigest()[:12]}..., "
+                    f"the manifest says {sha256[:12]}..."
+                )
+            partial.replace(path)
+        except grpc.aio.AioRpcError as exc:
+            raise TransportError(f"{peer.node_id}: {exc.code().name}: {exc.details()}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+
+    async def aclose(self) -> None:
+        """Close every channel."""
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(c.close() for c in channels))
+
+
+def status_to_dict(status: pb.NodeStatus) -> Mapping[str, Any]:
+    """A status message as plain JSON-ready data."""
+    from google.protobuf.json_format import MessageToDict
+
+    data: Mapping[str, Any] = MessageToDict(
+        status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return data
