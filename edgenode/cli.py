@@ -334,6 +334,111 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from edgenode.config import Config, load_config
+    from edgenode.node import Node
+    from edgenode.transport import run, tune_malloc
+
+    config = load_config(Path(args.config)) if args.config else Config()
+    config = config.override("node", name=args.name, listen=args.listen)
+    config = config.override("model", source=args.model, backend=args.backend)
+    interfaces = args.interfaces.split(",") if args.interfaces else None
+    if interfaces == ["all"]:
+        interfaces = None
+        config = config.override("cluster", interfaces="all")
+    config = config.override(
+        "cluster",
+        interfaces=tuple(interfaces) if interfaces else None,
+        peers=tuple(args.peer) if args.peer else None,
+        multicast=False if args.no_multicast else None,
+    )
+    if config.model.backend == "keras" or not Path(config.model.source).is_dir():
+        _setup_tensorflow(args)
+    tune_malloc()
+    state_dir = Path(args.state_dir)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Node(config, state_dir=state_dir).run(stop)
+
+    run(main())
+    return EXIT_OK
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from edgenode.transport import run
+
+    statuses = run(_collect_status(args))
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+        return EXIT_OK
+    rows = []
+    for st in statuses:
+        node = st["node"]
+        plan = st["plan"]
+        parts = st["parts"]
+        stages = ", ".join(f"{s['part']}: {s['mean_s'] * 1e3:.2f} ms" for s in st["stages"])
+        agreed = plan["agreed_digest"]
+        rows.append(
+            [
+                node["node_id"],
+                st["address"],
+                f"{min(parts)}-{max(parts)}" if parts else "idle",
+                (agreed or plan["computed_digest"])[:12] or "-",
+                "yes" if agreed and agreed == plan["computed_digest"] else "no",
+                st["requests_served"],
+                stages or "-",
+            ]
+        )
+    headers = ["node", "address", "parts", "plan", "agreed", "requests", "stage latency"]
+    print(format_table(headers, rows))
+    return EXIT_OK
+
+
+async def _collect_status(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from edgenode.errors import PeerUnavailable
+    from edgenode.mesh import Endpoint
+    from edgenode.mesh.browse import browse
+    from edgenode.transport._control import ControlClient, status_to_dict
+
+    if args.peer:
+        seeds = [str(Endpoint.parse(p)) for p in args.peer]
+    else:
+        interfaces = args.interfaces.split(",") if args.interfaces else "all"
+        seeds = [str(e) for e in await browse(interfaces=interfaces, timeout_s=args.wait)]
+        if not seeds:
+            raise EdgenodeError("no edgenode found on the network (try --peer HOST:PORT)")
+    client = ControlClient(protocol=1)
+    statuses: dict[str, dict[str, Any]] = {}
+    try:
+        queue = list(seeds)
+        errors = []
+        while queue:
+            address = queue.pop(0)
+            if any(s["address"] == address for s in statuses.values()):
+                continue
+            try:
+                status = dict(status_to_dict(await client.status(address)))
+            except PeerUnavailable as exc:
+                errors.append(str(exc))
+                continue
+            statuses[status["node"]["node_id"]] = status
+            for peer in status["peers"]:
+                if peer["node_id"] not in statuses:
+                    queue.append(str(Endpoint(host=peer["addresses"][0], port=peer["port"])))
+        if not statuses:
+            raise EdgenodeError(f"no node answered: {errors[0]}")
+    finally:
+        await client.aclose()
+    return [statuses[k] for k in sorted(statuses)]
+
+
 # -- parser and entry point ---------------------------------------------------------------
 
 
@@ -434,11 +539,50 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--runs", type=_positive_int, default=20, help="timed runs per op")
     prof.add_argument("--threads", type=_positive_int, default=1, help="TensorFlow threads")
     prof.set_defaults(needs_tensorflow=True, func=_cmd_profile)
+
+    run = sub.add_parser(
+        "run",
+        help="run a node (what the systemd service starts)",
+        description="Run one node: find the others (mDNS or static peers), agree on a plan, "
+        "load the parts this node owns and serve until SIGTERM/SIGINT.",
+    )
+    run.add_argument("--config", metavar="FILE", help="node.toml (default: built-in defaults)")
+    run.add_argument("--name", help="override node.name")
+    run.add_argument("--listen", metavar="HOST:PORT", help="override node.listen")
+    run.add_argument("--model", metavar="PATH_OR_NAME", help="override model.source")
+    run.add_argument("--backend", choices=("keras", "litert"), help="override model.backend")
+    run.add_argument(
+        "--interfaces", metavar="LIST", help="override cluster.interfaces: all, or 127.0.0.1,..."
+    )
+    run.add_argument(
+        "--peer", action="append", metavar="HOST:PORT", help="static peer (repeatable)"
+    )
+    run.add_argument("--no-multicast", action="store_true", help="use only static peers")
+    run.add_argument(
+        "--state-dir",
+        default=os.path.join(os.path.expanduser("~"), ".local", "share", "edgenode"),
+        metavar="DIR",
+        help="where a node keeps the parts it cuts or fetches",
+    )
+    run.add_argument("--threads", type=_positive_int, help=argparse.SUPPRESS)
+    run.set_defaults(func=_cmd_run, log_level=logging.INFO)
+
+    status = sub.add_parser(
+        "status",
+        help="show the cluster as a table",
+        description="Ask a node (found by mDNS, or --peer) and every peer it knows for their "
+        "status: parts owned, plan digest and agreement, requests served, stage latency.",
+    )
+    status.add_argument("--peer", action="append", metavar="HOST:PORT", help="a node to ask")
+    status.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
+    status.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=_cmd_status)
     return parser
 
 
-def _configure_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+def _configure_logging(verbose: int, base: int = logging.WARNING) -> None:
+    level = base if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # TensorFlow's C++ logging is read from the environment when it is first imported.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if verbose < 2 else "0")
@@ -448,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgenode`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, getattr(args, "log_level", logging.WARNING))
     try:
         if getattr(args, "needs_tensorflow", False):
             _setup_tensorflow(args)

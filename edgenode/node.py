@@ -1,0 +1,272 @@
+"""The composition root: builds a node from its configuration and runs it until stopped.
+
+Only this module names concrete implementations (gRPC transport, zeroconf or static
+discovery); everything it wires together depends on Protocols.
+
+    config -> model (manifest + part files) -> transport (gRPC server) -> discovery
+           -> negotiation (agreed plan) -> part host (owned parts loaded)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgenode.config import Config, ModelConfig, parse_address
+from edgenode.errors import ConfigError, EdgenodeError, ModelError
+from edgenode.mesh import (
+    Capacity,
+    Discovery,
+    Endpoint,
+    NodeId,
+    PeerInfo,
+    StaticDiscovery,
+    ZeroconfDiscovery,
+    local_addresses,
+    new_incarnation,
+)
+from edgenode.model.manifest import Manifest, file_sha256, load_manifest
+from edgenode.planning import ClusterPlan
+from edgenode.runtime.control import NodeControl
+from edgenode.runtime.metrics import MetricsServer, NodeMetrics
+from edgenode.runtime.negotiation import Negotiator, PlanState
+from edgenode.runtime.parts import PartHost
+from edgenode.runtime.selfbench import measure_speed, total_memory_bytes
+from edgenode.transport import GrpcTransport, TransportConfig
+from edgenode.transport._control import ControlClient, control_handlers
+
+__all__ = ["DEFAULT_SPLIT_PARTS", "PROTOCOL_VERSION", "Node", "prepare_model"]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+DEFAULT_SPLIT_PARTS = 8  # a node that cuts the model itself: the planner groups these
+
+
+def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
+    """The manifest and the directory of its part files (blocking: call in a thread).
+
+    A directory written by ``edgenode split`` is used as it is (missing part files are
+    fetched from peers later); a ``.keras`` file or an application name is cut here,
+    the same way on every node, into ``state_dir``.
+    """
+    source = Path(model.source)
+    if source.is_dir():
+        return load_manifest(source), source
+    from edgenode.model.loading import load_model
+    from edgenode.model.split import split_model
+
+    fmt = model.backend
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.stem if source.suffix else model.source)
+    target = state_dir / "models" / f"{slug}-{DEFAULT_SPLIT_PARTS}-{fmt}"
+    keras_model = load_model(
+        model.source,
+        weights=model.weights,
+        input_shape=model.input_shape or None,
+        seed=model.seed,
+    )
+    result = split_model(keras_model, target, parts=DEFAULT_SPLIT_PARTS, fmt=fmt)
+    return result.manifest, target
+
+
+def _newly_agreed(served: ClusterPlan | None, state: PlanState) -> bool:
+    return state.agreed is not None and state.agreed is not served
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Running:
+    transport: GrpcTransport
+    discovery: Discovery
+    negotiator: Negotiator
+    host: PartHost
+    control: NodeControl
+
+
+class Node:
+    """One edgenode node. ``await node.run(stop)`` serves until ``stop`` is set."""
+
+    def __init__(self, config: Config, *, state_dir: Path) -> None:
+        self._config = config
+        self._state_dir = state_dir
+        self._running: _Running | None = None
+        self.metrics = NodeMetrics()
+
+    @property
+    def state(self) -> PlanState | None:
+        """The negotiation state (None before the node has started)."""
+        return self._running.negotiator.state if self._running else None
+
+    @property
+    def address(self) -> str:
+        """host:port of the gRPC server (valid once running)."""
+        if self._running is None:
+            raise EdgenodeError("the node is not running")
+        return self._running.transport.address
+
+    async def run(
+        self, stop: asyncio.Event, *, on_agreed: Callable[[ClusterPlan], None] | None = None
+    ) -> None:
+        """Start, serve until ``stop`` is set, then shut down cleanly."""
+        config = self._config
+        manifest, directory = await asyncio.to_thread(prepare_model, config.model, self._state_dir)
+        speed = await asyncio.to_thread(measure_speed)
+        host, port = parse_address(config.node.listen, key="node.listen")
+        transport_config = TransportConfig(max_tensor_bytes=config.limits.max_tensor_bytes)
+        control_ref: list[NodeControl] = []
+        handlers = control_handlers(lambda: control_ref[0])
+        async with contextlib.AsyncExitStack() as stack:
+            transport = await stack.enter_async_context(
+                GrpcTransport(host, port, config=transport_config, handlers=handlers)
+            )
+            bound_port = int(transport.address.rsplit(":", 1)[1])
+            local = self._local_record(manifest, bound_port, speed)
+            client = ControlClient(protocol=PROTOCOL_VERSION)
+            stack.push_async_callback(client.aclose)
+            discovery = self._discovery(local, client)
+            negotiator = Negotiator(discovery=discovery, manifest=manifest, peers=client)
+            part_host = await stack.enter_async_context(
+                PartHost(manifest, directory, threads=config.model.threads)
+            )
+            control = NodeControl(
+                local=lambda: discovery.local,
+                address=lambda: f"{local.host}:{bound_port}",
+                plan=lambda: negotiator.state,
+                loaded=lambda: part_host.loaded,
+                peers=lambda: tuple(negotiator.membership.alive),
+                manifest=manifest,
+                directory=directory,
+            )
+            control_ref.append(control)
+            self._running = _Running(
+                transport=transport,
+                discovery=discovery,
+                negotiator=negotiator,
+                host=part_host,
+                control=control,
+            )
+            if config.node.metrics_listen:
+                m_host, m_port = parse_address(
+                    config.node.metrics_listen, key="node.metrics_listen"
+                )
+                await stack.enter_async_context(MetricsServer(self.metrics, m_host, m_port))
+            await stack.enter_async_context(discovery)
+            logger.info(
+                "node %s serving on %s:%d (model %s, %d parts, speed %.1f GFLOP/s)",
+                local.node_id,
+                local.host,
+                bound_port,
+                manifest.model.name,
+                len(manifest.parts),
+                speed / 1e9,
+            )
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(negotiator.run()),
+                    group.create_task(
+                        self._follow_plan(
+                            negotiator, part_host, client, manifest, directory, on_agreed
+                        )
+                    ),
+                ]
+                await stop.wait()
+                logger.info("stopping: goodbye to the cluster")
+                for task in tasks:
+                    task.cancel()
+        self._running = None
+        logger.info("stopped")
+
+    def _local_record(self, manifest: Manifest, port: int, speed: float) -> PeerInfo:
+        config = self._config
+        host, _ = parse_address(config.node.listen, key="node.listen")
+        if host in ("0.0.0.0", "::", ""):
+            addresses = tuple(local_addresses(config.cluster.interfaces))
+        else:
+            addresses = (host,)
+        if not addresses:
+            raise ConfigError("cluster.interfaces: no address to advertise")
+        return PeerInfo(
+            node_id=NodeId(config.node.node_id),
+            name=config.node.name,
+            addresses=addresses,
+            port=port,
+            protocol=PROTOCOL_VERSION,
+            cluster=config.cluster.name,
+            model_sha256=manifest.identity,
+            capacity=Capacity(speed=speed, memory_bytes=total_memory_bytes()),
+            incarnation=new_incarnation(),
+        )
+
+    def _discovery(self, local: PeerInfo, client: ControlClient) -> Discovery:
+        cluster = self._config.cluster
+        if cluster.multicast:
+            return ZeroconfDiscovery(local, interfaces=cluster.interfaces)
+        peers = [Endpoint.parse(p) for p in cluster.peers]
+        return StaticDiscovery(local, peers, client.hello)
+
+    async def _follow_plan(
+        self,
+        negotiator: Negotiator,
+        host: PartHost,
+        client: ControlClient,
+        manifest: Manifest,
+        directory: Path,
+        on_agreed: Callable[[ClusterPlan], None] | None,
+    ) -> None:
+        """Load exactly the parts of each newly agreed plan (fetching missing files)."""
+        served: ClusterPlan | None = None
+        me = negotiator.membership.local.node_id
+        while True:
+            state = await negotiator.wait(functools.partial(_newly_agreed, served), 3600.0)
+            plan = state.agreed
+            assert plan is not None
+            parts = plan.parts_of(me)
+            try:
+                await self._ensure_files(manifest, directory, parts, negotiator, client)
+                await host.load(parts)
+            except EdgenodeError as exc:
+                logger.error(
+                    "cannot load parts %s of plan %s: %s", list(parts), plan.digest[:12], exc
+                )
+                served = plan
+                continue
+            served = plan
+            self.metrics.membership.set(len(plan.members))
+            self.metrics.plan_agreed.set(1)
+            if parts:
+                logger.info(
+                    "plan %s: running parts %d-%d", plan.digest[:12], parts.start, parts.stop - 1
+                )
+            else:
+                logger.info("plan %s: no part for this node (idle)", plan.digest[:12])
+            if on_agreed is not None:
+                on_agreed(plan)
+
+    async def _ensure_files(
+        self,
+        manifest: Manifest,
+        directory: Path,
+        parts: range,
+        negotiator: Negotiator,
+        client: ControlClient,
+    ) -> None:
+        for index in parts:
+            spec = manifest.parts[index]
+            path = directory / spec.file
+            if path.is_file() and await asyncio.to_thread(file_sha256, path) == spec.sha256:
+                continue
+            for peer in negotiator.membership.alive:
+                try:
+                    await client.fetch_file(peer, manifest.identity, index, path, spec.sha256)
+                except EdgenodeError as exc:
+                    logger.info("cannot fetch %s from %s: %s", spec.file, peer.node_id, exc)
+                    continue
+                logger.info("fetched %s from %s", spec.file, peer.node_id)
+                break
+            else:
+                raise ModelError(f"no peer could send {spec.file}")

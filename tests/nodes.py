@@ -1,0 +1,128 @@
+"""Real node processes for tests: start `edgenode run`, find its address, stop it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgenode.transport import run
+from edgenode.transport._control import ControlClient, status_to_dict
+
+START_DEADLINE_S = 90.0
+_SERVING = re.compile(r"serving on (\S+:\d+)")
+
+
+def wait_until(predicate: Callable[[], Any], deadline_s: float, what: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy; AssertionError at the deadline."""
+    end = time.monotonic() + deadline_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {deadline_s} s waiting for {what}")
+        time.sleep(0.05)  # polling interval, not a wait for an event
+
+
+class NodeProcess:
+    """One `edgenode run` process; its log goes to a file the test can read."""
+
+    def __init__(self, name: str, workdir: Path, *args: str) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = self.log_path.open("w")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgenode.cli", "run", "--name", name, *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=Path(__file__).parents[1],
+        )
+        self.address = ""
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_serving(self, deadline_s: float = START_DEADLINE_S) -> str:
+        def found() -> str | None:
+            if self.process.poll() is not None:
+                raise AssertionError(f"node {self.name} exited early:\n{self.log()}")
+            match = _SERVING.search(self.log())
+            return match.group(1) if match else None
+
+        self.address = wait_until(found, deadline_s, f"node {self.name} to serve")
+        return self.address
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def statuses(addresses: list[str]) -> dict[str, dict[str, Any]]:
+    """GetStatus of every address that answers, by node id."""
+
+    async def ask() -> dict[str, dict[str, Any]]:
+        client = ControlClient(protocol=1)
+        found = {}
+        try:
+            for address in addresses:
+                try:
+                    status = dict(status_to_dict(await client.status(address)))
+                except Exception:  # a node that is starting or stopping does not answer
+                    continue
+                found[status["node"]["node_id"]] = status
+        finally:
+            await client.aclose()
+        return found
+
+    return run(ask())
+
+
+def agreed_cluster(nodes: list[NodeProcess], members: set[str]) -> dict[str, dict[str, Any]]:
+    """Statuses once every node in ``nodes`` serves one agreed plan over exactly ``members``."""
+
+    def check() -> dict[str, dict[str, Any]] | None:
+        found = statuses([n.address for n in nodes])
+        if set(found) != {n.name for n in nodes}:
+            return None
+        digests = set()
+        for st in found.values():
+            plan = st["plan"]
+            if set(plan["members"]) != members or not plan["agreed_digest"]:
+                return None
+            if plan["agreed_digest"] != plan["computed_digest"]:
+                return None
+            digests.add(plan["agreed_digest"])
+        if len(digests) != 1:
+            return None
+        # every node has loaded exactly what the plan gives it
+        for st in found.values():
+            me = st["node"]["node_id"]
+            own = [
+                list(range(a["start"], a["stop"]))
+                for a in st["plan"]["assignments"]
+                if a["node_id"] == me
+            ]
+            if sorted(st["parts"]) != (own[0] if own else []):
+                return None
+        return found
+
+    return wait_until(check, START_DEADLINE_S, f"agreement among {sorted(members)}")

@@ -1,0 +1,160 @@
+"""Real node processes on 127.0.0.1: discovery, agreement, part loading, leaving, dying."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import NodeProcess, agreed_cluster, statuses, wait_until
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgenode.model.split import split_model
+    from tests.model import models
+
+    directory = tmp_path_factory.mktemp("split")
+    split_model(models.build("fork_join"), directory, parts=4)
+    return directory
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Path, list[NodeProcess]]]:
+    """A fresh cluster name (tests never see each other's nodes) and cleanup of nodes."""
+    config = tmp_path / "node.toml"
+    config.write_text(f'[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n')
+    nodes: list[NodeProcess] = []
+    try:
+        yield config, nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def _start(
+    cluster, tmp_path: Path, name: str, model: Path, *extra: str, listen: str = "127.0.0.1:0"
+) -> NodeProcess:
+    config, nodes = cluster
+    node = NodeProcess(
+        name,
+        tmp_path,
+        "--config", str(config),
+        "--listen", listen,
+        "--model", str(model),
+        "--interfaces", "127.0.0.1",
+        "--state-dir", str(tmp_path / f"state-{name}"),
+        *extra,
+    )  # fmt: skip
+    nodes.append(node)
+    return node
+
+
+def test_three_nodes_agree_and_each_loads_only_its_parts(cluster, split_dir, tmp_path) -> None:
+    nodes = [_start(cluster, tmp_path, name, split_dir) for name in ("a", "b", "c")]
+    for node in nodes:
+        node.wait_serving()
+    found = agreed_cluster(nodes, {"a", "b", "c"})
+    loaded = sorted(p for st in found.values() for p in st["parts"])
+    assert loaded == [0, 1, 2, 3]  # every part once, nowhere twice
+    for node in nodes:
+        assert "agreed" in node.log()
+
+
+def test_sigterm_says_goodbye_and_the_others_replan(cluster, split_dir, tmp_path) -> None:
+    nodes = [_start(cluster, tmp_path, name, split_dir) for name in ("a", "b", "c")]
+    for node in nodes:
+        node.wait_serving()
+    agreed_cluster(nodes, {"a", "b", "c"})
+    assert nodes[2].stop() == 0
+    assert "stopped" in nodes[2].log()
+    agreed_cluster(nodes[:2], {"a", "b"})
+
+
+def test_a_killed_node_is_detected_and_the_others_replan(cluster, split_dir, tmp_path) -> None:
+    nodes = [_start(cluster, tmp_path, name, split_dir) for name in ("a", "b", "c")]
+    for node in nodes:
+        node.wait_serving()
+    agreed_cluster(nodes, {"a", "b", "c"})
+    nodes[1].signal(signal.SIGKILL)  # no goodbye: its mDNS record lingers
+    nodes[1].process.wait()
+    agreed_cluster([nodes[0], nodes[2]], {"a", "c"})
+    assert "marked dead" in nodes[0].log()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_static_peers_without_multicast(cluster, split_dir, tmp_path) -> None:
+    pa, pb = _free_port(), _free_port()
+    a = _start(cluster, tmp_path, "a", split_dir, "--no-multicast", "--peer",
+               f"127.0.0.1:{pb}", listen=f"127.0.0.1:{pa}")  # fmt: skip
+    b = _start(cluster, tmp_path, "b", split_dir, "--no-multicast", "--peer",
+               f"127.0.0.1:{pa}", listen=f"127.0.0.1:{pb}")  # fmt: skip
+    a.wait_serving()
+    b.wait_serving()
+    agreed_cluster([a, b], {"a", "b"})
+
+
+def test_a_node_without_part_files_fetches_them_verified(cluster, split_dir, tmp_path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(split_dir / "manifest.json", bare / "manifest.json")
+    a = _start(cluster, tmp_path, "a", split_dir)
+    b = _start(cluster, tmp_path, "b", bare)
+    a.wait_serving()
+    b.wait_serving()
+    found = agreed_cluster([a, b], {"a", "b"})
+    assert found["b"]["parts"], "the plan gave b no part: nothing to fetch"
+    from edgenode.model.manifest import file_sha256, load_manifest
+
+    manifest = load_manifest(bare)
+    for index in found["b"]["parts"]:
+        spec = manifest.parts[index]
+        assert file_sha256(bare / spec.file) == spec.sha256
+    assert "fetched part-" in b.log()
+
+
+def test_status_command(cluster, split_dir, tmp_path) -> None:
+    nodes = [_start(cluster, tmp_path, name, split_dir) for name in ("a", "b")]
+    for node in nodes:
+        node.wait_serving()
+    agreed_cluster(nodes, {"a", "b"})
+    out = subprocess.run(
+        [sys.executable, "-m", "edgenode.cli", "status", "--peer", nodes[0].address, "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert {d["node"]["node_id"] for d in data} == {"a", "b"}  # found b through a
+    table = subprocess.run(
+        [sys.executable, "-m", "edgenode.cli", "status", "--peer", nodes[1].address],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert table.returncode == 0 and "agreed" in table.stdout
+    assert all(row.split()[4] == "yes" for row in table.stdout.splitlines()[2:])
+    wait_until(lambda: statuses([nodes[0].address]), 5, "status")
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "node.toml"
+    bad.write_text("[node]\nlisten = 5\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "edgenode.cli", "run", "--config", str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip() == "edgenode: error: node.listen: expected a string, got integer 5"
