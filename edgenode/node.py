@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 DEFAULT_SPLIT_PARTS = 8  # a node that cuts the model itself: the planner groups these
+GAUGE_INTERVAL_S = 1.0
 
 
 def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
@@ -168,6 +169,7 @@ class Node:
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(negotiator.run()),
+                    group.create_task(self._sample_gauges(transport, negotiator)),
                     group.create_task(
                         self._follow_plan(
                             negotiator, part_host, client, manifest, directory, on_agreed
@@ -180,6 +182,16 @@ class Node:
                     task.cancel()
         self._running = None
         logger.info("stopped")
+
+    async def _sample_gauges(self, transport: GrpcTransport, negotiator: Negotiator) -> None:
+        """Gauges that are read, not counted: inbox depth, membership, agreement."""
+        while True:
+            stats = transport.stats()
+            self.metrics.queue_depth.set(stats.queued_tensors)
+            state = negotiator.state
+            self.metrics.membership.set(len(state.members))
+            self.metrics.plan_agreed.set(1 if state.settled else 0)
+            await asyncio.sleep(GAUGE_INTERVAL_S)
 
     def _local_record(self, manifest: Manifest, port: int, speed: float) -> PeerInfo:
         config = self._config
@@ -236,8 +248,6 @@ class Node:
                 served = plan
                 continue
             served = plan
-            self.metrics.membership.set(len(plan.members))
-            self.metrics.plan_agreed.set(1)
             if parts:
                 logger.info(
                     "plan %s: running parts %d-%d", plan.digest[:12], parts.start, parts.stop - 1

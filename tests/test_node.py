@@ -60,15 +60,30 @@ def _start(
     return node
 
 
-def test_three_nodes_agree_and_each_loads_only_its_parts(cluster, split_dir, tmp_path) -> None:
-    nodes = [_start(cluster, tmp_path, name, split_dir) for name in ("a", "b", "c")]
+@pytest.mark.parametrize("count", [1, 3, 5])
+def test_nodes_agree_and_each_loads_only_its_parts(cluster, split_dir, tmp_path, count) -> None:
+    names = [f"n{i}" for i in range(count)]
+    nodes = [_start(cluster, tmp_path, name, split_dir) for name in names]
     for node in nodes:
         node.wait_serving()
-    found = agreed_cluster(nodes, {"a", "b", "c"})
+    found = agreed_cluster(nodes, set(names))
     loaded = sorted(p for st in found.values() for p in st["parts"])
     assert loaded == [0, 1, 2, 3]  # every part once, nowhere twice
+    idle = [st["node"]["node_id"] for st in found.values() if not st["parts"]]
+    assert len(idle) >= count - 4  # more nodes than parts: the extra ones stay idle
     for node in nodes:
         assert "agreed" in node.log()
+
+
+def test_a_joining_node_gets_its_share(cluster, split_dir, tmp_path) -> None:
+    nodes = [_start(cluster, tmp_path, name, split_dir) for name in ("a", "b")]
+    for node in nodes:
+        node.wait_serving()
+    agreed_cluster(nodes, {"a", "b"})
+    nodes.append(_start(cluster, tmp_path, "c", split_dir))
+    nodes[-1].wait_serving()
+    found = agreed_cluster(nodes, {"a", "b", "c"})
+    assert sorted(p for st in found.values() for p in st["parts"]) == [0, 1, 2, 3]
 
 
 def test_sigterm_says_goodbye_and_the_others_replan(cluster, split_dir, tmp_path) -> None:
@@ -149,12 +164,65 @@ def test_status_command(cluster, split_dir, tmp_path) -> None:
     wait_until(lambda: statuses([nodes[0].address]), 5, "status")
 
 
-def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[node]\nlisten = 5\n", "node.listen: expected a string, got integer 5"),
+        ("[nodes]\n", "nodes: unknown key (known: cluster, limits, model, node)"),
+        ("[model]\nbackend = 'onnx'\n", "model.backend: expected one of 'keras', 'litert', "
+         "got string 'onnx'"),
+        ("[model]\nsource = 'missing.keras'\n", "model.source: {dir}/missing.keras does not exist"),
+        ("[cluster]\nmulticast = false\n", "cluster.peers: needed when cluster.multicast is false"),
+        ("[node\n", "{dir}/node.toml: invalid TOML: Expected ']' at the end of a table "
+         "declaration (at line 1, column 6)"),
+    ],
+)  # fmt: skip
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, text: str, error: str) -> None:
     bad = tmp_path / "node.toml"
-    bad.write_text("[node]\nlisten = 5\n")
+    bad.write_text(text)
     out = subprocess.run(
         [sys.executable, "-m", "edgenode.cli", "run", "--config", str(bad)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2
-    assert out.stderr.strip() == "edgenode: error: node.listen: expected a string, got integer 5"
+    assert out.stderr.strip() == "edgenode: error: " + error.format(dir=tmp_path)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "edgenode.cli", "run", "--config", str(tmp_path / "x.toml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "does not exist" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_prometheus_endpoint(split_dir, tmp_path) -> None:
+    import urllib.request
+
+    port = _free_port()
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\nmetrics_listen = "127.0.0.1:{port}"\n'
+        f'[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
+    )
+    node = NodeProcess(
+        "m", tmp_path, "--config", str(config), "--listen", "127.0.0.1:0", "--model",
+        str(split_dir), "--interfaces", "127.0.0.1", "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+    try:
+        node.wait_serving()
+
+        def scrape() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                return None
+            return text if "edgenode_plan_agreed 1.0" in text else None
+
+        text = wait_until(scrape, 30, "metrics showing an agreed plan")
+        assert "edgenode_membership_size 1.0" in text
+        assert "edgenode_queue_depth 0.0" in text
+    finally:
+        assert node.stop() == 0
