@@ -103,7 +103,8 @@ def main() -> None:
     lines = [
         "# Cluster membership changes",
         "",
-        f"- machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        f"- machine: {os.cpu_count()} cores, {platform.machine()}, "
+        f"Python {platform.python_version()}",
         f"- command: `.venv/bin/python benchmarks/cluster.py --nodes {args.nodes} "
         f"--rounds {args.rounds} --model {args.model} --parts {args.parts}`",
         f"- {args.nodes} `edgenode run` processes on 127.0.0.1, mDNS on loopback, Keras parts; "
