@@ -62,6 +62,7 @@ class NodeConfig:
     id: str = ""  # defaults to the name
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; "" disables it
+    speed_gflops: float = 0.0  # speed score to advertise; 0 measures it at start-up
 
     @property
     def node_id(self) -> str:
@@ -171,6 +172,8 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"node.id: {node_id!r} must be 1-{NODE_ID_MAX_CHARS} characters of a-z, 0-9 and '-'"
         )
+    if config.node.speed_gflops < 0:
+        raise ConfigError("node.speed_gflops: must be positive, or 0 to measure at start-up")
     if not config.cluster.name:
         raise ConfigError("cluster.name: must not be empty")
     if config.model.threads < 1:

@@ -116,7 +116,7 @@ class Node:
         """Start, serve until ``stop`` is set, then shut down cleanly."""
         config = self._config
         manifest, directory = await asyncio.to_thread(prepare_model, config.model, self._state_dir)
-        speed = await asyncio.to_thread(measure_speed)
+        speed = config.node.speed_gflops * 1e9 or await asyncio.to_thread(measure_speed)
         host, port = parse_address(config.node.listen, key="node.listen")
         transport_config = TransportConfig(max_tensor_bytes=config.limits.max_tensor_bytes)
         control_ref: list[NodeControl] = []

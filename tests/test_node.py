@@ -128,8 +128,14 @@ def test_a_node_without_part_files_fetches_them_verified(cluster, split_dir, tmp
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(split_dir / "manifest.json", bare / "manifest.json")
-    a = _start(cluster, tmp_path, "a", split_dir)
-    b = _start(cluster, tmp_path, "b", bare)
+    config, _ = cluster
+    cluster_line = config.read_text()
+    slow, fast = tmp_path / "slow.toml", tmp_path / "fast.toml"
+    slow.write_text("[node]\nspeed_gflops = 0.001\n" + cluster_line)
+    fast.write_text("[node]\nspeed_gflops = 1000.0\n" + cluster_line)
+    # b, which has no part files, is far faster: the plan gives it work
+    a = _start((slow, cluster[1]), tmp_path, "a", split_dir)
+    b = _start((fast, cluster[1]), tmp_path, "b", bare)
     a.wait_serving()
     b.wait_serving()
     found = agreed_cluster([a, b], {"a", "b"})

@@ -20,8 +20,8 @@ from edgenode.planning import NodeSpec
 
 __all__ = ["REPLAN_MAX_DELAY_S", "REPLAN_QUIET_S", "Debounce", "Membership"]
 
-REPLAN_QUIET_S = 0.3  # re-plan once membership has been stable this long...
-REPLAN_MAX_DELAY_S = 1.0  # ...but never later than this after the first change
+REPLAN_QUIET_S = 0.15  # re-plan once membership has been stable this long...
+REPLAN_MAX_DELAY_S = 0.6  # ...but never later than this after the first change
 
 
 def _find(peers: tuple[PeerInfo, ...], node_id: NodeId) -> PeerInfo | None:
