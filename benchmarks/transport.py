@@ -110,12 +110,21 @@ def experiment_setups() -> list[Setup]:
                 ("grpc.http2.lookahead_bytes", 8 * MIB),
             ),
         ),
-        Setup("max_concurrent_streams 16", **base,
-              channel_options=(("grpc.max_concurrent_streams", 16),)),
-        Setup("http2 max_frame_size 1 MiB", **base,
-              channel_options=(("grpc.http2.max_frame_size", MIB),)),
-        Setup("http2 write_buffer_size 4 MiB", **base,
-              channel_options=(("grpc.http2.write_buffer_size", 4 * MIB),)),
+        Setup(
+            "max_concurrent_streams 16",
+            **base,
+            channel_options=(("grpc.max_concurrent_streams", 16),),
+        ),
+        Setup(
+            "http2 max_frame_size 1 MiB",
+            **base,
+            channel_options=(("grpc.http2.max_frame_size", MIB),),
+        ),
+        Setup(
+            "http2 write_buffer_size 4 MiB",
+            **base,
+            channel_options=(("grpc.http2.write_buffer_size", 4 * MIB),),
+        ),
         Setup("chunk 256 KiB", **base, chunk_bytes=256 * KIB),
         Setup("chunk 2 MiB", **base, chunk_bytes=2 * MIB),
         Setup("chunk 3.5 MiB", **base, chunk_bytes=3 * MIB + MIB // 2),
@@ -547,7 +556,10 @@ def run_setup(
         driver_args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
     )
     peer = subprocess.Popen(
-        [*common, "--role", "peer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+        [*common, "--role", "peer"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
         text=True,
     )
     assert driver.stdin and driver.stdout and peer.stdin and peer.stdout
@@ -824,7 +836,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report_only:
         saved = json.loads(raw_path.read_text())
         report = write_report(
-            saved["results"], saved["experiments"], saved["codec"], saved["command"],
+            saved["results"],
+            saved["experiments"],
+            saved["codec"],
+            saved["command"],
             saved["quick"],
         )
         (args.out_dir / "transport.md").write_text(report)
@@ -851,16 +866,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         for round_number in range(rounds):
             for setup in variants:
                 sys.stderr.write(f"experiment round {round_number + 1}: {setup.label} ...\n")
-                exp_runs[setup.label].append(
-                    run_setup(setup, exp_plan, sizes=[64 * MIB], hop=True)
-                )
+                exp_runs[setup.label].append(run_setup(setup, exp_plan, sizes=[64 * MIB], hop=True))
         experiments = {label: median_result(r) for label, r in exp_runs.items()}
     codec = codec_costs()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     raw_path.write_text(
         json.dumps(
-            {"results": results, "experiments": experiments, "codec": codec,
-             "command": command, "quick": args.quick, "runs": runs},
+            {
+                "results": results,
+                "experiments": experiments,
+                "codec": codec,
+                "command": command,
+                "quick": args.quick,
+                "runs": runs,
+            },
             indent=1,
         )
     )
