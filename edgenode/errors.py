@@ -9,6 +9,7 @@ __all__ = [
     "DuplicateTensor",
     "EdgenodeError",
     "IncompleteTensor",
+    "InputError",
     "InvalidPeerRecord",
     "InvalidTensor",
     "ModelError",
@@ -79,3 +80,7 @@ class IncompleteTensor(ProtocolError):
 
 class ChecksumMismatch(ProtocolError):
     """A tensor's bytes do not match the checksum its header declared."""
+
+
+class InputError(EdgenodeError):
+    """A user's input file is missing, unreadable, or does not fit the model; names the file."""
