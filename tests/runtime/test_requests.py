@@ -107,7 +107,7 @@ async def test_a_missing_stage_times_out_clearly_and_frees_buffers(split) -> Non
     model, _, _, _ = split
     async with cluster(split, [("a", 0, 2), ("b", 2, 4)], deadline_s=0.5) as routers:
         routers["b"]._transport.inbox.close()  # b stops taking tensors: its part never runs
-        with pytest.raises(RequestTimeout, match="no answer within 0.5 s"):
+        with pytest.raises(RequestTimeout, match=r"no answer within 0\.5 s"):
             await routers["origin"].infer(models.sample_inputs(model, batch=1))
         assert routers["origin"]._pending == {}
 
