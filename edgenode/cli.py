@@ -439,6 +439,119 @@ async def _collect_status(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [statuses[k] for k in sorted(statuses)]
 
 
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from edgenode.transport import run
+
+    return run(_infer(args))
+
+
+async def _find_node(args: argparse.Namespace) -> str:
+    from edgenode.mesh import Endpoint
+    from edgenode.mesh.browse import browse
+
+    if args.peer:
+        return str(Endpoint.parse(args.peer))
+    interfaces = args.interfaces.split(",") if args.interfaces else "all"
+    found = await browse(interfaces=interfaces, timeout_s=args.wait)
+    if not found:
+        raise EdgenodeError("no edgenode cluster found on the network (try --peer HOST:PORT)")
+    return str(found[0])
+
+
+async def _infer(args: argparse.Namespace) -> int:
+    import asyncio
+    import statistics
+
+    import numpy as np
+
+    from edgenode.client import collect_files, family_of, is_class_vector, load_inputs, summarize
+    from edgenode.client import top_k as top_classes
+    from edgenode.model.manifest import Manifest
+    from edgenode.transport._control import ControlClient
+
+    files = collect_files([Path(p) for p in args.inputs])
+    address = await _find_node(args)
+    client = ControlClient(protocol=1)
+    try:
+        status = await client.status(address)
+        if not status.plan.agreed_digest:
+            raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")
+        raw = await client.fetch_bytes(address, status.node.model_sha256, -1)
+        manifest = Manifest.from_json(json.loads(raw))
+        family = family_of(manifest.model.name)
+        semaphore = asyncio.Semaphore(args.concurrency)
+        results: list[dict[str, Any]] = []
+        latencies: list[float] = []
+        started = time.perf_counter()
+
+        async def one(path: Path) -> None:
+            inputs = await asyncio.to_thread(
+                load_inputs, path, manifest.model.inputs, preprocess=family
+            )
+            async with semaphore:
+                t0 = time.perf_counter()
+                outputs = await client.infer(address, inputs, timeout_s=args.timeout)
+                latencies.append(time.perf_counter() - t0)
+            results.append({"file": str(path), "outputs": outputs, "seconds": latencies[-1]})
+            if len(files) > 1 and not args.quiet:
+                sys.stderr.write(f"\redgenode: {len(results)}/{len(files)} done")
+                sys.stderr.flush()
+
+        await asyncio.gather(*(one(f) for f in files))
+        elapsed = time.perf_counter() - started
+        if len(files) > 1 and not args.quiet:
+            sys.stderr.write("\n")
+    finally:
+        await client.aclose()
+    results.sort(key=lambda r: files.index(Path(r["file"])))
+    if args.save_outputs:
+        arrays = {
+            (f"{Path(r['file']).name}/{k}" if len(files) > 1 else k): v
+            for r in results
+            for k, v in r["outputs"].items()
+        }
+        np.savez(args.save_outputs, **arrays)
+    report = []
+    for r in results:
+        entry: dict[str, Any] = {"file": r["file"], "seconds": r["seconds"], "outputs": {}}
+        for name, value in r["outputs"].items():
+            if is_class_vector(value):
+                entry["outputs"][name] = [
+                    {"class": i, "label": label, "probability": p}
+                    for i, label, p in top_classes(value, args.top)
+                ]
+            else:
+                entry["outputs"][name] = value.tolist() if args.json else summarize(name, value)
+        report.append(entry)
+    summary: dict[str, Any] = {
+        "images": len(results),
+        "seconds": elapsed,
+        "per_second": len(results) / elapsed if elapsed else 0.0,
+        "p50_s": statistics.median(latencies),
+        "p95_s": sorted(latencies)[max(0, int(len(latencies) * 0.95) - 1)],
+        "node": address,
+        "model": manifest.model.name,
+    }
+    if args.json:
+        print(json.dumps({"results": report, "summary": summary}, indent=2))
+        return EXIT_OK
+    for entry in report:
+        print(f"{entry['file']}  ({entry['seconds'] * 1e3:.1f} ms)")
+        for value in entry["outputs"].values():
+            if isinstance(value, list):
+                for rank, c in enumerate(value, 1):
+                    label = c["label"].replace("_", " ")
+                    print(f"  {rank}. {label:<28} {c['probability']:.4f}  (class {c['class']})")
+            else:
+                print(f"  {value}")
+    if len(report) > 1:
+        print(
+            f"\n{summary['images']} inputs in {elapsed:.2f} s: {summary['per_second']:.1f}/s, "
+            f"p50 {summary['p50_s'] * 1e3:.1f} ms, p95 {summary['p95_s'] * 1e3:.1f} ms"
+        )
+    return EXIT_OK
+
+
 # -- parser and entry point ---------------------------------------------------------------
 
 
@@ -578,6 +691,23 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=_cmd_status)
+
+    infer = sub.add_parser(
+        "infer",
+        help="run the cluster's model on images or .npy/.npz inputs",
+        description="Send inputs to a node of the cluster (found by mDNS, or --peer) and "
+        "print the answer: top classes for classifiers, a summary of every other output.",
+    )
+    infer.add_argument("inputs", nargs="+", metavar="FILE", help="images, .npy/.npz, folders")
+    infer.add_argument("--peer", metavar="HOST:PORT", help="a node to send the requests to")
+    infer.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
+    infer.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
+    infer.add_argument("--top", type=_positive_int, default=5, help="classes to show")
+    infer.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    infer.add_argument("--concurrency", type=_positive_int, default=4, help="in flight")
+    infer.add_argument("--save-outputs", metavar="FILE.npz", help="write every final output")
+    infer.add_argument("--json", action="store_true", help="machine-readable output")
+    infer.set_defaults(func=_cmd_infer)
     return parser
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "DuplicateTensor",
     "EdgenodeError",
     "IncompleteTensor",
+    "InferenceFailed",
     "InputError",
     "InvalidPeerRecord",
     "InvalidTensor",
@@ -48,6 +49,10 @@ class DiscoveryError(EdgenodeError):
 
 class InvalidPeerRecord(DiscoveryError):
     """A peer's advertised record is malformed; the message says what is wrong."""
+
+
+class InferenceFailed(EdgenodeError):
+    """The cluster refused or could not complete a request; the message says why."""
 
 
 class TransportError(EdgenodeError):

@@ -37,6 +37,7 @@ from edgenode.runtime.control import NodeControl
 from edgenode.runtime.metrics import MetricsServer, NodeMetrics
 from edgenode.runtime.negotiation import Negotiator, PlanState
 from edgenode.runtime.parts import PartHost
+from edgenode.runtime.requests import Router
 from edgenode.runtime.selfbench import measure_speed, total_memory_bytes
 from edgenode.transport import GrpcTransport, TransportConfig
 from edgenode.transport._control import ControlClient, control_handlers
@@ -120,7 +121,12 @@ class Node:
         host, port = parse_address(config.node.listen, key="node.listen")
         transport_config = TransportConfig(max_tensor_bytes=config.limits.max_tensor_bytes)
         control_ref: list[NodeControl] = []
-        handlers = control_handlers(lambda: control_ref[0])
+        router_ref: list[Router] = []
+        handlers = control_handlers(
+            lambda: control_ref[0],
+            lambda: router_ref[0],
+            max_tensor_bytes=config.limits.max_tensor_bytes,
+        )
         async with contextlib.AsyncExitStack() as stack:
             transport = await stack.enter_async_context(
                 GrpcTransport(host, port, config=transport_config, handlers=handlers)
@@ -139,11 +145,32 @@ class Node:
                 address=lambda: f"{local.host}:{bound_port}",
                 plan=lambda: negotiator.state,
                 loaded=lambda: part_host.loaded,
+                served=lambda: router_ref[0].served if router_ref else 0,
                 peers=lambda: tuple(negotiator.membership.alive),
                 manifest=manifest,
                 directory=directory,
             )
             control_ref.append(control)
+
+            def address_of(node_id: str) -> str | None:
+                peer = negotiator.membership.get(NodeId(node_id))
+                return str(peer.endpoint) if peer is not None else None
+
+            def on_stage(part: int, seconds: float) -> None:
+                control.record_stage(part, seconds)
+                self.metrics.stage_latency.labels(part=str(part)).observe(seconds)
+
+            router = Router(
+                node_id=local.node_id,
+                manifest=manifest,
+                host=part_host,
+                transport=transport,
+                plan=lambda: negotiator.state.agreed,
+                address_of=address_of,
+                deadline_s=config.limits.request_deadline_s,
+                on_stage=on_stage,
+            )
+            router_ref.append(router)
             self._running = _Running(
                 transport=transport,
                 discovery=discovery,
@@ -169,7 +196,8 @@ class Node:
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(negotiator.run()),
-                    group.create_task(self._sample_gauges(transport, negotiator)),
+                    group.create_task(router.run()),
+                    group.create_task(self._sample_gauges(transport, negotiator, router)),
                     group.create_task(
                         self._follow_plan(
                             negotiator, part_host, client, manifest, directory, on_agreed
@@ -183,9 +211,14 @@ class Node:
         self._running = None
         logger.info("stopped")
 
-    async def _sample_gauges(self, transport: GrpcTransport, negotiator: Negotiator) -> None:
+    async def _sample_gauges(
+        self, transport: GrpcTransport, negotiator: Negotiator, router: Router
+    ) -> None:
         """Gauges that are read, not counted: inbox depth, membership, agreement."""
+        counted = 0
         while True:
+            self.metrics.requests.labels(outcome="ok").inc(router.served - counted)
+            counted = router.served
             stats = transport.stats()
             self.metrics.queue_depth.set(stats.queued_tensors)
             state = negotiator.state

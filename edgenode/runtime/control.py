@@ -61,12 +61,12 @@ class NodeControl:
     address: Callable[[], str]
     plan: Callable[[], PlanState]
     loaded: Callable[[], tuple[int, ...]]
+    served: Callable[[], int]
     peers: Callable[[], tuple[PeerInfo, ...]]
     manifest: Manifest
     directory: Path
     clock: Callable[[], float] = time.monotonic
     started_s: float = field(default=0.0)
-    requests_served: int = 0
     _stages: dict[int, _Stage] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -90,7 +90,7 @@ class NodeControl:
             address=self.address(),
             plan=self.plan(),
             parts=self.loaded(),
-            requests_served=self.requests_served,
+            requests_served=self.served(),
             stages=tuple(
                 StageStats(part=p, count=s.count, mean_s=s.total_s / s.count)
                 for p, s in sorted(self._stages.items())

@@ -35,6 +35,14 @@ class _Loaded:
     worker: ThreadPoolExecutor
 
 
+def _zeros(spec: PartSpec) -> dict[str, np.ndarray]:
+    """A batch-1 input of zeros for a warm-up call."""
+    return {
+        t.name: np.zeros(tuple(d if d is not None else 1 for d in t.shape), dtype=t.dtype)
+        for t in spec.inputs
+    }
+
+
 class PartHost:
     """Loads, runs and unloads manifest parts; an async context manager."""
 
@@ -76,6 +84,8 @@ class PartHost:
                     runner = await loop.run_in_executor(
                         worker, self._factory, spec, self._directory
                     )
+                    # The first call traces the graph (~0.2 s): pay it now, not on a request.
+                    await loop.run_in_executor(worker, runner, _zeros(spec))
                 except BaseException:
                     await asyncio.to_thread(worker.shutdown, wait=True)
                     raise

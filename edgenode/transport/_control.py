@@ -18,11 +18,27 @@ from typing import Any
 import grpc
 
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
-from edgenode.errors import EdgenodeError, ModelError, PeerUnavailable, TransportError
+from edgenode.errors import (
+    EdgenodeError,
+    InferenceFailed,
+    ModelError,
+    PeerUnavailable,
+    PlanError,
+    TransportError,
+)
 from edgenode.mesh import Capacity, Endpoint, PeerInfo
 from edgenode.runtime.control import NodeControl, NodeStatus
 from edgenode.runtime.negotiation import PlanState
+from edgenode.runtime.requests import RequestTimeout, Router
 from edgenode.transport._options import CHANNEL_OPTIONS
+from edgenode.transport._status import status_of
+from edgenode.transport.codec import (
+    DEFAULT_MAX_TENSOR_BYTES,
+    FrameDecoder,
+    RequestId,
+    Tensor,
+    encode_frames,
+)
 
 __all__ = [
     "CONTROL_TIMEOUT_S",
@@ -100,8 +116,47 @@ def _status_reply(status: NodeStatus) -> pb.NodeStatus:
     )
 
 
-def control_handlers(control: Callable[[], NodeControl]) -> dict[str, grpc.RpcMethodHandler]:
-    """Method handlers of the control RPCs, reading the node's live state via ``control``."""
+# Domain errors of a request -> the status the client gets.
+_INFER_STATUS: tuple[tuple[type[EdgenodeError], grpc.StatusCode], ...] = (
+    (PlanError, grpc.StatusCode.FAILED_PRECONDITION),
+    (RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (PeerUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ModelError, grpc.StatusCode.INVALID_ARGUMENT),
+)
+
+
+def _infer_status(exc: EdgenodeError) -> grpc.StatusCode:
+    for cls, code in _INFER_STATUS:
+        if isinstance(exc, cls):
+            return code
+    return status_of(exc)[0]
+
+
+def control_handlers(
+    control: Callable[[], NodeControl],
+    router: Callable[[], Router] | None = None,
+    *,
+    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+) -> dict[str, grpc.RpcMethodHandler]:
+    """Method handlers of the control RPCs (and Infer when a router is given)."""
+
+    async def infer(frames: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        decoder = FrameDecoder(max_tensor_bytes=max_tensor_bytes)
+        inputs: dict[str, Any] = {}
+        try:
+            async for frame in frames:
+                for tensor in decoder.feed(frame):
+                    inputs[tensor.name] = tensor.array
+            decoder.finish()
+            assert router is not None
+            outputs = await router().infer(inputs)
+        except EdgenodeError as exc:
+            decoder.discard()
+            await context.abort(_infer_status(exc), str(exc))
+            return
+        reply = [Tensor(RequestId("reply"), name, value) for name, value in outputs.items()]
+        for frame in encode_frames(reply):
+            yield frame
 
     async def hello(request: pb.HelloRequest, context: Any) -> pb.NodeRecord:
         return record_of(control().local())
@@ -130,7 +185,7 @@ def control_handlers(control: Callable[[], NodeControl]) -> dict[str, grpc.RpcMe
             fn, request_deserializer=request.FromString, response_serializer=reply.SerializeToString
         )
 
-    return {
+    handlers = {
         "Hello": unary(hello, pb.HelloRequest, pb.NodeRecord),
         "GetPlan": unary(get_plan, pb.PlanRequest, pb.PlanReply),
         "GetStatus": unary(get_status, pb.StatusRequest, pb.NodeStatus),
@@ -140,6 +195,9 @@ def control_handlers(control: Callable[[], NodeControl]) -> dict[str, grpc.RpcMe
             response_serializer=pb.FileChunk.SerializeToString,
         ),
     }
+    if router is not None:
+        handlers["Infer"] = grpc.stream_stream_rpc_method_handler(infer)
+    return handlers
 
 
 class ControlClient:
@@ -220,6 +278,43 @@ class ControlClient:
             raise TransportError(f"{peer.node_id}: {exc.code().name}: {exc.details()}") from None
         finally:
             partial.unlink(missing_ok=True)
+
+    async def fetch_bytes(self, address: str, model_sha256: str, part: int) -> bytes:
+        """A small file (the manifest: part -1) from the node at ``address``."""
+        call = self._channel(address).unary_stream(
+            f"/{SERVICE_NAME}/FetchFile",
+            request_serializer=pb.FileRequest.SerializeToString,
+            response_deserializer=pb.FileChunk.FromString,
+        )
+        chunks = []
+        try:
+            async for chunk in call(
+                pb.FileRequest(model_sha256=model_sha256, part=part), timeout=FETCH_TIMEOUT_S
+            ):
+                chunks.append(chunk.data)
+        except grpc.aio.AioRpcError as exc:
+            raise PeerUnavailable(f"{address}: {exc.code().name}: {exc.details()}") from None
+        return b"".join(chunks)
+
+    async def infer(
+        self, address: str, inputs: Mapping[str, Any], *, timeout_s: float
+    ) -> dict[str, Any]:
+        """Run one request at the node at ``address``; the final outputs by name."""
+        call = self._channel(address).stream_stream(f"/{SERVICE_NAME}/Infer")
+        frames = list(encode_frames(Tensor(RequestId("client"), k, v) for k, v in inputs.items()))
+        decoder = FrameDecoder(max_tensor_bytes=1 << 40)
+        outputs: dict[str, Any] = {}
+        try:
+            async for frame in call(iter(frames), timeout=timeout_s):
+                for tensor in decoder.feed(frame):
+                    outputs[tensor.name] = tensor.array
+            decoder.finish()
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise PeerUnavailable(f"{address}: {exc.details() or code.name}") from None
+            raise InferenceFailed(f"{address}: {exc.details() or code.name}") from None
+        return outputs
 
     async def aclose(self) -> None:
         """Close every channel."""

@@ -60,6 +60,8 @@ async def test_parts_run_on_their_own_threads_not_the_loop(split) -> None:
 
     async with PartHost(manifest, directory, factory=factory) as host:
         await host.load([0, 1])
+        assert seen == ["part-0_0", "part-1_0"]  # one warm-up call each, when loaded
+        seen.clear()
         await asyncio.gather(host.run(0, inputs), host.run(0, inputs))
         values = dict(inputs)
         values.update(await host.run(0, inputs))

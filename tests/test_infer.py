@@ -1,0 +1,139 @@
+"""End to end with real node processes: `edgenode infer` equals the whole model run locally."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.nodes import NodeProcess, agreed_cluster
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def multi_io(tmp_path_factory: pytest.TempPathFactory):
+    from edgenode.model.graph import build_graph
+    from edgenode.model.split import split_model
+    from tests.model import models
+
+    directory = tmp_path_factory.mktemp("split")
+    model = models.build("multi_io")
+    manifest = split_model(model, directory, cuts=[2, 4, 6]).manifest
+    return model, build_graph(model), manifest, directory
+
+
+@pytest.fixture
+def nodes(multi_io, tmp_path: Path):
+    _, _, _, directory = multi_io
+    config = tmp_path / "node.toml"
+    # Slow pinned speeds: compute outweighs hops, so the plan uses every node.
+    config.write_text(
+        f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
+    )
+    started = [
+        NodeProcess(
+            name,
+            tmp_path,
+            "--config",
+            str(config),
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            str(directory),
+            "--interfaces",
+            "127.0.0.1",
+            "--state-dir",
+            str(tmp_path / name),
+        )  # fmt: skip
+        for name in ("a", "b", "c")
+    ]
+    try:
+        for node in started:
+            node.wait_serving()
+        found = agreed_cluster(started, {"a", "b", "c"})
+        owners = [st for st in found.values() if st["parts"]]
+        assert len(owners) >= 2, "the plan should spread the parts over several nodes"
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgenode.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_answer_equals_the_local_model(multi_io, nodes, tmp_path: Path) -> None:
+    from edgenode.model.slicing import run_model
+    from tests.model import models
+
+    model, graph, manifest, _ = multi_io
+    inputs = models.sample_inputs(model, batch=1)
+    np.savez(tmp_path / "x.npz", **inputs)
+    out = _cli("infer", str(tmp_path / "x.npz"), "--peer", nodes[1].address,
+               "--save-outputs", str(tmp_path / "y.npz"), "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["summary"]["images"] == 1
+    expected = run_model(graph, inputs)
+    got = np.load(tmp_path / "y.npz")
+    assert set(got.files) == set(manifest.model.outputs)  # finals from different parts
+    for name in manifest.model.outputs:
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-5)
+
+
+def test_32_concurrent_requests_through_any_node(multi_io, nodes) -> None:
+    from edgenode.model.slicing import run_model
+    from edgenode.transport import run
+    from edgenode.transport._control import ControlClient
+    from tests.model import models
+
+    model, graph, manifest, _ = multi_io
+    batches = [models.sample_inputs(model, seed=s, batch=1) for s in range(32)]
+
+    async def go():
+        client = ControlClient(protocol=1)
+        try:
+            return await asyncio.gather(
+                *(
+                    client.infer(nodes[i % 3].address, b, timeout_s=60)
+                    for i, b in enumerate(batches)
+                )
+            )
+        finally:
+            await client.aclose()
+
+    outs = run(go())
+    for out, batch in zip(outs, batches, strict=True):
+        want = run_model(graph, batch)
+        for name in manifest.model.outputs:
+            np.testing.assert_allclose(out[name], want[name], rtol=0, atol=1e-5)
+
+
+def test_bad_inputs_are_one_line_errors(nodes, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = _cli("infer", str(broken), "--peer", nodes[0].address)
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith("edgenode: error: ") and "broken.jpg" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, image=np.zeros((1, 3), np.float32))
+    out = _cli("infer", str(wrong), "--peer", nodes[0].address)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_no_cluster_is_a_clear_error(tmp_path: Path) -> None:
+    image = Path(__file__).parents[1] / "edgenode" / "data" / "images" / "cat.jpg"
+    out = _cli("infer", str(image), "--peer", "127.0.0.1:9")
+    assert out.returncode == 1
+    assert len(out.stderr.strip().splitlines()) == 1 and "127.0.0.1:9" in out.stderr
