@@ -51,7 +51,7 @@ def nodes(multi_io, tmp_path: Path):
             "127.0.0.1",
             "--state-dir",
             str(tmp_path / name),
-        )  # fmt: skip
+        )
         for name in ("a", "b", "c")
     ]
     try:
