@@ -552,6 +552,90 @@ async def _infer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from edgenode.model.loading import load_model
+    from edgenode.model.split import split_model
+    from edgenode.transport import run
+
+    image = (
+        Path(args.image) if args.image else Path(__file__).parent / "data" / "images" / "cat.jpg"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="edgenode-demo-"))
+    try:
+        _say(args, f"building {args.model} (random weights, seed 0) and cutting it into "
+                   f"{args.parts} parts")  # fmt: skip
+        model = load_model(args.model)
+        split_model(model, workdir / "parts", parts=args.parts)
+        return run(_demo(args, model, workdir, image))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _demo(args: argparse.Namespace, model: Any, workdir: Path, image: Path) -> int:
+    import asyncio
+    import statistics
+
+    import numpy as np
+
+    from edgenode.client import family_of, is_class_vector, load_inputs, top_k
+    from edgenode.demo import local_cluster, time_local, wait_agreed
+    from edgenode.model.manifest import load_manifest
+    from edgenode.transport._control import ControlClient
+
+    manifest = load_manifest(workdir / "parts")
+    inputs = await asyncio.to_thread(
+        load_inputs, image, manifest.model.inputs, preprocess=family_of(manifest.model.name)
+    )
+
+    def say(message: str) -> None:
+        _say(args, message)
+
+    say(f"starting {args.nodes} nodes on 127.0.0.1")
+    async with local_cluster(workdir / "parts", workdir, args.nodes, say=say) as nodes:
+        client = ControlClient(protocol=1)
+        try:
+            statuses = await wait_agreed(client, nodes)
+            say("the nodes agreed on a plan; sending the image")
+            origin = nodes[0].address
+            outputs = await client.infer(origin, inputs, timeout_s=60)
+            times = []
+            for _ in range(args.requests):
+                t0 = time.perf_counter()
+                await client.infer(origin, inputs, timeout_s=60)
+                times.append(time.perf_counter() - t0)
+            statuses = await wait_agreed(client, nodes)
+        finally:
+            await client.aclose()
+    local_out, local_ms = await asyncio.to_thread(time_local, model, inputs, args.requests)
+    name = manifest.model.outputs[0]
+    diff = float(np.max(np.abs(np.asarray(outputs[name], np.float64) - local_out)))
+    distributed_ms = statistics.median(times) * 1e3
+    print(f"{image.name} through {len(nodes)} nodes:")
+    value = outputs[name]
+    if is_class_vector(value):
+        for rank, (index, label, p) in enumerate(top_k(value, 5), 1):
+            print(f"  {rank}. {label.replace('_', ' '):<28} {p:.4f}  (class {index})")
+    print("\nplan:")
+    rows = []
+    for st in statuses:
+        parts = st["parts"]
+        rows.append([st["node"]["node_id"], st["address"],
+                     f"{min(parts)}-{max(parts)}" if parts else "idle",
+                     st["plan"]["agreed_digest"][:12]])  # fmt: skip
+    print(format_table(["node", "address", "parts", "plan"], rows))
+    print(
+        f"\nlocal whole model {local_ms:.1f} ms, distributed {distributed_ms:.1f} ms "
+        f"({distributed_ms / local_ms:.2f}x, median of {args.requests}); max abs diff "
+        f"vs local {diff:.3g}"
+    )
+    if diff > 1e-5:
+        raise EdgenodeError(f"the distributed answer differs from the local one by {diff:.3g}")
+    return EXIT_OK
+
+
 # -- parser and entry point ---------------------------------------------------------------
 
 
@@ -708,6 +792,19 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--save-outputs", metavar="FILE.npz", help="write every final output")
     infer.add_argument("--json", action="store_true", help="machine-readable output")
     infer.set_defaults(func=_cmd_infer)
+
+    demo = sub.add_parser(
+        "demo",
+        help="start a local cluster, classify an image through it, stop it",
+        description="Start N nodes on 127.0.0.1, wait until they agree, run one image "
+        "through the cluster, compare with the whole model run locally, and stop.",
+    )
+    demo.add_argument("--nodes", type=_positive_int, default=3, help="how many (default 3)")
+    demo.add_argument("--model", default="MobileNetV3Large", help="keras.applications name")
+    demo.add_argument("--parts", type=_positive_int, default=8, help="parts to cut it into")
+    demo.add_argument("--image", help="an image (default: a cat shipped with edgenode)")
+    demo.add_argument("--requests", type=_positive_int, default=20, help="timed requests")
+    demo.set_defaults(needs_tensorflow=True, func=_cmd_demo)
     return parser
 
 

@@ -61,6 +61,9 @@ class PartHost:
         )
         self._loaded: dict[int, _Loaded] = {}
         self._lock = asyncio.Lock()
+        # Parts being loaded: a request that reaches a part first waits for it (a new plan
+        # is agreed cluster-wide before every node has loaded its new parts).
+        self._loading: dict[int, asyncio.Event] = {}
 
     @property
     def loaded(self) -> tuple[int, ...]:
@@ -73,6 +76,9 @@ class PartHost:
         for i in wanted:
             if not 0 <= i < len(self._manifest.parts):
                 raise ModelError(f"part {i} is not in the manifest")
+        for i in wanted:
+            if i not in self._loaded:
+                self._loading.setdefault(i, asyncio.Event())
         async with self._lock:
             for i in wanted:
                 if i in self._loaded:
@@ -88,8 +94,10 @@ class PartHost:
                     await loop.run_in_executor(worker, runner, _zeros(spec))
                 except BaseException:
                     await asyncio.to_thread(worker.shutdown, wait=True)
+                    self._loading.pop(i, asyncio.Event()).set()
                     raise
                 self._loaded[i] = _Loaded(spec=spec, runner=runner, worker=worker)
+                self._loading.pop(i, asyncio.Event()).set()
                 logger.info("loaded part %d (%s)", i, spec.file)
             for i in [i for i in self._loaded if i not in wanted]:
                 await asyncio.to_thread(self._loaded.pop(i).worker.shutdown, wait=True)
@@ -98,6 +106,9 @@ class PartHost:
     async def run(self, index: int, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run part ``index`` on its worker thread; ModelError on bad inputs."""
         loaded = self._loaded.get(index)
+        if loaded is None and index in self._loading:
+            await self._loading[index].wait()
+            loaded = self._loaded.get(index)
         if loaded is None:
             raise ModelError(f"part {index} is not loaded on this node")
         feed = {t.name: inputs[t.name] for t in loaded.spec.inputs if t.name in inputs}
