@@ -149,3 +149,78 @@ def test_demo_runs_a_local_cluster_and_matches_the_local_model() -> None:
     assert "cat.jpg through 2 nodes" in out.stdout
     assert "max abs diff vs local 0" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory: pytest.TempPathFactory):
+    from edgenode.model.graph import build_graph
+    from edgenode.model.loading import load_model
+    from edgenode.model.split import split_model
+
+    directory = tmp_path_factory.mktemp("mobilenet")
+    model = load_model("MobileNetV3Large")
+    manifest = split_model(model, directory, parts=8).manifest
+    return build_graph(model), manifest, directory
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5])
+def test_mobilenet_v3_large_on_n_nodes(mobilenet, tmp_path: Path, count: int) -> None:
+    from edgenode.model.slicing import run_model
+    from edgenode.transport import run
+    from edgenode.transport._control import ControlClient
+
+    graph, _, directory = mobilenet
+    config = tmp_path / "node.toml"
+    # equal pinned speeds: the plan depends on the model, not on benchmark noise
+    config.write_text(
+        f'[node]\nspeed_gflops = 20.0\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
+    )
+    started = [
+        NodeProcess(
+            f"n{i}",
+            tmp_path,
+            "--config",
+            str(config),
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            str(directory),
+            "--interfaces",
+            "127.0.0.1",
+            "--state-dir",
+            str(tmp_path / f"s{i}"),
+        )
+        for i in range(count)
+    ]
+    try:
+        for node in started:
+            node.wait_serving()
+        found = agreed_cluster(started, {n.name for n in started})
+        owners = [st for st in found.values() if st["parts"]]
+        assert len(owners) == count  # equal speeds, 8 parts: every node gets some
+        rng = np.random.default_rng(count)
+        batches = [
+            {"input": rng.uniform(0, 255, (1, 224, 224, 3)).astype("float32")} for _ in range(33)
+        ]
+
+        async def go():
+            client = ControlClient(protocol=1)
+            try:
+                single = await client.infer(started[0].address, batches[0], timeout_s=120)
+                many = await asyncio.gather(
+                    *(
+                        client.infer(started[i % count].address, b, timeout_s=120)
+                        for i, b in enumerate(batches[1:])
+                    )
+                )
+                return [single, *many]
+            finally:
+                await client.aclose()
+
+        outs = run(go())
+        for out, batch in zip(outs, batches, strict=True):
+            want = run_model(graph, batch)["predictions"]
+            np.testing.assert_allclose(out["predictions"], want, rtol=0, atol=1e-5)
+    finally:
+        for node in started:
+            node.stop()
