@@ -77,6 +77,7 @@ class Router:
         address_of: Callable[[str], str | None],
         deadline_s: float,
         on_stage: Callable[[int, float], None] | None = None,
+        sweep_interval_s: float = SWEEP_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._me = node_id
@@ -88,6 +89,7 @@ class Router:
         self._deadline_s = deadline_s
         self._on_stage = on_stage
         self._clock = clock
+        self._sweep_interval_s = sweep_interval_s
         self._consumers: dict[str, list[int]] = {}
         for part in manifest.parts:
             for t in part.inputs:
@@ -100,6 +102,11 @@ class Router:
         self._stage_cache: _Stage | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.served = 0
+
+    @property
+    def open_requests(self) -> int:
+        """Requests with a join buffer or an origin waiting on this node."""
+        return len(self._joins) + len(self._pending)
 
     # -- origin --------------------------------------------------------------------------
 
@@ -249,7 +256,7 @@ class Router:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(self._sweep_interval_s)
             limit = self._clock() - self._deadline_s
             for request in [r for r, j in self._joins.items() if j.created_s < limit]:
                 logger.info("request %s abandoned: freeing its join buffer", request)

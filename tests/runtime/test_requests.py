@@ -61,6 +61,7 @@ async def cluster(split, stages, *, deadline_s: float = 10.0) -> AsyncIterator[d
                 plan=lambda: plan,
                 address_of=lambda node: f"addr-{node}",
                 deadline_s=deadline_s,
+                sweep_interval_s=0.05,
             )
         tasks = [asyncio.create_task(r.run()) for r in routers.values()]
         try:
@@ -124,3 +125,21 @@ async def test_bad_inputs_and_no_plan(split) -> None:
         )  # fmt: skip
         with pytest.raises(PlanError, match="not agreed"):
             await router.infer(models.sample_inputs(model, batch=1))
+
+
+async def test_join_buffers_of_abandoned_requests_are_freed(split) -> None:
+    model, _, _, _ = split
+    # c joins tensors from a and b; b never delivers, so c's buffer for the request is
+    # left half full until the deadline passes.
+    async with cluster(split, STAGINGS["four nodes"], deadline_s=0.3) as routers:
+        routers["b"]._transport.inbox.close()
+        request = asyncio.create_task(routers["origin"].infer(models.sample_inputs(model, batch=1)))
+        async with asyncio.timeout(5):
+            while not routers["c"].open_requests:  # c holds a half-full buffer
+                await asyncio.sleep(0.01)
+        with pytest.raises(RequestTimeout):
+            await request
+        async with asyncio.timeout(5):
+            while routers["c"].open_requests:  # ...until the sweeper frees it
+                await asyncio.sleep(0.02)
+        assert routers["origin"].open_requests == 0
