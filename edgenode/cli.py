@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 from edgenode import __version__
-from edgenode._table import format_bytes, format_table
+from edgenode._cli_cluster import cmd_demo, cmd_infer, cmd_run, cmd_status
+from edgenode._cli_common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    setup_tensorflow,
+)
+from edgenode._cli_model import cmd_plan, cmd_profile, cmd_split
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
 
 logger = logging.getLogger("edgenode")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 _SIZE_UNITS = {
     "": 1,
@@ -119,523 +117,6 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from edgenode.model.loading import load_model
-
-    _say(args, f"loading {args.model}")
-    return load_model(
-        args.model, weights=args.weights, input_shape=args.input_shape, seed=args.seed
-    )
-
-
-def _say(args: argparse.Namespace, message: str) -> None:
-    """Progress for long work, on stderr so stdout stays machine-readable."""
-    if not getattr(args, "quiet", False):
-        sys.stderr.write(f"edgenode: {message}\n")
-        sys.stderr.flush()
-
-
-def _setup_tensorflow(args: argparse.Namespace) -> None:
-    from edgenode.model.tfsetup import configure
-
-    configure(threads=getattr(args, "threads", None), quiet=args.verbose < 2)
-
-
-# -- commands -----------------------------------------------------------------------
-
-
-def _cmd_split(args: argparse.Namespace) -> int:
-    from edgenode.model.split import split_model, verify_chain
-
-    model = _load(args)
-    method = "per-op" if args.per_op else args.cut
-    started = time.perf_counter()
-    result = split_model(
-        model,
-        Path(args.out),
-        cuts=args.at,
-        parts=args.parts,
-        method=method,
-        fmt=args.format,
-        progress=lambda m: _say(args, m),
-    )
-    elapsed = time.perf_counter() - started
-    manifest = result.manifest
-    rows = [
-        [
-            p.index,
-            p.file,
-            f"{p.start}..{p.stop - 1}",
-            p.stop - p.start,
-            f"{p.flops / 1e6:.1f}",
-            f"{p.param_bytes / 1e6:.2f}",
-            ", ".join(t.name for t in p.inputs),
-            ", ".join(t.name + (" (final)" if t.final else "") for t in p.outputs),
-        ]
-        for p in manifest.parts
-    ]
-    print(
-        format_table(
-            ["part", "file", "ops", "count", "MFLOPs", "params MB", "inputs", "outputs"], rows
-        )
-    )
-    print(f"\nwrote {len(manifest.parts)} parts and manifest.json to {args.out} in {elapsed:.1f} s")
-    print(f"model {manifest.model.name} sha256 {manifest.model.sha256}")
-    if args.verify and args.format == "keras":
-        diff = verify_chain(result)
-        print(f"chained parts vs whole model: max abs diff {diff:.3g}")
-        if diff > args.tolerance:
-            raise EdgenodeError(
-                f"chained parts differ from the whole model by {diff:.3g} (> {args.tolerance})"
-            )
-    return EXIT_OK
-
-
-def _cmd_plan(args: argparse.Namespace) -> int:
-    from edgenode.model.cost import graph_stats
-    from edgenode.model.graph import build_graph
-    from edgenode.model.loading import model_sha256
-    from edgenode.model.profile import load_profile
-    from edgenode.model.split import cost_graph
-    from edgenode.planning import Link, NodeSpec, plan_pipeline
-
-    model = _load(args)
-    graph = build_graph(model)
-    stats = graph_stats(graph)
-    if args.profile:
-        profile = load_profile(Path(args.profile))
-        if profile.model_sha256 != model_sha256(graph):
-            raise EdgenodeError(f"{args.profile} was measured on another model")
-        costs = cost_graph(graph, stats, profile.op_seconds)
-        base_speed, unit = 1.0, "measured"
-    else:
-        costs = cost_graph(graph, stats)
-        if args.gflops:
-            base_speed = args.gflops * 1e9
-        else:
-            _say(args, "measuring this machine's speed on the whole model")
-            base_speed = _calibrate(graph, sum(s.flops for s in stats))
-        unit = f"{base_speed / 1e9:.1f} GFLOP/s per unit speed"
-    nodes = [
-        NodeSpec(node_id=f"node-{i}", speed=base_speed * s, memory_bytes=args.node_memory)
-        for i, s in enumerate(args.nodes)
-    ]
-    link = Link(bandwidth_bytes_per_s=args.bandwidth, latency_s=args.hop_latency_ms / 1e3)
-    plan = plan_pipeline(costs, nodes, link, max_parts=args.max_parts)
-    if args.json:
-        print(json.dumps(_plan_json(plan, graph, args), indent=2))
-        return EXIT_OK
-    rows = []
-    for i, st in enumerate(plan.stages):
-        _, outs = graph.boundary(st.start, st.stop)
-        rows.append(
-            [
-                i,
-                st.node_id,
-                f"{st.start}..{st.stop - 1}",
-                st.stop - st.start,
-                f"{sum(s.flops for s in stats[st.start : st.stop]) / 1e6:.1f}",
-                f"{st.param_bytes / 1e6:.2f}",
-                f"{len(outs)}: {', '.join(outs)}" if len(outs) <= 3 else f"{len(outs)} tensors",
-                format_bytes(st.send_bytes),
-                f"{st.compute_s * 1e3:.2f}",
-                f"{st.time_s * 1e3:.2f}",
-            ]
-        )
-    headers = [
-        "part",
-        "node",
-        "ops",
-        "count",
-        "MFLOPs",
-        "params MB",
-        "sends",
-        "bytes",
-        "compute ms",
-        "stage ms",
-    ]
-    print(format_table(headers, rows))
-    print(
-        f"\nmodel {graph.name}: {len(graph.ops)} ops, {sum(s.macs for s in stats) / 1e6:.1f} M "
-        f"multiply-adds; speed basis: {unit}; link {args.bandwidth / 1e6:.0f} MB/s, "
-        f"{args.hop_latency_ms} ms per hop"
-    )
-    print(
-        f"predicted: bottleneck stage {plan.bottleneck_s * 1e3:.2f} ms "
-        f"({1 / plan.bottleneck_s:.1f} requests/s pipelined), latency "
-        f"{plan.latency_s * 1e3:.2f} ms; one node alone: {plan.single_node_s * 1e3:.2f} ms"
-    )
-    if plan.slower_than_single_node:
-        print(
-            f"note: one request at a time, this plan is slower than running the whole model "
-            f"on {plan.single_node_id} ({plan.latency_s / plan.single_node_s:.2f}x); "
-            f"pipelined throughput is {plan.speedup:.2f}x"
-        )
-    return EXIT_OK
-
-
-def _plan_json(plan: Any, graph: Any, args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "model": graph.name,
-        "bottleneck_s": plan.bottleneck_s,
-        "latency_s": plan.latency_s,
-        "single_node_id": plan.single_node_id,
-        "single_node_s": plan.single_node_s,
-        "slower_than_single_node": plan.slower_than_single_node,
-        "stages": [
-            {
-                "node": st.node_id,
-                "start": st.start,
-                "stop": st.stop,
-                "outputs": list(graph.boundary(st.start, st.stop)[1]),
-                "compute_s": st.compute_s,
-                "send_bytes": st.send_bytes,
-                "send_s": st.send_s,
-                "time_s": st.time_s,
-                "param_bytes": st.param_bytes,
-            }
-            for st in plan.stages
-        ],
-    }
-
-
-def _calibrate(graph: Any, flops: int) -> float:
-    """FLOP/s of this machine on this model (whole model, tf.function, batch 1)."""
-    from edgenode.model.profile import time_whole_model
-
-    return flops / time_whole_model(graph)
-
-
-def _cmd_profile(args: argparse.Namespace) -> int:
-    from edgenode.model.graph import build_graph
-    from edgenode.model.loading import model_sha256
-    from edgenode.model.profile import profile_graph
-
-    model = _load(args)
-    graph = build_graph(model)
-    step = max(1, len(graph.ops) // 10)
-
-    def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
-            _say(args, f"timed {done}/{total} ops")
-
-    profile = profile_graph(graph, model_sha256(graph), runs=args.runs, progress=progress)
-    out = Path(args.out)
-    profile.save(out)
-    raw_total = sum(profile.raw_seconds.values())
-    slowest = sorted(profile.op_seconds.items(), key=lambda kv: -kv[1])[:10]
-    rows = [[k, f"{v * 1e3:.3f}", f"{profile.raw_seconds[k] * 1e3:.3f}"] for k, v in slowest]
-    print(format_table(["op (10 slowest)", "ms in model", "ms alone"], rows))
-    print(
-        f"\n{len(profile.op_seconds)} ops timed alone: sum {raw_total * 1e3:.2f} ms, of which "
-        f"{profile.call_overhead_s * 1e3:.3f} ms per call is overhead; whole model "
-        f"{profile.whole_model_s * 1e3:.2f} ms; wrote {out}"
-    )
-    return EXIT_OK
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-
-    from edgenode.config import Config, load_config
-    from edgenode.node import Node
-    from edgenode.transport import run, tune_malloc
-
-    config = load_config(Path(args.config)) if args.config else Config()
-    config = config.override("node", name=args.name, listen=args.listen)
-    config = config.override("model", source=args.model, backend=args.backend)
-    interfaces = args.interfaces.split(",") if args.interfaces else None
-    if interfaces == ["all"]:
-        interfaces = None
-        config = config.override("cluster", interfaces="all")
-    config = config.override(
-        "cluster",
-        interfaces=tuple(interfaces) if interfaces else None,
-        peers=tuple(args.peer) if args.peer else None,
-        multicast=False if args.no_multicast else None,
-    )
-    if config.model.backend == "keras" or not Path(config.model.source).is_dir():
-        _setup_tensorflow(args)
-    tune_malloc()
-    state_dir = Path(args.state_dir)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Node(config, state_dir=state_dir).run(stop)
-
-    run(main())
-    return EXIT_OK
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from edgenode.transport import run
-
-    statuses = run(_collect_status(args))
-    if args.json:
-        print(json.dumps(statuses, indent=2))
-        return EXIT_OK
-    rows = []
-    for st in statuses:
-        node = st["node"]
-        plan = st["plan"]
-        parts = st["parts"]
-        stages = ", ".join(f"{s['part']}: {s['mean_s'] * 1e3:.2f} ms" for s in st["stages"])
-        agreed = plan["agreed_digest"]
-        rows.append(
-            [
-                node["node_id"],
-                st["address"],
-                f"{min(parts)}-{max(parts)}" if parts else "idle",
-                (agreed or plan["computed_digest"])[:12] or "-",
-                "yes" if agreed and agreed == plan["computed_digest"] else "no",
-                st["requests_served"],
-                stages or "-",
-            ]
-        )
-    headers = ["node", "address", "parts", "plan", "agreed", "requests", "stage latency"]
-    print(format_table(headers, rows))
-    return EXIT_OK
-
-
-async def _collect_status(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from edgenode.errors import PeerUnavailable
-    from edgenode.mesh import Endpoint
-    from edgenode.mesh.browse import browse
-    from edgenode.transport._control import ControlClient, status_to_dict
-
-    if args.peer:
-        seeds = [str(Endpoint.parse(p)) for p in args.peer]
-    else:
-        interfaces = args.interfaces.split(",") if args.interfaces else "all"
-        seeds = [str(e) for e in await browse(interfaces=interfaces, timeout_s=args.wait)]
-        if not seeds:
-            raise EdgenodeError("no edgenode found on the network (try --peer HOST:PORT)")
-    client = ControlClient(protocol=1)
-    statuses: dict[str, dict[str, Any]] = {}
-    try:
-        queue = list(seeds)
-        errors = []
-        while queue:
-            address = queue.pop(0)
-            if any(s["address"] == address for s in statuses.values()):
-                continue
-            try:
-                status = dict(status_to_dict(await client.status(address)))
-            except PeerUnavailable as exc:
-                errors.append(str(exc))
-                continue
-            statuses[status["node"]["node_id"]] = status
-            for peer in status["peers"]:
-                if peer["node_id"] not in statuses:
-                    queue.append(str(Endpoint(host=peer["addresses"][0], port=peer["port"])))
-        if not statuses:
-            raise EdgenodeError(f"no node answered: {errors[0]}")
-    finally:
-        await client.aclose()
-    return [statuses[k] for k in sorted(statuses)]
-
-
-def _cmd_infer(args: argparse.Namespace) -> int:
-    from edgenode.transport import run
-
-    return run(_infer(args))
-
-
-async def _find_node(args: argparse.Namespace) -> str:
-    from edgenode.mesh import Endpoint
-    from edgenode.mesh.browse import browse
-
-    if args.peer:
-        return str(Endpoint.parse(args.peer))
-    interfaces = args.interfaces.split(",") if args.interfaces else "all"
-    found = await browse(interfaces=interfaces, timeout_s=args.wait)
-    if not found:
-        raise EdgenodeError("no edgenode cluster found on the network (try --peer HOST:PORT)")
-    return str(found[0])
-
-
-async def _infer(args: argparse.Namespace) -> int:
-    import asyncio
-    import statistics
-
-    import numpy as np
-
-    from edgenode.client import collect_files, family_of, is_class_vector, load_inputs, summarize
-    from edgenode.client import top_k as top_classes
-    from edgenode.model.manifest import Manifest
-    from edgenode.transport._control import ControlClient
-
-    files = collect_files([Path(p) for p in args.inputs])
-    address = await _find_node(args)
-    client = ControlClient(protocol=1)
-    try:
-        status = await client.status(address)
-        if not status.plan.agreed_digest:
-            raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")
-        raw = await client.fetch_bytes(address, status.node.model_sha256, -1)
-        manifest = Manifest.from_json(json.loads(raw))
-        family = family_of(manifest.model.name)
-        semaphore = asyncio.Semaphore(args.concurrency)
-        results: list[dict[str, Any]] = []
-        latencies: list[float] = []
-        started = time.perf_counter()
-
-        async def one(path: Path) -> None:
-            inputs = await asyncio.to_thread(
-                load_inputs, path, manifest.model.inputs, preprocess=family
-            )
-            async with semaphore:
-                t0 = time.perf_counter()
-                outputs = await client.infer(address, inputs, timeout_s=args.timeout)
-                latencies.append(time.perf_counter() - t0)
-            results.append({"file": str(path), "outputs": outputs, "seconds": latencies[-1]})
-            if len(files) > 1 and not args.quiet:
-                sys.stderr.write(f"\redgenode: {len(results)}/{len(files)} done")
-                sys.stderr.flush()
-
-        await asyncio.gather(*(one(f) for f in files))
-        elapsed = time.perf_counter() - started
-        if len(files) > 1 and not args.quiet:
-            sys.stderr.write("\n")
-    finally:
-        await client.aclose()
-    results.sort(key=lambda r: files.index(Path(r["file"])))
-    if args.save_outputs:
-        arrays = {
-            (f"{Path(r['file']).name}/{k}" if len(files) > 1 else k): v
-            for r in results
-            for k, v in r["outputs"].items()
-        }
-        np.savez(args.save_outputs, **arrays)
-    report = []
-    for r in results:
-        entry: dict[str, Any] = {"file": r["file"], "seconds": r["seconds"], "outputs": {}}
-        for name, value in r["outputs"].items():
-            if is_class_vector(value):
-                entry["outputs"][name] = [
-                    {"class": i, "label": label, "probability": p}
-                    for i, label, p in top_classes(value, args.top)
-                ]
-            else:
-                entry["outputs"][name] = value.tolist() if args.json else summarize(name, value)
-        report.append(entry)
-    summary: dict[str, Any] = {
-        "images": len(results),
-        "seconds": elapsed,
-        "per_second": len(results) / elapsed if elapsed else 0.0,
-        "p50_s": statistics.median(latencies),
-        "p95_s": sorted(latencies)[max(0, int(len(latencies) * 0.95) - 1)],
-        "node": address,
-        "model": manifest.model.name,
-    }
-    if args.json:
-        print(json.dumps({"results": report, "summary": summary}, indent=2))
-        return EXIT_OK
-    for entry in report:
-        print(f"{entry['file']}  ({entry['seconds'] * 1e3:.1f} ms)")
-        for value in entry["outputs"].values():
-            if isinstance(value, list):
-                for rank, c in enumerate(value, 1):
-                    label = c["label"].replace("_", " ")
-                    print(f"  {rank}. {label:<28} {c['probability']:.4f}  (class {c['class']})")
-            else:
-                print(f"  {value}")
-    if len(report) > 1:
-        print(
-            f"\n{summary['images']} inputs in {elapsed:.2f} s: {summary['per_second']:.1f}/s, "
-            f"p50 {summary['p50_s'] * 1e3:.1f} ms, p95 {summary['p95_s'] * 1e3:.1f} ms"
-        )
-    return EXIT_OK
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
-    import tempfile
-
-    from edgenode.model.loading import load_model
-    from edgenode.model.split import split_model
-    from edgenode.transport import run
-
-    image = (
-        Path(args.image) if args.image else Path(__file__).parent / "data" / "images" / "cat.jpg"
-    )
-    workdir = Path(tempfile.mkdtemp(prefix="edgenode-demo-"))
-    try:
-        _say(args, f"building {args.model} (random weights, seed 0) and cutting it into "
-                   f"{args.parts} parts")  # fmt: skip
-        model = load_model(args.model)
-        split_model(model, workdir / "parts", parts=args.parts)
-        return run(_demo(args, model, workdir, image))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-async def _demo(args: argparse.Namespace, model: Any, workdir: Path, image: Path) -> int:
-    import asyncio
-    import statistics
-
-    import numpy as np
-
-    from edgenode.client import family_of, is_class_vector, load_inputs, top_k
-    from edgenode.demo import local_cluster, time_local, wait_agreed
-    from edgenode.model.manifest import load_manifest
-    from edgenode.transport._control import ControlClient
-
-    manifest = load_manifest(workdir / "parts")
-    inputs = await asyncio.to_thread(
-        load_inputs, image, manifest.model.inputs, preprocess=family_of(manifest.model.name)
-    )
-
-    def say(message: str) -> None:
-        _say(args, message)
-
-    say(f"starting {args.nodes} nodes on 127.0.0.1")
-    async with local_cluster(workdir / "parts", workdir, args.nodes, say=say) as nodes:
-        client = ControlClient(protocol=1)
-        try:
-            statuses = await wait_agreed(client, nodes)
-            say("the nodes agreed on a plan; sending the image")
-            origin = nodes[0].address
-            outputs = await client.infer(origin, inputs, timeout_s=60)
-            times = []
-            for _ in range(args.requests):
-                t0 = time.perf_counter()
-                await client.infer(origin, inputs, timeout_s=60)
-                times.append(time.perf_counter() - t0)
-            statuses = await wait_agreed(client, nodes)
-        finally:
-            await client.aclose()
-    local_out, local_ms = await asyncio.to_thread(time_local, model, inputs, args.requests)
-    name = manifest.model.outputs[0]
-    diff = float(np.max(np.abs(np.asarray(outputs[name], np.float64) - local_out)))
-    distributed_ms = statistics.median(times) * 1e3
-    print(f"{image.name} through {len(nodes)} nodes:")
-    value = outputs[name]
-    if is_class_vector(value):
-        for rank, (index, label, p) in enumerate(top_k(value, 5), 1):
-            print(f"  {rank}. {label.replace('_', ' '):<28} {p:.4f}  (class {index})")
-    print("\nplan:")
-    rows = []
-    for st in statuses:
-        parts = st["parts"]
-        rows.append([st["node"]["node_id"], st["address"],
-                     f"{min(parts)}-{max(parts)}" if parts else "idle",
-                     st["plan"]["agreed_digest"][:12]])  # fmt: skip
-    print(format_table(["node", "address", "parts", "plan"], rows))
-    print(
-        f"\nlocal whole model {local_ms:.1f} ms, distributed {distributed_ms:.1f} ms "
-        f"({distributed_ms / local_ms:.2f}x, median of {args.requests}); max abs diff "
-        f"vs local {diff:.3g}"
-    )
-    if diff > 1e-5:
-        raise EdgenodeError(f"the distributed answer differs from the local one by {diff:.3g}")
-    return EXIT_OK
-
-
 # -- parser and entry point ---------------------------------------------------------------
 
 
@@ -683,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.add_argument("--tolerance", type=float, default=1e-6, help=argparse.SUPPRESS)
     split.add_argument("--threads", type=_positive_int, help="TensorFlow threads")
-    split.set_defaults(needs_tensorflow=True, func=_cmd_split)
+    split.set_defaults(needs_tensorflow=True, func=cmd_split)
 
     plan = sub.add_parser(
         "plan",
@@ -723,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-parts", type=_positive_int, help="at most this many parts")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--threads", type=_positive_int, default=1, help="TensorFlow threads")
-    plan.set_defaults(needs_tensorflow=True, func=_cmd_plan)
+    plan.set_defaults(needs_tensorflow=True, func=cmd_plan)
 
     prof = sub.add_parser(
         "profile",
@@ -735,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--out", default="profile.json", metavar="FILE", help="output file")
     prof.add_argument("--runs", type=_positive_int, default=20, help="timed runs per op")
     prof.add_argument("--threads", type=_positive_int, default=1, help="TensorFlow threads")
-    prof.set_defaults(needs_tensorflow=True, func=_cmd_profile)
+    prof.set_defaults(needs_tensorflow=True, func=cmd_profile)
 
     run = sub.add_parser(
         "run",
@@ -762,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where a node keeps the parts it cuts or fetches",
     )
     run.add_argument("--threads", type=_positive_int, help=argparse.SUPPRESS)
-    run.set_defaults(func=_cmd_run, log_level=logging.INFO)
+    run.set_defaults(func=cmd_run, log_level=logging.INFO)
 
     status = sub.add_parser(
         "status",
@@ -774,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
     status.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=_cmd_status)
+    status.set_defaults(func=cmd_status)
 
     infer = sub.add_parser(
         "infer",
@@ -791,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--concurrency", type=_positive_int, default=4, help="in flight")
     infer.add_argument("--save-outputs", metavar="FILE.npz", help="write every final output")
     infer.add_argument("--json", action="store_true", help="machine-readable output")
-    infer.set_defaults(func=_cmd_infer)
+    infer.set_defaults(func=cmd_infer)
 
     demo = sub.add_parser(
         "demo",
@@ -804,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--parts", type=_positive_int, default=8, help="parts to cut it into")
     demo.add_argument("--image", help="an image (default: a cat shipped with edgenode)")
     demo.add_argument("--requests", type=_positive_int, default=20, help="timed requests")
-    demo.set_defaults(needs_tensorflow=True, func=_cmd_demo)
+    demo.set_defaults(needs_tensorflow=True, func=cmd_demo)
     return parser
 
 
@@ -822,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose, getattr(args, "log_level", logging.WARNING))
     try:
         if getattr(args, "needs_tensorflow", False):
-            _setup_tensorflow(args)
+            setup_tensorflow(args)
         result: int = args.func(args)
     except (ConfigError, UsageError) as exc:
         sys.stderr.write(f"edgenode: error: {exc}\n")

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import re
 import signal
-import statistics
 import sys
 import time
 import uuid
@@ -21,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgenode.errors import EdgenodeError
 from edgenode.transport._control import ControlClient, status_to_dict
 
-__all__ = ["DemoResult", "LocalNode", "local_cluster", "wait_agreed"]
+__all__ = ["LocalNode", "local_cluster", "wait_agreed"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +41,6 @@ class LocalNode:
     process: asyncio.subprocess.Process
     log: Path
     address: str = ""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DemoResult:
-    """What the demo measured."""
-
-    outputs: dict[str, np.ndarray]
-    max_abs_diff: float
-    local_ms: float
-    distributed_ms: float
-    statuses: list[dict[str, Any]]
 
 
 async def _wait_serving(node: LocalNode, deadline: float) -> None:
@@ -137,19 +123,3 @@ async def wait_agreed(client: ControlClient, nodes: list[LocalNode]) -> list[dic
         if time.monotonic() > deadline:
             raise EdgenodeError(f"the nodes did not agree on a plan within {AGREE_TIMEOUT_S:g} s")
         await asyncio.sleep(POLL_INTERVAL_S)
-
-
-def time_local(model: Any, inputs: dict[str, np.ndarray], runs: int) -> tuple[Any, float]:
-    """Whole-model output and median ms under tf.function (blocking)."""
-    import tensorflow as tf
-
-    fn = tf.function(model)
-    feed = [tf.constant(v) for v in inputs.values()]
-    arg = feed[0] if len(feed) == 1 else feed
-    out = fn(arg)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn(arg)
-        times.append(time.perf_counter() - t0)
-    return np.asarray(out), statistics.median(times) * 1e3

@@ -162,7 +162,7 @@ class ZeroconfDiscovery(DiscoveryBase):
                     self._service, cooperating_responders=True
                 )
                 self._broadcast = asyncio.ensure_future(registered)
-        except BaseException:
+        except BaseException:  # cancelled or failed half-way: release sockets, then re-raise
             await self._close()
             raise
         logger.debug("mDNS: announced %s on %s", self._service.name, self._interfaces or "all")

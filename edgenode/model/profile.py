@@ -17,7 +17,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,14 @@ from edgenode.errors import ModelError
 from edgenode.model.graph import LayerGraph, TensorInfo
 from edgenode.model.slicing import build_part
 
-__all__ = ["PROFILE_FORMAT", "Profile", "load_profile", "profile_graph", "time_whole_model"]
+__all__ = [
+    "PROFILE_FORMAT",
+    "Profile",
+    "load_profile",
+    "profile_graph",
+    "time_model",
+    "time_whole_model",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +161,21 @@ def profile_graph(
     )
 
 
-def time_whole_model(graph: LayerGraph, *, runs: int = DEFAULT_RUNS) -> float:
-    """Median seconds of one batch-1 call of the whole model under ``tf.function``."""
+def time_model(model: Any, inputs: Mapping[str, np.ndarray], runs: int) -> tuple[list[Any], float]:
+    """A model's flattened outputs on ``inputs`` and the median seconds of one call
+    under ``tf.function`` (inputs in the model's input order)."""
+    import keras
     import tensorflow as tf
 
-    rng = np.random.default_rng(0)
-    import keras
+    fn = tf.function(model)
+    flat = [tf.constant(v) for v in inputs.values()]
+    feed = keras.tree.pack_sequence_as(model._inputs_struct, flat)
+    outputs = [np.asarray(t) for t in keras.tree.flatten(fn(feed))]
+    return outputs, _median_seconds(lambda: fn(feed), runs)
 
-    whole = tf.function(graph.functional)
-    flat = [tf.constant(_sample(graph.tensors[n], rng)) for n in graph.inputs]
-    feed = keras.tree.pack_sequence_as(graph.functional._inputs_struct, flat)
-    return _median_seconds(lambda: whole(feed), runs)
+
+def time_whole_model(graph: LayerGraph, *, runs: int = DEFAULT_RUNS) -> float:
+    """Median seconds of one batch-1 call of the whole model under ``tf.function``."""
+    rng = np.random.default_rng(0)
+    inputs = {n: _sample(graph.tensors[n], rng) for n in graph.inputs}
+    return time_model(graph.functional, inputs, runs)[1]

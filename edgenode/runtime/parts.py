@@ -92,7 +92,7 @@ class PartHost:
                     )
                     # The first call traces the graph (~0.2 s): pay it now, not on a request.
                     await loop.run_in_executor(worker, runner, _zeros(spec))
-                except BaseException:
+                except BaseException:  # also on cancellation: never leak the worker thread
                     await asyncio.to_thread(worker.shutdown, wait=True)
                     self._loading.pop(i, asyncio.Event()).set()
                     raise

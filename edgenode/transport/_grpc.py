@@ -208,7 +208,7 @@ class GrpcPeer:
                 # reopen once. A fresh stream failing is the peer's answer.
                 if not (reused and attempt == 0):
                     raise error from None
-            except BaseException:
+            except BaseException:  # cancelled mid-frame: drop the call, never splice onto it
                 self._drop(call)
                 raise
         raise AssertionError("unreachable")

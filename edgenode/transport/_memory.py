@@ -202,7 +202,7 @@ class MemoryPeer:
             try:
                 for frame in frames:
                     await self._write(stream, frame)
-            except BaseException:
+            except BaseException:  # cancelled mid-frame: drop the stream, never splice onto it
                 self._drop(stream)
                 raise
 
@@ -261,7 +261,7 @@ class MemoryPeer:
             except TransportError:
                 if not (reused and attempt == 0):
                     raise
-            except BaseException:
+            except BaseException:  # cancelled mid-frame: drop the stream, never splice onto it
                 self._drop(stream)
                 raise
         raise AssertionError("unreachable")

@@ -1,0 +1,320 @@
+"""Commands on a cluster: run, status, infer, demo (argv is parsed in edgenode.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgenode._cli_common import EXIT_OK, say, setup_tensorflow
+from edgenode._table import format_table
+from edgenode.errors import EdgenodeError
+
+__all__ = ["cmd_demo", "cmd_infer", "cmd_run", "cmd_status"]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from edgenode.config import Config, load_config
+    from edgenode.node import Node
+    from edgenode.transport import run, tune_malloc
+
+    config = load_config(Path(args.config)) if args.config else Config()
+    config = config.override("node", name=args.name, listen=args.listen)
+    config = config.override("model", source=args.model, backend=args.backend)
+    interfaces = args.interfaces.split(",") if args.interfaces else None
+    if interfaces == ["all"]:
+        interfaces = None
+        config = config.override("cluster", interfaces="all")
+    config = config.override(
+        "cluster",
+        interfaces=tuple(interfaces) if interfaces else None,
+        peers=tuple(args.peer) if args.peer else None,
+        multicast=False if args.no_multicast else None,
+    )
+    if config.model.backend == "keras" or not Path(config.model.source).is_dir():
+        setup_tensorflow(args)
+    tune_malloc()
+    state_dir = Path(args.state_dir)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Node(config, state_dir=state_dir).run(stop)
+
+    run(main())
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edgenode.transport import run
+
+    statuses = run(_collect_status(args))
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+        return EXIT_OK
+    rows = []
+    for st in statuses:
+        node = st["node"]
+        plan = st["plan"]
+        parts = st["parts"]
+        stages = ", ".join(f"{s['part']}: {s['mean_s'] * 1e3:.2f} ms" for s in st["stages"])
+        agreed = plan["agreed_digest"]
+        rows.append(
+            [
+                node["node_id"],
+                st["address"],
+                f"{min(parts)}-{max(parts)}" if parts else "idle",
+                (agreed or plan["computed_digest"])[:12] or "-",
+                "yes" if agreed and agreed == plan["computed_digest"] else "no",
+                st["requests_served"],
+                stages or "-",
+            ]
+        )
+    headers = ["node", "address", "parts", "plan", "agreed", "requests", "stage latency"]
+    print(format_table(headers, rows))
+    return EXIT_OK
+
+
+async def _collect_status(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from edgenode.errors import PeerUnavailable
+    from edgenode.mesh import Endpoint
+    from edgenode.mesh.browse import browse
+    from edgenode.transport._control import ControlClient, status_to_dict
+
+    if args.peer:
+        seeds = [str(Endpoint.parse(p)) for p in args.peer]
+    else:
+        interfaces = args.interfaces.split(",") if args.interfaces else "all"
+        seeds = [str(e) for e in await browse(interfaces=interfaces, timeout_s=args.wait)]
+        if not seeds:
+            raise EdgenodeError("no edgenode found on the network (try --peer HOST:PORT)")
+    client = ControlClient(protocol=1)
+    statuses: dict[str, dict[str, Any]] = {}
+    try:
+        queue = list(seeds)
+        errors = []
+        while queue:
+            address = queue.pop(0)
+            if any(s["address"] == address for s in statuses.values()):
+                continue
+            try:
+                status = dict(status_to_dict(await client.status(address)))
+            except PeerUnavailable as exc:
+                errors.append(str(exc))
+                continue
+            statuses[status["node"]["node_id"]] = status
+            for peer in status["peers"]:
+                if peer["node_id"] not in statuses:
+                    queue.append(str(Endpoint(host=peer["addresses"][0], port=peer["port"])))
+        if not statuses:
+            raise EdgenodeError(f"no node answered: {errors[0]}")
+    finally:
+        await client.aclose()
+    return [statuses[k] for k in sorted(statuses)]
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from edgenode.transport import run
+
+    return run(_infer(args))
+
+
+async def _find_node(args: argparse.Namespace) -> str:
+    from edgenode.mesh import Endpoint
+    from edgenode.mesh.browse import browse
+
+    if args.peer:
+        return str(Endpoint.parse(args.peer))
+    interfaces = args.interfaces.split(",") if args.interfaces else "all"
+    found = await browse(interfaces=interfaces, timeout_s=args.wait)
+    if not found:
+        raise EdgenodeError("no edgenode cluster found on the network (try --peer HOST:PORT)")
+    return str(found[0])
+
+
+async def _infer(args: argparse.Namespace) -> int:
+    import asyncio
+    import statistics
+
+    import numpy as np
+
+    from edgenode.client import collect_files, family_of, is_class_vector, load_inputs, summarize
+    from edgenode.client import top_k as top_classes
+    from edgenode.model.manifest import Manifest
+    from edgenode.transport._control import ControlClient
+
+    files = collect_files([Path(p) for p in args.inputs])
+    address = await _find_node(args)
+    client = ControlClient(protocol=1)
+    try:
+        status = await client.status(address)
+        if not status.plan.agreed_digest:
+            raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")
+        raw = await client.fetch_bytes(address, status.node.model_sha256, -1)
+        manifest = Manifest.from_json(json.loads(raw))
+        family = family_of(manifest.model.name)
+        semaphore = asyncio.Semaphore(args.concurrency)
+        results: list[dict[str, Any]] = []
+        latencies: list[float] = []
+        started = time.perf_counter()
+
+        async def one(path: Path) -> None:
+            inputs = await asyncio.to_thread(
+                load_inputs, path, manifest.model.inputs, preprocess=family
+            )
+            async with semaphore:
+                t0 = time.perf_counter()
+                outputs = await client.infer(address, inputs, timeout_s=args.timeout)
+                latencies.append(time.perf_counter() - t0)
+            results.append({"file": str(path), "outputs": outputs, "seconds": latencies[-1]})
+            if len(files) > 1 and not args.quiet:
+                sys.stderr.write(f"\redgenode: {len(results)}/{len(files)} done")
+                sys.stderr.flush()
+
+        await asyncio.gather(*(one(f) for f in files))
+        elapsed = time.perf_counter() - started
+        if len(files) > 1 and not args.quiet:
+            sys.stderr.write("\n")
+    finally:
+        await client.aclose()
+    results.sort(key=lambda r: files.index(Path(r["file"])))
+    if args.save_outputs:
+        arrays = {
+            (f"{Path(r['file']).name}/{k}" if len(files) > 1 else k): v
+            for r in results
+            for k, v in r["outputs"].items()
+        }
+        np.savez(args.save_outputs, **arrays)
+    report = []
+    for r in results:
+        entry: dict[str, Any] = {"file": r["file"], "seconds": r["seconds"], "outputs": {}}
+        for name, value in r["outputs"].items():
+            if is_class_vector(value):
+                entry["outputs"][name] = [
+                    {"class": i, "label": label, "probability": p}
+                    for i, label, p in top_classes(value, args.top)
+                ]
+            else:
+                entry["outputs"][name] = value.tolist() if args.json else summarize(name, value)
+        report.append(entry)
+    summary: dict[str, Any] = {
+        "images": len(results),
+        "seconds": elapsed,
+        "per_second": len(results) / elapsed if elapsed else 0.0,
+        "p50_s": statistics.median(latencies),
+        "p95_s": sorted(latencies)[max(0, int(len(latencies) * 0.95) - 1)],
+        "node": address,
+        "model": manifest.model.name,
+    }
+    if args.json:
+        print(json.dumps({"results": report, "summary": summary}, indent=2))
+        return EXIT_OK
+    for entry in report:
+        print(f"{entry['file']}  ({entry['seconds'] * 1e3:.1f} ms)")
+        for value in entry["outputs"].values():
+            if isinstance(value, list):
+                for rank, c in enumerate(value, 1):
+                    label = c["label"].replace("_", " ")
+                    print(f"  {rank}. {label:<28} {c['probability']:.4f}  (class {c['class']})")
+            else:
+                print(f"  {value}")
+    if len(report) > 1:
+        print(
+            f"\n{summary['images']} inputs in {elapsed:.2f} s: {summary['per_second']:.1f}/s, "
+            f"p50 {summary['p50_s'] * 1e3:.1f} ms, p95 {summary['p95_s'] * 1e3:.1f} ms"
+        )
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from edgenode.model.loading import load_model
+    from edgenode.model.split import split_model
+    from edgenode.transport import run
+
+    image = (
+        Path(args.image) if args.image else Path(__file__).parent / "data" / "images" / "cat.jpg"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="edgenode-demo-"))
+    try:
+        say(args, f"building {args.model} (random weights, seed 0) and cutting it into "
+                   f"{args.parts} parts")  # fmt: skip
+        model = load_model(args.model)
+        split_model(model, workdir / "parts", parts=args.parts)
+        return run(_demo(args, model, workdir, image))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _demo(args: argparse.Namespace, model: Any, workdir: Path, image: Path) -> int:
+    import asyncio
+    import statistics
+
+    import numpy as np
+
+    from edgenode.client import family_of, is_class_vector, load_inputs, top_k
+    from edgenode.demo import local_cluster, wait_agreed
+    from edgenode.model.manifest import load_manifest
+    from edgenode.model.profile import time_model
+    from edgenode.transport._control import ControlClient
+
+    manifest = load_manifest(workdir / "parts")
+    inputs = await asyncio.to_thread(
+        load_inputs, image, manifest.model.inputs, preprocess=family_of(manifest.model.name)
+    )
+
+    def progress(message: str) -> None:
+        say(args, message)
+
+    progress(f"starting {args.nodes} nodes on 127.0.0.1")
+    async with local_cluster(workdir / "parts", workdir, args.nodes, say=progress) as nodes:
+        client = ControlClient(protocol=1)
+        try:
+            statuses = await wait_agreed(client, nodes)
+            progress("the nodes agreed on a plan; sending the image")
+            origin = nodes[0].address
+            outputs = await client.infer(origin, inputs, timeout_s=60)
+            times = []
+            for _ in range(args.requests):
+                t0 = time.perf_counter()
+                await client.infer(origin, inputs, timeout_s=60)
+                times.append(time.perf_counter() - t0)
+            statuses = await wait_agreed(client, nodes)
+        finally:
+            await client.aclose()
+    local, local_s = await asyncio.to_thread(time_model, model, inputs, args.requests)
+    local_out, local_ms = local[0], local_s * 1e3
+    name = manifest.model.outputs[0]
+    diff = float(np.max(np.abs(np.asarray(outputs[name], np.float64) - local_out)))
+    distributed_ms = statistics.median(times) * 1e3
+    print(f"{image.name} through {len(nodes)} nodes:")
+    value = outputs[name]
+    if is_class_vector(value):
+        for rank, (index, label, p) in enumerate(top_k(value, 5), 1):
+            print(f"  {rank}. {label.replace('_', ' '):<28} {p:.4f}  (class {index})")
+    print("\nplan:")
+    rows = []
+    for st in statuses:
+        parts = st["parts"]
+        rows.append([st["node"]["node_id"], st["address"],
+                     f"{min(parts)}-{max(parts)}" if parts else "idle",
+                     st["plan"]["agreed_digest"][:12]])  # fmt: skip
+    print(format_table(["node", "address", "parts", "plan"], rows))
+    print(
+        f"\nlocal whole model {local_ms:.1f} ms, distributed {distributed_ms:.1f} ms "
+        f"({distributed_ms / local_ms:.2f}x, median of {args.requests}); max abs diff "
+        f"vs local {diff:.3g}"
+    )
+    if diff > 1e-5:
+        raise EdgenodeError(f"the distributed answer differs from the local one by {diff:.3g}")
+    return EXIT_OK

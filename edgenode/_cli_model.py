@@ -1,0 +1,205 @@
+"""Commands on a model: split, plan, profile (argv is parsed in edgenode.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from edgenode._cli_common import EXIT_OK, load_model_arg, say
+from edgenode._table import format_bytes, format_table
+from edgenode.errors import EdgenodeError
+
+__all__ = ["cmd_plan", "cmd_profile", "cmd_split"]
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from edgenode.model.split import split_model, verify_chain
+
+    model = load_model_arg(args)
+    method = "per-op" if args.per_op else args.cut
+    started = time.perf_counter()
+    result = split_model(
+        model,
+        Path(args.out),
+        cuts=args.at,
+        parts=args.parts,
+        method=method,
+        fmt=args.format,
+        progress=lambda m: say(args, m),
+    )
+    elapsed = time.perf_counter() - started
+    manifest = result.manifest
+    rows = [
+        [
+            p.index,
+            p.file,
+            f"{p.start}..{p.stop - 1}",
+            p.stop - p.start,
+            f"{p.flops / 1e6:.1f}",
+            f"{p.param_bytes / 1e6:.2f}",
+            ", ".join(t.name for t in p.inputs),
+            ", ".join(t.name + (" (final)" if t.final else "") for t in p.outputs),
+        ]
+        for p in manifest.parts
+    ]
+    print(
+        format_table(
+            ["part", "file", "ops", "count", "MFLOPs", "params MB", "inputs", "outputs"], rows
+        )
+    )
+    print(f"\nwrote {len(manifest.parts)} parts and manifest.json to {args.out} in {elapsed:.1f} s")
+    print(f"model {manifest.model.name} sha256 {manifest.model.sha256}")
+    if args.verify and args.format == "keras":
+        diff = verify_chain(result)
+        print(f"chained parts vs whole model: max abs diff {diff:.3g}")
+        if diff > args.tolerance:
+            raise EdgenodeError(
+                f"chained parts differ from the whole model by {diff:.3g} (> {args.tolerance})"
+            )
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from edgenode.model.cost import graph_stats
+    from edgenode.model.graph import build_graph
+    from edgenode.model.loading import model_sha256
+    from edgenode.model.profile import load_profile
+    from edgenode.model.split import cost_graph
+    from edgenode.planning import Link, NodeSpec, plan_pipeline
+
+    model = load_model_arg(args)
+    graph = build_graph(model)
+    stats = graph_stats(graph)
+    if args.profile:
+        profile = load_profile(Path(args.profile))
+        if profile.model_sha256 != model_sha256(graph):
+            raise EdgenodeError(f"{args.profile} was measured on another model")
+        costs = cost_graph(graph, stats, profile.op_seconds)
+        base_speed, unit = 1.0, "measured"
+    else:
+        costs = cost_graph(graph, stats)
+        if args.gflops:
+            base_speed = args.gflops * 1e9
+        else:
+            say(args, "measuring this machine's speed on the whole model")
+            base_speed = _calibrate(graph, sum(s.flops for s in stats))
+        unit = f"{base_speed / 1e9:.1f} GFLOP/s per unit speed"
+    nodes = [
+        NodeSpec(node_id=f"node-{i}", speed=base_speed * s, memory_bytes=args.node_memory)
+        for i, s in enumerate(args.nodes)
+    ]
+    link = Link(bandwidth_bytes_per_s=args.bandwidth, latency_s=args.hop_latency_ms / 1e3)
+    plan = plan_pipeline(costs, nodes, link, max_parts=args.max_parts)
+    if args.json:
+        print(json.dumps(_plan_json(plan, graph, args), indent=2))
+        return EXIT_OK
+    rows = []
+    for i, st in enumerate(plan.stages):
+        _, outs = graph.boundary(st.start, st.stop)
+        rows.append(
+            [
+                i,
+                st.node_id,
+                f"{st.start}..{st.stop - 1}",
+                st.stop - st.start,
+                f"{sum(s.flops for s in stats[st.start : st.stop]) / 1e6:.1f}",
+                f"{st.param_bytes / 1e6:.2f}",
+                f"{len(outs)}: {', '.join(outs)}" if len(outs) <= 3 else f"{len(outs)} tensors",
+                format_bytes(st.send_bytes),
+                f"{st.compute_s * 1e3:.2f}",
+                f"{st.time_s * 1e3:.2f}",
+            ]
+        )
+    headers = [
+        "part",
+        "node",
+        "ops",
+        "count",
+        "MFLOPs",
+        "params MB",
+        "sends",
+        "bytes",
+        "compute ms",
+        "stage ms",
+    ]
+    print(format_table(headers, rows))
+    print(
+        f"\nmodel {graph.name}: {len(graph.ops)} ops, {sum(s.macs for s in stats) / 1e6:.1f} M "
+        f"multiply-adds; speed basis: {unit}; link {args.bandwidth / 1e6:.0f} MB/s, "
+        f"{args.hop_latency_ms} ms per hop"
+    )
+    print(
+        f"predicted: bottleneck stage {plan.bottleneck_s * 1e3:.2f} ms "
+        f"({1 / plan.bottleneck_s:.1f} requests/s pipelined), latency "
+        f"{plan.latency_s * 1e3:.2f} ms; one node alone: {plan.single_node_s * 1e3:.2f} ms"
+    )
+    if plan.slower_than_single_node:
+        print(
+            f"note: one request at a time, this plan is slower than running the whole model "
+            f"on {plan.single_node_id} ({plan.latency_s / plan.single_node_s:.2f}x); "
+            f"pipelined throughput is {plan.speedup:.2f}x"
+        )
+    return EXIT_OK
+
+
+def _plan_json(plan: Any, graph: Any, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": graph.name,
+        "bottleneck_s": plan.bottleneck_s,
+        "latency_s": plan.latency_s,
+        "single_node_id": plan.single_node_id,
+        "single_node_s": plan.single_node_s,
+        "slower_than_single_node": plan.slower_than_single_node,
+        "stages": [
+            {
+                "node": st.node_id,
+                "start": st.start,
+                "stop": st.stop,
+                "outputs": list(graph.boundary(st.start, st.stop)[1]),
+                "compute_s": st.compute_s,
+                "send_bytes": st.send_bytes,
+                "send_s": st.send_s,
+                "time_s": st.time_s,
+                "param_bytes": st.param_bytes,
+            }
+            for st in plan.stages
+        ],
+    }
+
+
+def _calibrate(graph: Any, flops: int) -> float:
+    """FLOP/s of this machine on this model (whole model, tf.function, batch 1)."""
+    from edgenode.model.profile import time_whole_model
+
+    return flops / time_whole_model(graph)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from edgenode.model.graph import build_graph
+    from edgenode.model.loading import model_sha256
+    from edgenode.model.profile import profile_graph
+
+    model = load_model_arg(args)
+    graph = build_graph(model)
+    step = max(1, len(graph.ops) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            say(args, f"timed {done}/{total} ops")
+
+    profile = profile_graph(graph, model_sha256(graph), runs=args.runs, progress=progress)
+    out = Path(args.out)
+    profile.save(out)
+    raw_total = sum(profile.raw_seconds.values())
+    slowest = sorted(profile.op_seconds.items(), key=lambda kv: -kv[1])[:10]
+    rows = [[k, f"{v * 1e3:.3f}", f"{profile.raw_seconds[k] * 1e3:.3f}"] for k, v in slowest]
+    print(format_table(["op (10 slowest)", "ms in model", "ms alone"], rows))
+    print(
+        f"\n{len(profile.op_seconds)} ops timed alone: sum {raw_total * 1e3:.2f} ms, of which "
+        f"{profile.call_overhead_s * 1e3:.3f} ms per call is overhead; whole model "
+        f"{profile.whole_model_s * 1e3:.2f} ms; wrote {out}"
+    )
+    return EXIT_OK
