@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parts_label(status: Mapping[str, Any]) -> str:
+    """Parts as "2-4", "2-4 (replica 1)" when the plan has several pipelines, or "idle"."""
+    parts = status["parts"]
+    if not parts:
+        return "idle"
+    label = f"{min(parts)}-{max(parts)}"
+    replicas = {a.get("replica", 0) for a in status["plan"]["assignments"]}
+    if len(replicas) > 1:
+        mine = [
+            a.get("replica", 0)
+            for a in status["plan"]["assignments"]
+            if a["node_id"] == status["node"]["node_id"]
+        ]
+        label += f" (replica {mine[0] if mine else '?'})"
+    return label
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from edgenode.transport import run
 
@@ -64,14 +82,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for st in statuses:
         node = st["node"]
         plan = st["plan"]
-        parts = st["parts"]
         stages = ", ".join(f"{s['part']}: {s['mean_s'] * 1e3:.2f} ms" for s in st["stages"])
         agreed = plan["agreed_digest"]
         rows.append(
             [
                 node["node_id"],
                 st["address"],
-                f"{min(parts)}-{max(parts)}" if parts else "idle",
+                _parts_label(st),
                 (agreed or plan["computed_digest"])[:12] or "-",
                 "yes" if agreed and agreed == plan["computed_digest"] else "no",
                 st["requests_served"],
@@ -305,9 +322,7 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, image: Path
     print("\nplan:")
     rows = []
     for st in statuses:
-        parts = st["parts"]
-        rows.append([st["node"]["node_id"], st["address"],
-                     f"{min(parts)}-{max(parts)}" if parts else "idle",
+        rows.append([st["node"]["node_id"], st["address"], _parts_label(st),
                      st["plan"]["agreed_digest"][:12]])  # fmt: skip
     print(format_table(["node", "address", "parts", "plan"], rows))
     print(

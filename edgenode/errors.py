@@ -14,6 +14,7 @@ __all__ = [
     "InvalidPeerRecord",
     "InvalidTensor",
     "ModelError",
+    "Overloaded",
     "PeerUnavailable",
     "PlanError",
     "ProtocolError",
@@ -53,6 +54,10 @@ class InvalidPeerRecord(DiscoveryError):
 
 class InferenceFailed(EdgenodeError):
     """The cluster refused or could not complete a request; the message says why."""
+
+
+class Overloaded(InferenceFailed):
+    """A node refused a request because its queue is full; try again later or elsewhere."""
 
 
 class TransportError(EdgenodeError):

@@ -168,6 +168,7 @@ class Node:
                 plan=lambda: negotiator.state.agreed,
                 address_of=address_of,
                 deadline_s=config.limits.request_deadline_s,
+                max_inflight=config.limits.max_inflight_requests,
                 on_stage=on_stage,
             )
             router_ref.append(router)
@@ -197,6 +198,7 @@ class Node:
                 tasks = [
                     group.create_task(negotiator.run()),
                     group.create_task(router.run()),
+                    group.create_task(self._tell_router(negotiator, router)),
                     group.create_task(self._sample_gauges(transport, negotiator, router)),
                     group.create_task(
                         self._follow_plan(
@@ -210,6 +212,14 @@ class Node:
                     task.cancel()
         self._running = None
         logger.info("stopped")
+
+    async def _tell_router(self, negotiator: Negotiator, router: Router) -> None:
+        """Wake the router's waiting requests whenever the agreed plan changes."""
+        served: ClusterPlan | None = None
+        while True:
+            state = await negotiator.wait(functools.partial(_newly_agreed, served), 3600.0)
+            served = state.agreed
+            router.plan_changed()
 
     async def _sample_gauges(
         self, transport: GrpcTransport, negotiator: Negotiator, router: Router

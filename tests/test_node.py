@@ -67,10 +67,14 @@ def test_nodes_agree_and_each_loads_only_its_parts(cluster, split_dir, tmp_path,
     for node in nodes:
         node.wait_serving()
     found = agreed_cluster(nodes, set(names))
-    loaded = sorted(p for st in found.values() for p in st["parts"])
-    assert loaded == [0, 1, 2, 3]  # every part once, nowhere twice
-    idle = [st["node"]["node_id"] for st in found.values() if not st["parts"]]
-    assert len(idle) >= count - 4  # more nodes than parts: the extra ones stay idle
+    replicas: dict[int, list[int]] = {}
+    for st in found.values():
+        for a in st["plan"]["assignments"]:
+            if a["node_id"] == st["node"]["node_id"]:
+                replicas.setdefault(a["replica"], []).extend(st["parts"])
+    # every part once in each replica pipeline; more nodes than parts make a second one
+    assert all(sorted(parts) == [0, 1, 2, 3] for parts in replicas.values()), replicas
+    assert sum(len(p) for p in replicas.values()) == sum(len(st["parts"]) for st in found.values())
     for node in nodes:
         assert "agreed" in node.log()
 

@@ -5,6 +5,10 @@ gets the same plan; nodes then compare ``ClusterPlan.digest`` over gRPC and serv
 only a plan all owners agree on. Speeds come from each node's own short benchmark,
 so they are rounded to two significant digits first: measurement noise must not
 flip a plan between two nodes that see slightly different numbers.
+
+Members the best pipeline leaves out (more nodes than parts, or nodes whose extra hop
+would slow it) form further pipelines over the same parts: replicas. Each request runs
+on one replica, chosen by its origin; a stage forwards within its own replica.
 """
 
 from __future__ import annotations
@@ -35,11 +39,12 @@ class Member:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Assignment:
-    """A node and the consecutive manifest parts it runs."""
+    """A node and the consecutive manifest parts it runs, in one replica pipeline."""
 
     node_id: str
     start: int
     stop: int
+    replica: int = 0
 
     @property
     def parts(self) -> range:
@@ -49,13 +54,13 @@ class Assignment:
 
 @dataclass(frozen=True, kw_only=True)
 class ClusterPlan:
-    """Assignments in pipeline order; members left without a part are idle."""
+    """Assignments by replica, each in pipeline order; members without a part are idle."""
 
     manifest_digest: str
     members: tuple[str, ...]
     assignments: tuple[Assignment, ...]
     idle: tuple[str, ...]
-    bottleneck_s: float
+    bottleneck_s: float  # of replica 0, the best pipeline
     latency_s: float
 
     @cached_property
@@ -65,18 +70,30 @@ class ClusterPlan:
             {
                 "manifest": self.manifest_digest,
                 "members": list(self.members),
-                "stages": [[a.node_id, a.start, a.stop] for a in self.assignments],
+                "stages": [[a.node_id, a.start, a.stop, a.replica] for a in self.assignments],
             },
             separators=(",", ":"),
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def owner(self, part: int) -> str:
-        """The node running manifest part ``part``."""
+    @cached_property
+    def replicas(self) -> int:
+        """How many pipelines run the whole model."""
+        return 1 + max((a.replica for a in self.assignments), default=0)
+
+    def owner(self, part: int, replica: int = 0) -> str:
+        """The node running manifest part ``part`` in pipeline ``replica``."""
         for a in self.assignments:
-            if a.start <= part < a.stop:
+            if a.replica == replica and a.start <= part < a.stop:
                 return a.node_id
-        raise PlanError(f"part {part} is not in the plan")
+        raise PlanError(f"part {part} is not in replica {replica} of the plan")
+
+    def replica_of(self, node_id: str) -> int | None:
+        """The pipeline ``node_id`` belongs to (None when idle or unknown)."""
+        for a in self.assignments:
+            if a.node_id == node_id:
+                return a.replica
+        return None
 
     def parts_of(self, node_id: str) -> range:
         """The parts ``node_id`` runs (empty when idle or unknown)."""
@@ -94,24 +111,42 @@ def quantize_speed(speed: float) -> float:
 def plan_cluster(
     graph: CostGraph, members: Sequence[Member], link: Link, *, manifest_digest: str
 ) -> ClusterPlan:
-    """The plan over manifest parts (``graph.ops`` are the parts) for these members."""
+    """The plan over manifest parts (``graph.ops`` are the parts) for these members.
+
+    Replica 0 is the best pipeline over all members; each further replica is the best
+    pipeline over the members still left out, until none are left or they cannot hold
+    the model (memory), in which case they stay idle.
+    """
     if not members:
         raise PlanError("no members to plan for")
     ordered = sorted(members, key=lambda m: m.node_id)
-    nodes = [
+    spare = [
         NodeSpec(node_id=m.node_id, speed=quantize_speed(m.speed), memory_bytes=m.memory_bytes)
         for m in ordered
     ]
-    plan = plan_pipeline(graph, nodes, link)
-    assignments = tuple(
-        Assignment(node_id=s.node_id, start=s.start, stop=s.stop) for s in plan.stages
-    )
+    best = plan_pipeline(graph, spare, link)
+    assignments: list[Assignment] = []
+    plan = best
+    while True:
+        replica = len({a.replica for a in assignments})
+        assignments += [
+            Assignment(node_id=s.node_id, start=s.start, stop=s.stop, replica=replica)
+            for s in plan.stages
+        ]
+        busy = {s.node_id for s in plan.stages}
+        spare = [n for n in spare if n.node_id not in busy]
+        if not spare:
+            break
+        try:
+            plan = plan_pipeline(graph, spare, link)
+        except PlanError:  # the rest cannot hold the model: they stay idle
+            break
     busy = {a.node_id for a in assignments}
     return ClusterPlan(
         manifest_digest=manifest_digest,
         members=tuple(m.node_id for m in ordered),
-        assignments=assignments,
+        assignments=tuple(assignments),
         idle=tuple(m.node_id for m in ordered if m.node_id not in busy),
-        bottleneck_s=plan.bottleneck_s,
-        latency_s=plan.latency_s,
+        bottleneck_s=best.bottleneck_s,
+        latency_s=best.latency_s,
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgenode.backends import PartRunner, check_inputs, load_runner
-from edgenode.errors import ModelError
+from edgenode.errors import ModelError, PlanError
 from edgenode.model.manifest import Manifest, PartSpec
 
 __all__ = ["PartHost", "RunnerFactory"]
@@ -110,7 +110,7 @@ class PartHost:
             await self._loading[index].wait()
             loaded = self._loaded.get(index)
         if loaded is None:
-            raise ModelError(f"part {index} is not loaded on this node")
+            raise PlanError(f"part {index} is not loaded on this node")
         feed = {t.name: inputs[t.name] for t in loaded.spec.inputs if t.name in inputs}
         check_inputs(loaded.spec.inputs, feed)
         loop = asyncio.get_running_loop()

@@ -1,12 +1,22 @@
 """The request path: origin, join buffers, running owned parts, forwarding outputs.
 
-A request enters at any node (its origin). The origin sends each model input to the
-owners of the parts that read it. A node that owns parts [a, b) waits until every
-tensor its range reads from outside has arrived for a request (join buffer), runs
-its parts back to back on their worker threads, and sends each output straight to
-the owners of the parts that read it and every final output to the origin.
-Intermediate tensors never go back through the origin or the client. Tensors for
-this node itself are handed over without the network.
+A request enters at any node (its origin). The origin picks a replica pipeline and
+sends each model input to the owners of the parts that read it. A node that owns
+parts [a, b) waits until every tensor its range reads from outside has arrived for a
+request (join buffer), runs its parts back to back on their worker threads, and sends
+each output straight to the owners of the parts that read it (in its own replica) and
+every final output to the origin. Intermediate tensors never go back through the
+origin or the client. Tensors for this node itself are handed over without the network.
+
+Failures come back to the origin as notices: small tensors named ``!retry`` or
+``!fail`` whose bytes are a UTF-8 message. A stage that receives a tensor stamped with
+a plan it does not serve, cannot reach the next stage, or lacks a part sends ``!retry``;
+a stage whose part raises sends ``!fail``. The origin runs each request as a series of
+attempts, each under its own request id (so late tensors of an abandoned attempt are
+ignored, and a request is answered at most once): it re-sends on ``!retry``, on a
+failed send, and when the agreed plan changes under an attempt (a peer died: its
+tensors are gone), backing off while the plan stays the same, until the deadline.
+``!fail`` fails the request at once.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import itertools
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,26 +34,50 @@ from typing import Any
 import numpy as np
 
 from edgenode.backends import check_inputs
-from edgenode.errors import EdgenodeError, ModelError, PeerUnavailable, PlanError
+from edgenode.errors import (
+    EdgenodeError,
+    InferenceFailed,
+    Overloaded,
+    PlanError,
+    TransportError,
+)
 from edgenode.model.manifest import Manifest
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.parts import PartHost
 from edgenode.transport import RequestId, Tensor, Transport
 
-__all__ = ["RequestTimeout", "Router"]
+__all__ = ["FAIL", "RETRY", "RequestTimeout", "Router", "is_notice"]
 
 logger = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
+RETRY_BACKOFF_S = 0.05  # first wait before re-sending under an unchanged plan; doubles
+MAX_BACKOFF_S = 1.0
+NOTIFIED_WINDOW = 4096  # requests remembered as already notified (one notice each)
+
+RETRY = "!retry"  # notice: this attempt cannot complete; send the request again
+FAIL = "!fail"  # notice: the request failed; do not retry
+
+
+def is_notice(name: str) -> bool:
+    """True for the reserved names of failure notices (model tensors never start with !)."""
+    return name.startswith("!")
 
 
 class RequestTimeout(EdgenodeError):
     """A request was not answered before its deadline."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    reason: str
+
+
 @dataclass(slots=True)
-class _Pending:
-    future: asyncio.Future[dict[str, np.ndarray]]
+class _Attempt:
+    future: asyncio.Future[dict[str, np.ndarray] | _Retry]
+    plan: str
+    replica: int
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -58,13 +93,19 @@ class _Stage:
     """What this node does under one plan."""
 
     plan: ClusterPlan
+    replica: int
     parts: range
     needs: frozenset[str]  # tensors the range reads from outside it
     sends: tuple[str, ...]  # tensors the range produces for other parts or the origin
 
 
 class Router:
-    """Runs this node's side of every request; ``run()`` consumes the inbox until cancelled."""
+    """Runs this node's side of every request; ``run()`` consumes the inbox until cancelled.
+
+    ``max_inflight`` requests started here run at once and as many again wait for a
+    turn; more are refused with ``Overloaded``. Call ``plan_changed()`` whenever the
+    agreed plan changes.
+    """
 
     def __init__(
         self,
@@ -76,6 +117,7 @@ class Router:
         plan: Callable[[], ClusterPlan | None],
         address_of: Callable[[str], str | None],
         deadline_s: float,
+        max_inflight: int = 64,
         on_stage: Callable[[int, float], None] | None = None,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
@@ -95,45 +137,142 @@ class Router:
             for t in part.inputs:
                 self._consumers.setdefault(t.name, []).append(part.index)
         self._finals = frozenset(manifest.model.outputs)
-        self._pending: dict[str, _Pending] = {}
+        self._attempts: dict[str, _Attempt] = {}
         self._joins: dict[str, _Join] = {}
+        self._notified: OrderedDict[str, None] = OrderedDict()
         self._prefix = f"{node_id}.{secrets.token_hex(4)}"
         self._counter = itertools.count()
         self._stage_cache: _Stage | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._max_inflight = max_inflight
+        self._admission = asyncio.Semaphore(max_inflight)
+        self._queued = 0
+        self._plan_event = asyncio.Event()
+        self._replica_turn = itertools.count()
         self.served = 0
+        self.retried = 0  # attempts re-sent
+        self.refused = 0  # requests refused with Overloaded
+        self.failed = 0  # requests that ended with an error
 
     @property
     def open_requests(self) -> int:
-        """Requests with a join buffer or an origin waiting on this node."""
-        return len(self._joins) + len(self._pending)
+        """Requests with a join buffer or an origin attempt waiting on this node."""
+        return len(self._joins) + len(self._attempts)
 
     # -- origin --------------------------------------------------------------------------
 
     async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one request through the cluster; the model's final outputs by name."""
-        stage = self._stage()
+        """Run one request through the cluster; the model's final outputs by name.
+
+        Raises ModelError for inputs that do not fit the model, PlanError when no plan is
+        agreed, Overloaded when the queue is full, InferenceFailed when a stage failed,
+        RequestTimeout when no attempt was answered before the deadline.
+        """
+        self._stage()
         check_inputs(self._manifest.model.inputs, dict(inputs))
-        request = RequestId(f"{self._prefix}.{next(self._counter)}")
-        loop = asyncio.get_running_loop()
-        pending = _Pending(future=loop.create_future())
-        self._pending[request] = pending
+        if self._admission.locked() and self._queued >= self._max_inflight:
+            self.refused += 1
+            raise Overloaded(
+                f"node {self._me} is busy: {self._max_inflight} requests running and "
+                f"{self._queued} waiting"
+            )
+        progress = ["never sent"]
         try:
-            tensors = [
-                Tensor(request, name, np.ascontiguousarray(value), stage.plan.digest)
-                for name, value in inputs.items()
-            ]
-            await self._route(stage.plan, tensors, producer_parts=range(0))
             async with asyncio.timeout(self._deadline_s):
-                result = await pending.future
+                self._queued += 1
+                try:
+                    await self._admission.acquire()
+                finally:
+                    self._queued -= 1
+                try:
+                    result = await self._run_attempts(inputs, progress)
+                finally:
+                    self._admission.release()
         except TimeoutError:
+            self.failed += 1
             raise RequestTimeout(
-                f"no answer within {self._deadline_s:g} s (plan {stage.plan.digest[:12]})"
+                f"no answer within {self._deadline_s:g} s (last attempt: {progress[0]})"
             ) from None
-        finally:
-            self._pending.pop(request, None)
+        except EdgenodeError:
+            self.failed += 1
+            raise
         self.served += 1
         return result
+
+    async def _run_attempts(
+        self, inputs: Mapping[str, np.ndarray], progress: list[str]
+    ) -> dict[str, np.ndarray]:
+        backoff = RETRY_BACKOFF_S
+        failed_replicas: set[int] = set()
+        arrays = {name: np.ascontiguousarray(value) for name, value in inputs.items()}
+        while True:
+            stage = self._stage()
+            replica = self._pick_replica(stage.plan, failed_replicas)
+            request = RequestId(f"{self._prefix}.{next(self._counter)}")
+            attempt = _Attempt(
+                future=asyncio.get_running_loop().create_future(),
+                plan=stage.plan.digest,
+                replica=replica,
+            )
+            self._attempts[request] = attempt
+            try:
+                progress[0] = f"plan {stage.plan.digest[:12]} replica {replica} running"
+                tensors = [
+                    Tensor(request, name, value, stage.plan.digest)
+                    for name, value in arrays.items()
+                ]
+                try:
+                    await self._route(stage.plan, replica, tensors, producer_parts=range(0))
+                except TransportError as exc:
+                    outcome: dict[str, np.ndarray] | _Retry = _Retry(str(exc))
+                else:
+                    outcome = await attempt.future
+            finally:
+                del self._attempts[request]
+            if not isinstance(outcome, _Retry):
+                return outcome
+            self.retried += 1
+            progress[0] = outcome.reason
+            logger.info("request %s: %s; sending it again", request, outcome.reason)
+            failed_replicas.add(replica)
+            if len(failed_replicas) < stage.plan.replicas:
+                continue  # another replica may still work: no need to wait
+            failed_replicas.clear()
+            await self._plan_change_or(backoff, stage.plan)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _pick_replica(self, plan: ClusterPlan, avoid: set[int]) -> int:
+        """The replica with the fewest attempts in flight from here, not in ``avoid``."""
+        if plan.replicas == 1:
+            return 0
+        load = dict.fromkeys(range(plan.replicas), 0)
+        for attempt in self._attempts.values():
+            if attempt.plan == plan.digest and attempt.replica in load:
+                load[attempt.replica] += 1
+        turn = next(self._replica_turn)
+        candidates = [r for r in load if r not in avoid] or list(load)
+        return min(candidates, key=lambda r: (load[r], (r - turn) % plan.replicas))
+
+    async def _plan_change_or(self, seconds: float, plan: ClusterPlan) -> None:
+        """Wait until the agreed plan is no longer ``plan``, at most ``seconds``."""
+        if self._plan() is not plan:
+            return
+        event = self._plan_event
+        try:
+            async with asyncio.timeout(seconds):
+                await event.wait()
+        except TimeoutError:
+            pass
+
+    def plan_changed(self) -> None:
+        """The agreed plan changed: attempts under an older plan are re-sent now."""
+        event, self._plan_event = self._plan_event, asyncio.Event()
+        event.set()
+        plan = self._plan()
+        digest = plan.digest if plan is not None else ""
+        for attempt in self._attempts.values():
+            if attempt.plan != digest and not attempt.future.done():
+                attempt.future.set_result(_Retry(f"plan {attempt.plan[:12]} was replaced"))
 
     # -- every node ----------------------------------------------------------------------
 
@@ -166,7 +305,13 @@ class Router:
             for o in self._manifest.parts[i].outputs
             if o.final or any(c not in parts for c in self._consumers.get(o.name, ()))
         )
-        self._stage_cache = _Stage(plan=plan, parts=parts, needs=frozenset(needs), sends=sends)
+        self._stage_cache = _Stage(
+            plan=plan,
+            replica=plan.replica_of(self._me) or 0,
+            parts=parts,
+            needs=frozenset(needs),
+            sends=sends,
+        )
         return self._stage_cache
 
     def _origin_of(self, request: str) -> str:
@@ -174,62 +319,122 @@ class Router:
 
     def _accept(self, tensor: Tensor) -> None:
         request = str(tensor.request_id)
-        pending = self._pending.get(request)
-        if pending is not None and tensor.name in self._finals:
-            pending.outputs[tensor.name] = tensor.array
-            if set(pending.outputs) >= self._finals and not pending.future.done():
-                pending.future.set_result(dict(pending.outputs))
-        try:
-            stage = self._stage()
-        except PlanError:
-            logger.debug("tensor %s of %s before any agreed plan: dropped", tensor.name, request)
+        if is_notice(tensor.name):
+            self._on_notice(request, tensor)
             return
+        attempt = self._attempts.get(request)
+        if attempt is None and self._origin_of(request) == self._me:
+            return  # a tensor of an attempt of ours that was abandoned
+        if attempt is not None and tensor.name in self._finals:
+            attempt.outputs[tensor.name] = tensor.array
+            if set(attempt.outputs) >= self._finals and not attempt.future.done():
+                attempt.future.set_result(dict(attempt.outputs))
+        plan = self._plan()
+        if plan is None:
+            self._notify(request, tensor.plan_digest, RETRY, f"{self._me} has no agreed plan yet")
+            return
+        if tensor.plan_digest != plan.digest:
+            if attempt is None:
+                self._notify(
+                    request,
+                    tensor.plan_digest,
+                    RETRY,
+                    f"{self._me} serves plan {plan.digest[:12]}, not {tensor.plan_digest[:12]}",
+                )
+            return
+        stage = self._stage()
         if tensor.name not in stage.needs:
-            return
-        if tensor.plan_digest != stage.plan.digest:
-            logger.info(
-                "request %s: tensor %s under plan %s, serving %s: dropped",
-                request, tensor.name, tensor.plan_digest[:12], stage.plan.digest[:12],
-            )  # fmt: skip
             return
         join = self._joins.setdefault(request, _Join(created_s=self._clock()))
         join.values[tensor.name] = tensor.array
         if not join.started and stage.needs <= set(join.values):
             join.started = True
-            task = asyncio.create_task(self._run_stage(stage, request, join))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._run_stage(stage, request, join))
+
+    def _on_notice(self, request: str, notice: Tensor) -> None:
+        attempt = self._attempts.get(request)
+        if attempt is None or attempt.future.done():
+            return  # an attempt already answered or abandoned
+        message = bytes(np.ascontiguousarray(notice.array, dtype=np.uint8)).decode(
+            "utf-8", "replace"
+        )
+        if notice.name == FAIL:
+            attempt.future.set_exception(InferenceFailed(message))
+        else:
+            attempt.future.set_result(_Retry(message))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _notify(self, request: str, plan_digest: str, kind: str, message: str) -> None:
+        """Tell the request's origin, once per request, that this attempt cannot finish."""
+        if request in self._notified:
+            return
+        self._notified[request] = None
+        if len(self._notified) > NOTIFIED_WINDOW:
+            self._notified.popitem(last=False)
+        logger.info("request %s: %s", request, message)
+        origin = self._origin_of(request)
+        notice = Tensor(
+            RequestId(request),
+            kind,
+            np.frombuffer(message.encode(), dtype=np.uint8),
+            plan_digest,
+        )
+        if origin == self._me:
+            self._accept(notice)
+            return
+        address = self._address_of(origin)
+        if address is None:
+            logger.info("request %s: origin %s is not a member; notice dropped", request, origin)
+            return
+        self._spawn(self._send_notice(address, notice))
+
+    async def _send_notice(self, address: str, notice: Tensor) -> None:
+        try:
+            await self._transport.peer(address).send([notice])
+        except EdgenodeError as exc:
+            logger.info("request %s: origin unreachable: %s", notice.request_id, exc)
 
     async def _run_stage(self, stage: _Stage, request: str, join: _Join) -> None:
         self._joins.pop(request, None)
         values: dict[str, Any] = dict(join.values)
+        plan = stage.plan.digest
         try:
             for index in stage.parts:
                 started = time.perf_counter()
                 values.update(await self._host.run(index, values))
                 if self._on_stage is not None:
                     self._on_stage(index, time.perf_counter() - started)
-            tensors = [
-                Tensor(RequestId(request), name, values[name], stage.plan.digest)
-                for name in stage.sends
-            ]
-            await self._route(stage.plan, tensors, producer_parts=stage.parts, request=request)
-        except EdgenodeError as exc:
+        except (PlanError, TransportError) as exc:
+            self._notify(request, plan, RETRY, f"{self._me}: {exc}")
+            return
+        except Exception as exc:  # a part that raises must not take the node down
             logger.warning("request %s: parts %s failed: %s", request, list(stage.parts), exc)
+            self._notify(request, plan, FAIL, f"{self._me}: parts {list(stage.parts)}: {exc}")
+            return
+        tensors = [Tensor(RequestId(request), name, values[name], plan) for name in stage.sends]
+        try:
+            await self._route(stage.plan, stage.replica, tensors, producer_parts=stage.parts)
+        except EdgenodeError as exc:
+            self._notify(request, plan, RETRY, f"{self._me}: {exc}")
 
     async def _route(
         self,
         plan: ClusterPlan,
+        replica: int,
         tensors: list[Tensor],
         *,
         producer_parts: range,
-        request: str | None = None,
     ) -> None:
-        """Send each tensor once to every node that needs it (and finals to the origin)."""
+        """Send each tensor once to every node of ``replica`` that needs it (finals to the
+        origin); TransportError when a peer cannot be reached."""
         by_node: dict[str, list[Tensor]] = {}
         for tensor in tensors:
             targets = {
-                plan.owner(c)
+                plan.owner(c, replica)
                 for c in self._consumers.get(tensor.name, ())
                 if c not in producer_parts
             }
@@ -245,14 +450,14 @@ class Router:
                 continue
             address = self._address_of(node)
             if address is None:
-                raise PeerUnavailable(f"no address for node {node}")
+                raise TransportError(f"no address for node {node}")
             sends.append(self._transport.peer(address).send(batch))
         results = await asyncio.gather(*sends, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 if isinstance(result, EdgenodeError):
                     raise result
-                raise ModelError(f"sending failed: {result}") from result
+                raise TransportError(f"sending failed: {result!r}") from result
 
     async def _sweep(self) -> None:
         while True:

@@ -22,6 +22,7 @@ from edgenode.errors import (
     EdgenodeError,
     InferenceFailed,
     ModelError,
+    Overloaded,
     PeerUnavailable,
     PlanError,
     TransportError,
@@ -95,7 +96,7 @@ def _plan_reply(state: PlanState) -> pb.PlanReply:
         computed_digest=state.computed.digest if state.computed else "",
         agreed_digest=agreed.digest if agreed else "",
         assignments=[
-            pb.Assignment(node_id=a.node_id, start=a.start, stop=a.stop)
+            pb.Assignment(node_id=a.node_id, start=a.start, stop=a.stop, replica=a.replica)
             for a in (agreed.assignments if agreed else ())
         ],
         members=list(state.members),
@@ -118,6 +119,8 @@ def _status_reply(status: NodeStatus) -> pb.NodeStatus:
 
 # Domain errors of a request -> the status the client gets.
 _INFER_STATUS: tuple[tuple[type[EdgenodeError], grpc.StatusCode], ...] = (
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (InferenceFailed, grpc.StatusCode.INTERNAL),  # a stage failed running its part
     (PlanError, grpc.StatusCode.FAILED_PRECONDITION),
     (RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (PeerUnavailable, grpc.StatusCode.UNAVAILABLE),

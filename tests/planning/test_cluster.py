@@ -54,17 +54,31 @@ def test_parts_are_covered_in_order_by_distinct_nodes() -> None:
     assert [plan.owner(p) for p in range(8)] == [
         a.node_id for a in plan.assignments for _ in a.parts
     ]
-    with pytest.raises(PlanError, match="part 8 is not in the plan"):
+    with pytest.raises(PlanError, match="part 8 is not in replica 0"):
         plan.owner(8)
 
 
-def test_more_nodes_than_parts_leaves_nodes_idle() -> None:
+def test_more_nodes_than_parts_form_replica_pipelines() -> None:
     plan = plan_cluster(
-        parts_chain([1e8] * 2), [member(f"n{i}") for i in range(4)], LINK, manifest_digest="m"
+        parts_chain([1e8] * 2), [member(f"n{i}") for i in range(5)], LINK, manifest_digest="m"
     )
-    assert len(plan.assignments) == 2 and len(plan.idle) == 2
-    assert set(plan.idle) | {a.node_id for a in plan.assignments} == {"n0", "n1", "n2", "n3"}
-    assert plan.parts_of(plan.idle[0]) == range(0)
+    assert plan.replicas == 3  # 2 + 2 + a single node running both parts
+    for replica in range(plan.replicas):
+        owners = [plan.owner(p, replica) for p in range(2)]
+        assert all(plan.replica_of(o) == replica for o in owners)
+    assert sorted(a.node_id for a in plan.assignments) == [f"n{i}" for i in range(5)]
+    assert plan.idle == ()
+    with pytest.raises(PlanError, match="replica 3"):
+        plan.owner(0, 3)
+
+
+def test_members_that_cannot_hold_the_model_stay_idle() -> None:
+    small = Member(node_id="tiny", speed=1e9, memory_bytes=10)
+    plan = plan_cluster(
+        parts_chain([1e8] * 2), [member("a"), member("b"), small], LINK, manifest_digest="m"
+    )
+    assert plan.idle == ("tiny",) and plan.replicas == 1
+    assert plan.parts_of("tiny") == range(0) and plan.replica_of("tiny") is None
 
 
 def test_a_faster_node_gets_more_work() -> None:

@@ -132,13 +132,15 @@ async def test_graceful_leave_replans(cluster: Cluster) -> None:
     await cluster.agreed({"a", "c"})
 
 
-async def test_more_nodes_than_parts_leaves_some_idle() -> None:
+async def test_more_nodes_than_parts_form_replicas() -> None:
     c = Cluster(parts=2)
     try:
         for i, node in enumerate("abcd"):
             await c.start(node, i + 1)
         states = await c.agreed(set("abcd"))
-        assert len(states[0].agreed.idle) == 2
+        plan = states[0].agreed
+        assert plan.replicas == 2 and plan.idle == ()
+        assert {plan.replica_of(n) for n in "abcd"} == {0, 1}
     finally:
         for node_id in list(c.tasks):
             await c.stop(node_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgenode.errors import ModelError
+from edgenode.errors import ModelError, PlanError
 from edgenode.model.graph import build_graph
 from edgenode.model.slicing import run_model
 from edgenode.model.split import split_model
@@ -76,7 +76,7 @@ async def test_load_drops_parts_no_longer_owned(split) -> None:
         await host.load([0, 1])
         await host.load([1, 2])
         assert host.loaded == (1, 2)
-        with pytest.raises(ModelError, match="part 0 is not loaded"):
+        with pytest.raises(PlanError, match="part 0 is not loaded"):
             await host.run(0, inputs)
         with pytest.raises(ModelError, match="part 9 is not in the manifest"):
             await host.load([9])

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from edgenode.errors import PlanError
+from edgenode.backends import load_runner
+from edgenode.errors import InferenceFailed, Overloaded, PlanError
 from edgenode.model.graph import build_graph
 from edgenode.model.slicing import run_model
 from edgenode.model.split import split_model
@@ -30,46 +31,93 @@ def split(tmp_path_factory: pytest.TempPathFactory):
     return model, build_graph(model), manifest, directory
 
 
-def plan_of(manifest, stages: list[tuple[str, int, int]]) -> ClusterPlan:
+def plan_of(manifest, stages: list[tuple[str, int, int]] | list[tuple[str, int, int, int]]):
+    """A plan from (node, start, stop[, replica]) stages; "origin" is always a member."""
+    assignments = tuple(
+        Assignment(node_id=s[0], start=s[1], stop=s[2], replica=s[3] if len(s) > 3 else 0)
+        for s in stages
+    )
     return ClusterPlan(
         manifest_digest=manifest.identity,
         members=tuple(sorted({s[0] for s in stages} | {"origin"})),
-        assignments=tuple(Assignment(node_id=n, start=a, stop=b) for n, a, b in stages),
+        assignments=assignments,
         idle=(),
         bottleneck_s=0.0,
         latency_s=0.0,
     )
 
 
+class Sim:
+    """Routers over the in-memory transport; each node serves the plan set for it."""
+
+    def __init__(self, manifest, plan: ClusterPlan) -> None:
+        self.manifest = manifest
+        self.plans: dict[str, ClusterPlan | None] = {}
+        self.default = plan
+        self.routers: dict[str, Router] = {}
+        self.hosts: dict[str, PartHost] = {}
+        self.stacks: dict[str, contextlib.AsyncExitStack] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.runs: dict[str, int] = {}  # parts run, by node
+
+    def __getitem__(self, name: str) -> Router:
+        return self.routers[name]
+
+    async def switch(self, plan: ClusterPlan, *names: str) -> None:
+        """Nodes ``names`` (default: all) now serve ``plan``, with its parts loaded."""
+        for name in names or list(self.routers):
+            await self.hosts[name].load(plan.parts_of(name))
+            self.plans[name] = plan
+            self.routers[name].plan_changed()
+
+    async def kill(self, name: str) -> None:
+        """The node stops: its router and transport go away (sends to it fail)."""
+        self.tasks.pop(name).cancel()
+        await self.stacks.pop(name).aclose()
+
+
 @contextlib.asynccontextmanager
-async def cluster(split, stages, *, deadline_s: float = 10.0) -> AsyncIterator[dict[str, Router]]:
+async def cluster(
+    split, stages, *, deadline_s: float = 10.0, max_inflight: int = 64, factory=None
+) -> AsyncIterator[Sim]:
     _, _, manifest, directory = split
     plan = plan_of(manifest, stages)
     network = MemoryNetwork()
     names = sorted({s[0] for s in stages} | {"origin"})
-    async with contextlib.AsyncExitStack() as stack:
-        routers: dict[str, Router] = {}
+    sim = Sim(manifest, plan)
+    try:
         for name in names:
+            stack = sim.stacks[name] = contextlib.AsyncExitStack()
+            await stack.__aenter__()
             transport = await stack.enter_async_context(network.transport(f"addr-{name}"))
-            host = await stack.enter_async_context(PartHost(manifest, directory))
+            host = sim.hosts[name] = await stack.enter_async_context(
+                PartHost(manifest, directory, factory=factory)
+            )
             await host.load(plan.parts_of(name))
-            routers[name] = Router(
+            sim.plans[name] = plan
+            sim.routers[name] = Router(
                 node_id=name,
                 manifest=manifest,
                 host=host,
                 transport=transport,
-                plan=lambda: plan,
-                address_of=lambda node: f"addr-{node}",
+                plan=lambda name=name: sim.plans[name],
+                address_of=lambda node: f"addr-{node}" if node in sim.stacks else None,
                 deadline_s=deadline_s,
+                max_inflight=max_inflight,
+                on_stage=lambda part, seconds, name=name: sim.runs.update(
+                    {name: sim.runs.get(name, 0) + 1}
+                ),
                 sweep_interval_s=0.05,
             )
-        tasks = [asyncio.create_task(r.run()) for r in routers.values()]
-        try:
-            yield routers
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        for name, router in sim.routers.items():
+            sim.tasks[name] = asyncio.create_task(router.run())
+        yield sim
+    finally:
+        for task in sim.tasks.values():
+            task.cancel()
+        await asyncio.gather(*sim.tasks.values(), return_exceptions=True)
+        for stack in sim.stacks.values():
+            await stack.aclose()
 
 
 STAGINGS = {
@@ -110,7 +158,7 @@ async def test_a_missing_stage_times_out_clearly_and_frees_buffers(split) -> Non
         routers["b"]._transport.inbox.close()  # b stops taking tensors: its part never runs
         with pytest.raises(RequestTimeout, match=r"no answer within 0\.5 s"):
             await routers["origin"].infer(models.sample_inputs(model, batch=1))
-        assert routers["origin"]._pending == {}
+        assert routers["origin"]._attempts == {}
 
 
 async def test_bad_inputs_and_no_plan(split) -> None:
@@ -143,3 +191,107 @@ async def test_join_buffers_of_abandoned_requests_are_freed(split) -> None:
             while routers["c"].open_requests:  # ...until the sweeper frees it
                 await asyncio.sleep(0.02)
         assert routers["origin"].open_requests == 0
+
+
+async def until(predicate, what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``predicate`` until true; fails the test at the deadline."""
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.01)  # polling interval, not a wait for an event
+
+
+def assert_model_answer(out, want, manifest) -> None:
+    assert set(out) == set(manifest.model.outputs)
+    for name in manifest.model.outputs:
+        np.testing.assert_allclose(out[name], want[name], rtol=0, atol=1e-5)
+
+
+async def test_a_stage_serving_another_plan_makes_the_origin_retry_until_they_agree(split) -> None:
+    model, graph, manifest, _ = split
+    inputs = models.sample_inputs(model, batch=1)
+    old = [("a", 0, 2), ("b", 2, 4)]
+    new = plan_of(manifest, [("a", 0, 1), ("b", 1, 4)])
+    async with cluster(split, old) as sim:
+        await sim.switch(new, "origin", "a")  # b has not switched yet: it refuses the request
+        request = asyncio.create_task(sim["origin"].infer(inputs))
+        await until(lambda: sim["origin"].retried >= 1, "a retry")
+        assert not request.done()
+        await sim.switch(new, "b")
+        out = await request
+    assert_model_answer(out, run_model(graph, inputs), manifest)
+    assert sim["origin"].served == 1
+
+
+async def test_a_plan_change_resends_the_requests_a_lost_node_held(split) -> None:
+    model, graph, manifest, _ = split
+    batches = [models.sample_inputs(model, seed=s, batch=1) for s in range(4)]
+    async with cluster(split, STAGINGS["four nodes"]) as sim:
+        sim["b"]._transport.inbox.close()  # b takes tensors and never answers: it is lost
+        requests = [asyncio.create_task(sim["origin"].infer(b)) for b in batches]
+        await until(lambda: sim["c"].open_requests == 4, "c waiting for b's outputs")
+        await sim.switch(plan_of(manifest, [("a", 0, 2), ("c", 2, 4)]))  # b was dropped
+        outs = await asyncio.gather(*requests)  # long before the 10 s deadline would pass
+    for out, batch in zip(outs, batches, strict=True):
+        assert_model_answer(out, run_model(graph, batch), manifest)
+    assert sim["origin"].retried == 4 and sim["origin"].served == 4
+
+
+async def test_replicas_share_requests_and_survive_losing_a_node(split) -> None:
+    model, graph, manifest, _ = split
+    batches = [models.sample_inputs(model, seed=s, batch=1) for s in range(16)]
+    expected = [run_model(graph, b) for b in batches]
+    stages = [("a", 0, 2, 0), ("b", 2, 4, 0), ("c", 0, 4, 1)]
+    async with cluster(split, stages) as sim:
+        outs = await asyncio.gather(*(sim["origin"].infer(b) for b in batches))
+        assert sim.runs["a"] > 0 and sim.runs["c"] > 0  # both pipelines served requests
+        await sim.kill("b")  # replica 0 is broken; the plan has not changed yet
+        outs += await asyncio.gather(*(sim["origin"].infer(b) for b in batches))
+    for out, want in zip(outs, expected * 2, strict=True):
+        assert_model_answer(out, want, manifest)
+    assert sim["origin"].retried > 0 and sim["origin"].served == 32
+
+
+class _BreaksAfterWarmUp:
+    """A runner whose part raises on every call after the warm-up."""
+
+    def __init__(self, runner) -> None:
+        self._runner = runner
+        self.inputs, self.outputs = runner.inputs, runner.outputs
+        self._calls = 0
+
+    def __call__(self, inputs):
+        self._calls += 1
+        if self._calls > 1:
+            raise RuntimeError("the accelerator caught fire")
+        return self._runner(inputs)
+
+
+async def test_a_failing_part_fails_the_request_at_once_and_the_node_lives_on(split) -> None:
+    model, _, _, _ = split
+
+    def factory(spec, directory):
+        runner = load_runner(spec, directory)
+        return _BreaksAfterWarmUp(runner) if spec.index == 2 else runner
+
+    inputs = models.sample_inputs(model, batch=1)
+    async with cluster(split, STAGINGS["four nodes"], deadline_s=60.0, factory=factory) as sim:
+        for _ in range(2):  # no retry, no wait for the deadline, and c keeps serving
+            with pytest.raises(InferenceFailed, match=r"c: parts \[2\]: the accelerator"):
+                await sim["origin"].infer(inputs)
+        assert sim["origin"].retried == 0 and sim["origin"].failed == 2
+        assert not sim.tasks["c"].done()
+
+
+async def test_a_flood_is_queued_up_to_a_bound_then_refused(split) -> None:
+    model, _, _, _ = split
+    inputs = models.sample_inputs(model, batch=1)
+    async with cluster(split, STAGINGS["four nodes"], deadline_s=1.0, max_inflight=2) as sim:
+        sim["b"]._transport.inbox.close()  # nothing completes: requests pile up
+        origin = sim["origin"]
+        admitted = [asyncio.create_task(origin.infer(inputs)) for _ in range(4)]
+        await until(lambda: origin._queued == 2, "two requests waiting for a turn")
+        with pytest.raises(Overloaded, match="2 requests running and 2 waiting"):
+            await origin.infer(inputs)
+        results = await asyncio.gather(*admitted, return_exceptions=True)
+    assert all(isinstance(r, RequestTimeout) for r in results)  # each one answered: none lost
+    assert origin.refused == 1 and origin.failed == 4 and origin.open_requests == 0

@@ -76,14 +76,16 @@ class PlanRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("node_id", "start", "stop")
+    __slots__ = ("node_id", "start", "stop", "replica")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     start: int
     stop: int
-    def __init__(self, node_id: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ...) -> None: ...
+    replica: int
+    def __init__(self, node_id: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., replica: _Optional[int] = ...) -> None: ...
 
 class PlanReply(_message.Message):
     __slots__ = ("computed_digest", "agreed_digest", "assignments", "members", "idle")
