@@ -9,7 +9,9 @@ keeps serving the previous agreed plan, so a switch is atomic from its point of 
 Membership changes are debounced (a burst of joins gives one re-plan). A member
 that cannot be reached several times in a row while confirming is marked dead,
 which triggers a re-plan without it: mDNS would keep a killed node's record for
-minutes.
+minutes. A dead peer is asked again with exponential backoff; when the same run
+answers (it was frozen, or the network was cut), it is revived and joins the plan
+again. Each failure and each recovery is logged once.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ CONFIRM_INTERVAL_S = 0.02  # between rounds of asking peers for their digest
 CHECK_INTERVAL_S = 0.5  # once agreed, members are asked again this often (liveness, drift)
 ASK_TIMEOUT_S = 0.5  # a peer slower than this to answer counts as unreachable
 DEAD_AFTER_FAILURES = 2  # consecutive unreachable answers before a peer is marked dead
+REVIVE_FIRST_S = 1.0  # a dead peer is asked again after this long...
+REVIVE_MAX_S = 30.0  # ...doubling up to this
 
 
 class PlanPeers(Protocol):
@@ -76,6 +80,8 @@ class Negotiator:
         check_interval_s: float = CHECK_INTERVAL_S,
         ask_timeout_s: float = ASK_TIMEOUT_S,
         dead_after_failures: int = DEAD_AFTER_FAILURES,
+        revive_first_s: float = REVIVE_FIRST_S,
+        revive_max_s: float = REVIVE_MAX_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._discovery = discovery
@@ -89,6 +95,9 @@ class Negotiator:
         self._check_interval_s = check_interval_s
         self._ask_timeout_s = ask_timeout_s
         self._dead_after = dead_after_failures
+        self._revive_first_s = revive_first_s
+        self._revive_max_s = revive_max_s
+        self._revive: dict[NodeId, tuple[float, float]] = {}  # dead peer -> (next ask, backoff)
         self._clock = clock
         self._membership = Membership.of(discovery.local)
         self._failures: dict[NodeId, int] = {}
@@ -211,14 +220,42 @@ class Negotiator:
         state = self._state
         local = self._membership.local.node_id
         others = [p for p in self._membership.members if p.node_id != local]
-        if not others or state.computed is None:
-            return
-        answers = await asyncio.gather(*(self._ask(p) for p in others))
-        if self._debounce.pending:
+        answers, _ = await asyncio.gather(
+            asyncio.gather(*(self._ask(p) for p in others)), self._probe_dead()
+        )
+        if self._debounce.pending or state.computed is None:
             return
         if any(a is not None and a != state.computed.digest for a in answers):
             logger.info("a member computed another plan; confirming again")
             await self._confirm(state.computed)
+
+    async def _probe_dead(self) -> None:
+        """Ask the dead peers whose backoff has passed; revive those that answer."""
+        now = self._clock()
+        due = [
+            p
+            for p in self._membership.dead
+            if self._revive.setdefault(p.node_id, (now + self._revive_first_s, 0.0))[0] <= now
+        ]
+        for node_id in [n for n in self._revive if not self._membership.is_dead(n)]:
+            del self._revive[node_id]  # a new run of it appeared, or it left
+        if not due:
+            return
+
+        async def probe(peer: PeerInfo) -> None:
+            try:
+                async with asyncio.timeout(self._ask_timeout_s):
+                    await self._peers.plan_digest(peer)
+            except (PeerUnavailable, TimeoutError):
+                _, backoff = self._revive[peer.node_id]
+                backoff = min(max(backoff * 2, self._revive_first_s * 2), self._revive_max_s)
+                self._revive[peer.node_id] = (self._clock() + backoff, backoff)
+                return
+            logger.warning("peer %s answers again: it rejoins", peer.node_id)
+            self._revive.pop(peer.node_id, None)
+            self._set_membership(self._membership.revive(peer.node_id, peer.incarnation))
+
+        await asyncio.gather(*(probe(p) for p in due))
 
     async def _ask(self, peer: PeerInfo) -> str | None:
         try:

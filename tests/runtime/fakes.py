@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from edgenode.errors import PeerUnavailable
 from edgenode.mesh import Capacity, InMemoryNetwork, PeerInfo
 from edgenode.model.manifest import Manifest
@@ -64,8 +66,10 @@ class InMemoryPlanPeers:
     def __init__(self) -> None:
         self.negotiators: dict[str, Negotiator] = {}
         self.down: set[str] = set()
+        self.asked: Counter[str] = Counter()
 
     async def plan_digest(self, peer: PeerInfo) -> str:
+        self.asked[peer.node_id] += 1
         negotiator = self.negotiators.get(peer.node_id)
         if negotiator is None or peer.node_id in self.down:
             raise PeerUnavailable(f"{peer.node_id} does not answer")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -34,6 +35,8 @@ class Cluster:
             debounce=FAST,
             ask_timeout_s=0.2,
             check_interval_s=0.05,
+            revive_first_s=0.05,
+            revive_max_s=0.2,
         )
         self.peers.negotiators[node_id] = negotiator
         self.discoveries[node_id] = discovery
@@ -122,6 +125,31 @@ async def test_a_silent_peer_is_found_dead_by_the_liveness_checks(cluster: Clust
     state = await a.wait(lambda s: s.settled and set(s.members) == {"a"}, DEADLINE_S)
     assert [x.node_id for x in state.agreed.assignments] == ["a"]
     assert a.membership.is_dead("b")
+
+
+async def test_a_frozen_peer_is_dropped_then_rejoins_when_it_answers_again(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
+    for i, node in enumerate("ab"):
+        await cluster.start(node, i + 1)
+    await cluster.agreed({"a", "b"})
+    a = cluster.peers.negotiators["a"]
+    cluster.peers.down.add("b")  # SIGSTOP: same run, same record, no answers
+    await a.wait(lambda s: s.settled and set(s.members) == {"a"}, DEADLINE_S)
+    before = cluster.peers.asked["b"]
+    async with asyncio.timeout(DEADLINE_S):  # a keeps asking, less and less often
+        while cluster.peers.asked["b"] < before + 3:
+            await asyncio.sleep(0.02)
+    cluster.peers.down.discard("b")  # SIGCONT
+    states = await cluster.agreed({"a", "b"})
+    assert {x.node_id for x in states[0].agreed.assignments} == {"a", "b"}
+    said = [r.getMessage() for r in caplog.records if "peer b" in r.getMessage()]
+    assert [m.split(" ", 2)[2].split(":")[0] for m in said] == [
+        "does not answer",
+        "marked dead after 2 failures",
+        "answers again",
+    ]
 
 
 async def test_graceful_leave_replans(cluster: Cluster) -> None:
