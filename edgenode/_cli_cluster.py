@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _parts_label(status: Mapping[str, Any]) -> str:
-    """Parts as "2-4", "2-4 (replica 1)" when the plan has several pipelines, or "idle"."""
+    """Parts as "2-4", "r1:2-4" (replica 1) when the plan has several pipelines, or "idle"."""
     parts = status["parts"]
     if not parts:
         return "idle"
@@ -67,7 +67,7 @@ def _parts_label(status: Mapping[str, Any]) -> str:
             for a in status["plan"]["assignments"]
             if a["node_id"] == status["node"]["node_id"]
         ]
-        label += f" (replica {mine[0] if mine else '?'})"
+        label = f"r{mine[0] if mine else '?'}:{label}"
     return label
 
 
