@@ -279,6 +279,13 @@ class GrpcPeer:
             timeout = self._config.connect_timeout_s
             if self._channel is None:
                 self._channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+            elif self._channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                # gRPC is backing off after a failed connect: fail now rather than hold the
+                # caller for the connect timeout on every send to a dead peer.
+                self._channel.get_state(try_to_connect=True)
+                error = PeerUnavailable(f"peer {self._address}: not reachable (reconnecting)")
+                self._log_failure(error)
+                raise error
             try:
                 await asyncio.wait_for(self._channel.channel_ready(), timeout)
             except TimeoutError:

@@ -161,3 +161,27 @@ async def test_256_mib_tensor_over_grpc() -> None:
         [got] = await receive(b.inbox, 1, timeout_s=60)
     assert got.array.shape == x.shape
     assert np.array_equal(got.array, x)
+
+
+async def test_sends_to_a_dead_peer_fail_fast_while_grpc_backs_off() -> None:
+    from edgenode.errors import PeerUnavailable
+    from edgenode.transport import GrpcPeer, RequestId, Tensor
+
+    patient = TransportConfig(connect_timeout_s=600.0)  # waiting for it would hang the test
+    data = Tensor(RequestId("r"), "x", np.arange(4, dtype=np.float32))
+    receiver = GrpcTransport("127.0.0.1", 0)
+    await receiver.__aenter__()
+    async with GrpcPeer(receiver.address, config=patient) as peer:
+        await peer.send([data])
+        await receiver.aclose()  # the peer dies
+
+        def backing_off() -> bool:
+            channel = peer._channel
+            assert channel is not None
+            state = channel.get_state(try_to_connect=True)
+            return state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+        await eventually(backing_off)
+        async with asyncio.timeout(10):  # without the fast path: the 600 s connect wait
+            with pytest.raises(PeerUnavailable, match=r"not reachable \(reconnecting\)"):
+                await peer.send([data])

@@ -99,7 +99,14 @@ async def test_sending_to_a_stopped_peer_fails_then_recovers(net) -> None:
                 await sender.send([tensor("r2", "x", np.zeros(3))])
                 await asyncio.sleep(0.01)
         async with net.transport(address) as second:
-            await sender.send([tensor("r3", "x", np.zeros(3))])
+            # gRPC reconnects on its own backoff (at most 1 s); until then sends fail fast
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        await sender.send([tensor("r3", "x", np.zeros(3))])
+                        break
+                    except PeerUnavailable:
+                        await asyncio.sleep(0.02)  # polling interval
             [got] = await receive(second.inbox, 1)
             assert got.request_id == "r3"
     finally:
