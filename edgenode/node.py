@@ -225,10 +225,18 @@ class Node:
         self, transport: GrpcTransport, negotiator: Negotiator, router: Router
     ) -> None:
         """Gauges that are read, not counted: inbox depth, membership, agreement."""
-        counted = 0
+        counted = {"ok": 0, "failed": 0, "refused": 0, "retried": 0}
         while True:
-            self.metrics.requests.labels(outcome="ok").inc(router.served - counted)
-            counted = router.served
+            now = {
+                "ok": router.served,
+                "failed": router.failed,
+                "refused": router.refused,
+                "retried": router.retried,
+            }
+            for outcome in ("ok", "failed", "refused"):
+                self.metrics.requests.labels(outcome=outcome).inc(now[outcome] - counted[outcome])
+            self.metrics.retries.inc(now["retried"] - counted["retried"])
+            counted = now
             stats = transport.stats()
             self.metrics.queue_depth.set(stats.queued_tensors)
             state = negotiator.state

@@ -34,6 +34,8 @@ class NodeMetrics:
         r = self.registry
         self.requests = Counter("edgenode_requests", "Requests handled, by outcome", ["outcome"],
                                 registry=r)  # fmt: skip
+        self.retries = Counter("edgenode_request_retries", "Request attempts sent again",
+                               registry=r)  # fmt: skip
         self.errors = Counter("edgenode_errors", "Errors, by kind", ["kind"], registry=r)
         self.stage_latency = Histogram(
             "edgenode_stage_latency_seconds",

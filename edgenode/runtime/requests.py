@@ -233,7 +233,7 @@ class Router:
                 return outcome
             self.retried += 1
             progress[0] = outcome.reason
-            logger.info("request %s: %s; sending it again", request, outcome.reason)
+            logger.debug("request %s: %s; sending it again", request, outcome.reason)
             failed_replicas.add(replica)
             if len(failed_replicas) < stage.plan.replicas:
                 continue  # another replica may still work: no need to wait
@@ -375,7 +375,7 @@ class Router:
         self._notified[request] = None
         if len(self._notified) > NOTIFIED_WINDOW:
             self._notified.popitem(last=False)
-        logger.info("request %s: %s", request, message)
+        logger.debug("request %s: %s", request, message)
         origin = self._origin_of(request)
         notice = Tensor(
             RequestId(request),
@@ -388,7 +388,7 @@ class Router:
             return
         address = self._address_of(origin)
         if address is None:
-            logger.info("request %s: origin %s is not a member; notice dropped", request, origin)
+            logger.debug("request %s: origin %s is not a member; notice dropped", request, origin)
             return
         self._spawn(self._send_notice(address, notice))
 
@@ -396,7 +396,7 @@ class Router:
         try:
             await self._transport.peer(address).send([notice])
         except EdgenodeError as exc:
-            logger.info("request %s: origin unreachable: %s", notice.request_id, exc)
+            logger.debug("request %s: origin unreachable: %s", notice.request_id, exc)
 
     async def _run_stage(self, stage: _Stage, request: str, join: _Join) -> None:
         self._joins.pop(request, None)
@@ -463,6 +463,8 @@ class Router:
         while True:
             await asyncio.sleep(self._sweep_interval_s)
             limit = self._clock() - self._deadline_s
-            for request in [r for r, j in self._joins.items() if j.created_s < limit]:
-                logger.info("request %s abandoned: freeing its join buffer", request)
+            stale = [r for r, j in self._joins.items() if j.created_s < limit]
+            for request in stale:
                 del self._joins[request]
+            if stale:
+                logger.info("freed the join buffers of %d abandoned requests", len(stale))
