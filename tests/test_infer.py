@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,3 +226,58 @@ def test_mobilenet_v3_large_on_n_nodes(mobilenet, tmp_path: Path, count: int) ->
     finally:
         for node in started:
             node.stop()
+
+
+def test_a_flood_is_refused_with_resource_exhausted_and_nothing_is_lost(
+    multi_io, tmp_path: Path
+) -> None:
+    from edgenode.errors import Overloaded
+    from edgenode.model.slicing import run_model
+    from edgenode.transport import run
+    from edgenode.transport._control import ControlClient
+    from tests.model import models
+
+    model, graph, manifest, directory = multi_io
+    config = tmp_path / "node.toml"
+    config.write_text(
+        "[node]\nspeed_gflops = 0.000001\n[limits]\nmax_inflight_requests = 2\n"
+        f'[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
+    )
+    args = ["--config", str(config), "--listen", "127.0.0.1:0", "--model", str(directory)]
+    started = [
+        NodeProcess(
+            name, tmp_path, *args, "--interfaces", "127.0.0.1", "--state-dir", str(tmp_path / name)
+        )
+        for name in ("a", "b")
+    ]
+    batches = [models.sample_inputs(model, seed=s, batch=1) for s in range(16)]
+
+    async def flood() -> list[Any]:
+        client = ControlClient(protocol=1)
+        try:
+            return await asyncio.gather(
+                *(client.infer(started[0].address, b, timeout_s=60) for b in batches),
+                return_exceptions=True,
+            )
+        finally:
+            await client.aclose()
+
+    try:
+        for node in started:
+            node.wait_serving()
+        found = agreed_cluster(started, {"a", "b"})
+        assert found["a"]["parts"] and found["b"]["parts"]
+        started[1].signal(signal.SIGSTOP)  # b holds what a sends it: nothing completes
+        outs = run(flood())
+    finally:
+        started[1].signal(signal.SIGCONT)
+        for node in started:
+            node.stop()
+    refused = [o for o in outs if isinstance(o, Overloaded)]  # RESOURCE_EXHAUSTED
+    answered = [(o, b) for o, b in zip(outs, batches, strict=True) if isinstance(o, dict)]
+    assert len(refused) == 12 and len(answered) == 4, outs  # 2 running + 2 waiting
+    assert all("busy: 2 requests running and 2 waiting" in str(e) for e in refused)
+    for out, batch in answered:  # b was dropped while frozen: re-sent, still right
+        want = run_model(graph, batch)
+        for name in manifest.model.outputs:
+            np.testing.assert_allclose(out[name], want[name], rtol=0, atol=1e-5)

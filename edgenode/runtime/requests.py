@@ -170,12 +170,7 @@ class Router:
         """
         self._stage()
         check_inputs(self._manifest.model.inputs, dict(inputs))
-        if self._admission.locked() and self._queued >= self._max_inflight:
-            self.refused += 1
-            raise Overloaded(
-                f"node {self._me} is busy: {self._max_inflight} requests running and "
-                f"{self._queued} waiting"
-            )
+        self.check_admission()
         progress = ["never sent"]
         try:
             async with asyncio.timeout(self._deadline_s):
@@ -198,6 +193,16 @@ class Router:
             raise
         self.served += 1
         return result
+
+    def check_admission(self) -> None:
+        """Overloaded when a new request would be refused now (servers call this before
+        reading a request's inputs, so a flood does not even allocate them)."""
+        if self._admission.locked() and self._queued >= self._max_inflight:
+            self.refused += 1
+            raise Overloaded(
+                f"node {self._me} is busy: {self._max_inflight} requests running and "
+                f"{self._queued} waiting"
+            )
 
     async def _run_attempts(
         self, inputs: Mapping[str, np.ndarray], progress: list[str]

@@ -147,11 +147,12 @@ def control_handlers(
         decoder = FrameDecoder(max_tensor_bytes=max_tensor_bytes)
         inputs: dict[str, Any] = {}
         try:
+            assert router is not None
+            router().check_admission()
             async for frame in frames:
                 for tensor in decoder.feed(frame):
                     inputs[tensor.name] = tensor.array
             decoder.finish()
-            assert router is not None
             outputs = await router().infer(inputs)
         except EdgenodeError as exc:
             decoder.discard()
@@ -316,6 +317,8 @@ class ControlClient:
             code = exc.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise PeerUnavailable(f"{address}: {exc.details() or code.name}") from None
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise Overloaded(f"{address}: {exc.details() or code.name}") from None
             raise InferenceFailed(f"{address}: {exc.details() or code.name}") from None
         return outputs
 
