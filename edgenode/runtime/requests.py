@@ -84,6 +84,7 @@ class _Attempt:
 @dataclass(slots=True)
 class _Join:
     created_s: float
+    plan: str
     values: dict[str, np.ndarray] = field(default_factory=dict)
     started: bool = False
 
@@ -275,6 +276,8 @@ class Router:
         event.set()
         plan = self._plan()
         digest = plan.digest if plan is not None else ""
+        # Origins abandon attempts under other plans: their half-full joins cannot finish.
+        self._joins = {r: j for r, j in self._joins.items() if j.plan == digest}
         for attempt in self._attempts.values():
             if attempt.plan != digest and not attempt.future.done():
                 attempt.future.set_result(_Retry(f"plan {attempt.plan[:12]} was replaced"))
@@ -350,7 +353,7 @@ class Router:
         stage = self._stage()
         if tensor.name not in stage.needs:
             return
-        join = self._joins.setdefault(request, _Join(created_s=self._clock()))
+        join = self._joins.setdefault(request, _Join(created_s=self._clock(), plan=plan.digest))
         join.values[tensor.name] = tensor.array
         if not join.started and stage.needs <= set(join.values):
             join.started = True

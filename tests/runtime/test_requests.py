@@ -229,7 +229,9 @@ async def test_a_plan_change_resends_the_requests_a_lost_node_held(split) -> Non
         sim["b"]._transport.inbox.close()  # b takes tensors and never answers: it is lost
         requests = [asyncio.create_task(sim["origin"].infer(b)) for b in batches]
         await until(lambda: sim["c"].open_requests == 4, "c waiting for b's outputs")
-        await sim.switch(plan_of(manifest, [("a", 0, 2), ("c", 2, 4)]))  # b was dropped
+        new = plan_of(manifest, [("a", 0, 2), ("c", 2, 4)])
+        await sim.switch(new)  # b was dropped
+        assert all(j.plan == new.digest for j in sim["c"]._joins.values())  # old ones freed
         outs = await asyncio.gather(*requests)  # long before the 10 s deadline would pass
     for out, batch in zip(outs, batches, strict=True):
         assert_model_answer(out, run_model(graph, batch), manifest)
