@@ -207,6 +207,10 @@ class Node:
                     ),
                 ]
                 await stop.wait()
+                deadline = config.limits.request_deadline_s
+                logger.info("stopping: finishing requests started here (at most %g s)", deadline)
+                if unanswered := await router.drain(deadline):
+                    logger.warning("stopping with %d requests unanswered", unanswered)
                 logger.info("stopping: goodbye to the cluster")
                 for task in tasks:
                     task.cancel()

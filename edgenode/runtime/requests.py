@@ -38,6 +38,7 @@ from edgenode.errors import (
     EdgenodeError,
     InferenceFailed,
     Overloaded,
+    PeerUnavailable,
     PlanError,
     TransportError,
 )
@@ -150,6 +151,9 @@ class Router:
         self._queued = 0
         self._plan_event = asyncio.Event()
         self._replica_turn = itertools.count()
+        self._draining = False
+        self._running_here = 0  # requests started here and not yet answered
+        self._drained = asyncio.Event()
         self.served = 0
         self.retried = 0  # attempts re-sent
         self.refused = 0  # requests refused with Overloaded
@@ -173,6 +177,7 @@ class Router:
         check_inputs(self._manifest.model.inputs, dict(inputs))
         self.check_admission()
         progress = ["never sent"]
+        self._running_here += 1
         try:
             async with asyncio.timeout(self._deadline_s):
                 self._queued += 1
@@ -192,12 +197,31 @@ class Router:
         except EdgenodeError:
             self.failed += 1
             raise
+        finally:
+            self._running_here -= 1
+            self._drained.set()
         self.served += 1
         return result
 
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new requests and wait, at most ``timeout_s``, for those started here;
+        the number still unanswered when it returns."""
+        self._draining = True
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._running_here:
+                    await self._drained.wait()
+                    self._drained.clear()
+        except TimeoutError:
+            pass
+        return self._running_here
+
     def check_admission(self) -> None:
         """Overloaded when a new request would be refused now (servers call this before
-        reading a request's inputs, so a flood does not even allocate them)."""
+        reading a request's inputs, so a flood does not even allocate them); PeerUnavailable
+        once the node is stopping."""
+        if self._draining:
+            raise PeerUnavailable(f"node {self._me} is stopping")
         if self._admission.locked() and self._queued >= self._max_inflight:
             self.refused += 1
             raise Overloaded(

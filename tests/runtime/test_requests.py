@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgenode.backends import load_runner
-from edgenode.errors import InferenceFailed, Overloaded, PlanError
+from edgenode.errors import InferenceFailed, Overloaded, PeerUnavailable, PlanError
 from edgenode.model.graph import build_graph
 from edgenode.model.slicing import run_model
 from edgenode.model.split import split_model
@@ -297,3 +297,27 @@ async def test_a_flood_is_queued_up_to_a_bound_then_refused(split) -> None:
         results = await asyncio.gather(*admitted, return_exceptions=True)
     assert all(isinstance(r, RequestTimeout) for r in results)  # each one answered: none lost
     assert origin.refused == 1 and origin.failed == 4 and origin.open_requests == 0
+
+
+async def test_drain_waits_for_requests_started_here_and_refuses_new_ones(split) -> None:
+    model, graph, manifest, _ = split
+    inputs = models.sample_inputs(model, batch=1)
+    async with cluster(split, STAGINGS["four nodes"]) as sim:
+        origin = sim["origin"]
+        sim["b"]._transport.inbox.close()  # the request cannot finish...
+        running = asyncio.create_task(origin.infer(inputs))
+        await until(lambda: sim["c"].open_requests == 1, "the request to be under way")
+        draining = asyncio.create_task(origin.drain(30.0))
+        await until(lambda: origin._draining, "the drain to start")
+        with pytest.raises(PeerUnavailable, match="node origin is stopping"):
+            await origin.infer(inputs)
+        assert not draining.done()
+        await sim.switch(plan_of(manifest, [("a", 0, 2), ("c", 2, 4)]))  # ...until b is gone
+        assert await draining == 0
+        assert_model_answer(running.result(), run_model(graph, inputs), manifest)
+        stuck = sim["a"]  # a's requests go through b, still in the old plan for a
+        sim.plans["a"] = plan_of(manifest, STAGINGS["four nodes"])
+        held = asyncio.create_task(stuck.infer(inputs))
+        await until(lambda: stuck._running_here == 1, "the request to start")
+        assert await stuck.drain(0.1) == 1  # gives up after its timeout, says how many
+        held.cancel()
