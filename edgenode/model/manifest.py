@@ -151,14 +151,16 @@ class Manifest:
     def identity(self) -> str:
         """sha256 of what the cluster must agree on: the model and this cut of it.
 
-        Leaves out the part files' hashes and the tool version: two nodes that cut the
-        same model the same way get files with different zip timestamps, yet serve the
-        same parts and can work together.
+        Leaves out the part files (names, formats, hashes) and the tool version: two
+        nodes that cut the same model the same way get files with different zip
+        timestamps, or one exported Keras parts and the other LiteRT parts, yet serve
+        the same parts and can work together.
         """
         data = self.to_json()
         data.pop("created_by")
         for part in data["parts"]:
             part.pop("sha256")
+            part.pop("file")
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 

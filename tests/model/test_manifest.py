@@ -135,13 +135,18 @@ def test_cost_graph_links_parts_by_their_boundary_tensors() -> None:
     assert by_name["mid"].nbytes == 4 * 4  # (None, 4) float32, batch 1
 
 
-def test_identity_ignores_file_hashes_but_not_the_cut() -> None:
+def test_identity_ignores_part_files_but_not_the_cut() -> None:
     base = Manifest.from_json(_sample())
     rehashed = _sample()
     rehashed["parts"][0]["sha256"] = "f" * 64
     rehashed["created_by"] = "edgenode 9"
     other = Manifest.from_json(rehashed)
     assert other.identity == base.identity and other.digest != base.digest
+    exported = _sample()  # the same cut exported for LiteRT: a mixed cluster works together
+    for part in exported["parts"]:
+        part["file"] = part["file"].rsplit(".", 1)[0] + ".tflite"
+    litert = Manifest.from_json(exported)
+    assert litert.parts[0].format == "litert" and litert.identity == base.identity
     recut = _sample()
     recut["parts"][0]["ops"]["stop"] = 4
     assert Manifest.from_json(recut).identity != base.identity

@@ -79,11 +79,14 @@ def test_refuses_a_directory_that_is_not_a_split(tmp_path: Path) -> None:
 def test_litert_split(tmp_path: Path) -> None:
     from edgenode.backends.litert import LiteRTPart
 
-    result = split_model(models.build("fork_join"), tmp_path, parts=3, fmt="litert")
+    model = models.build("fork_join")
+    result = split_model(model, tmp_path, parts=3, fmt="litert")
     for spec in result.manifest.parts:
         assert spec.file.endswith(".tflite") and spec.format == "litert"
         runner = LiteRTPart(tmp_path / spec.file)
         assert set(runner.inputs) == {t.name for t in spec.inputs}
+    keras = split_model(model, tmp_path / "keras", parts=3).manifest
+    assert keras.identity == result.manifest.identity  # keras and litert nodes can mix
 
 
 @pytest.mark.parametrize("method", ["balanced", "narrow", "even"])
