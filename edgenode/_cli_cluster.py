@@ -21,8 +21,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
+    from edgenode._systemd import notify
     from edgenode.config import Config, load_config
     from edgenode.node import Node
+    from edgenode.planning import ClusterPlan
     from edgenode.transport import run, tune_malloc
 
     config = load_config(Path(args.config)) if args.config else Config()
@@ -43,12 +45,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     tune_malloc()
     state_dir = Path(args.state_dir)
 
+    def on_agreed(plan: ClusterPlan) -> None:
+        # systemd (Type=notify) counts the node as started once it serves a plan.
+        parts = plan.parts_of(config.node.node_id)
+        share = f"parts {parts.start}-{parts.stop - 1}" if parts else "idle"
+        notify("READY=1", f"STATUS=serving plan {plan.digest[:12]} ({share})")
+
     async def main() -> None:
         stop = asyncio.Event()
+
+        def on_stop() -> None:
+            notify("STOPPING=1", "STATUS=leaving the cluster")
+            stop.set()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Node(config, state_dir=state_dir).run(stop)
+            loop.add_signal_handler(sig, on_stop)
+        await Node(config, state_dir=state_dir).run(stop, on_agreed=on_agreed)
 
     run(main())
     return EXIT_OK
