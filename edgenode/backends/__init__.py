@@ -47,6 +47,8 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, np.ndarray]) 
             shape = tuple(value.shape)
             raise ModelError(f"input {spec.name!r}: shape {shape}, expected {spec.shape}")
         if value.shape and spec.shape[:1] == (None,):
+            if value.shape[0] == 0:
+                raise ModelError(f"input {spec.name!r}: empty batch")
             if batch is not None and value.shape[0] != batch:
                 raise ModelError(f"input {spec.name!r}: batch {value.shape[0]}, others {batch}")
             batch = value.shape[0]

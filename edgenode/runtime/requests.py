@@ -55,6 +55,7 @@ SWEEP_INTERVAL_S = 1.0
 RETRY_BACKOFF_S = 0.05  # first wait before re-sending under an unchanged plan; doubles
 MAX_BACKOFF_S = 1.0
 NOTIFIED_WINDOW = 4096  # requests remembered as already notified (one notice each)
+STARTED_WINDOW = 16384  # requests remembered as run here: a resent input must not rerun them
 
 RETRY = "!retry"  # notice: this attempt cannot complete; send the request again
 FAIL = "!fail"  # notice: the request failed; do not retry
@@ -142,6 +143,7 @@ class Router:
         self._attempts: dict[str, _Attempt] = {}
         self._joins: dict[str, _Join] = {}
         self._notified: OrderedDict[str, None] = OrderedDict()
+        self._started: OrderedDict[str, None] = OrderedDict()  # requests whose stage ran
         self._prefix = f"{node_id}.{secrets.token_hex(4)}"
         self._counter = itertools.count()
         self._stage_cache: _Stage | None = None
@@ -375,12 +377,15 @@ class Router:
                 )
             return
         stage = self._stage()
-        if tensor.name not in stage.needs:
-            return
+        if tensor.name not in stage.needs or request in self._started:
+            return  # not ours, or a copy of an input of a stage already run: run it once
         join = self._joins.setdefault(request, _Join(created_s=self._clock(), plan=plan.digest))
         join.values[tensor.name] = tensor.array
         if not join.started and stage.needs <= set(join.values):
             join.started = True
+            self._started[request] = None
+            if len(self._started) > STARTED_WINDOW:
+                self._started.popitem(last=False)
             self._spawn(self._run_stage(stage, request, join))
 
     def _on_notice(self, request: str, notice: Tensor) -> None:

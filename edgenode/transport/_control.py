@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
 from edgenode.errors import (
@@ -184,19 +185,35 @@ def control_handlers(
         finally:
             handle.close()
 
+    # Requests are parsed here, not by grpc: grpc answers an undecodable request UNKNOWN
+    # and logs a traceback, where a malformed request deserves INVALID_ARGUMENT.
+    async def parse(message: Any, data: bytes, context: Any) -> Any:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"malformed {message.DESCRIPTOR.name}: {exc}"
+            )
+
     def unary(fn: Any, request: Any, reply: Any) -> grpc.RpcMethodHandler:
+        async def handler(data: bytes, context: Any) -> Any:
+            return await fn(await parse(request, data, context), context)
+
         return grpc.unary_unary_rpc_method_handler(
-            fn, request_deserializer=request.FromString, response_serializer=reply.SerializeToString
+            handler, response_serializer=reply.SerializeToString
         )
+
+    async def fetch_file_raw(data: bytes, context: Any) -> AsyncIterator[pb.FileChunk]:
+        request = await parse(pb.FileRequest, data, context)
+        async for chunk in fetch_file(request, context):
+            yield chunk
 
     handlers = {
         "Hello": unary(hello, pb.HelloRequest, pb.NodeRecord),
         "GetPlan": unary(get_plan, pb.PlanRequest, pb.PlanReply),
         "GetStatus": unary(get_status, pb.StatusRequest, pb.NodeStatus),
         "FetchFile": grpc.unary_stream_rpc_method_handler(
-            fetch_file,
-            request_deserializer=pb.FileRequest.FromString,
-            response_serializer=pb.FileChunk.SerializeToString,
+            fetch_file_raw, response_serializer=pb.FileChunk.SerializeToString
         ),
     }
     if router is not None:

@@ -62,6 +62,7 @@ SPECS = (
         ({"a": np.zeros((1, 5), np.float32), "b": np.zeros((1, 2, 2), np.float32)}, "shape"),
         ({"a": np.zeros((1, 4), np.float32), "b": np.zeros((1, 2), np.float32)}, "shape"),
         ({"a": np.zeros((1, 4), np.float32), "b": np.zeros((2, 2, 2), np.float32)}, "batch 2"),
+        ({"a": np.zeros((0, 4), np.float32), "b": np.zeros((0, 2, 2), np.float32)}, "empty"),
     ],
 )
 def test_bad_inputs_are_refused(inputs: dict, message: str) -> None:
