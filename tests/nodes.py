@@ -34,11 +34,13 @@ def wait_until(predicate: Callable[[], Any], deadline_s: float, what: str) -> An
 class NodeProcess:
     """One `edgenode run` process; its log goes to a file the test can read."""
 
-    def __init__(self, name: str, workdir: Path, *args: str) -> None:
+    def __init__(
+        self, name: str, workdir: Path, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self._log = self.log_path.open("w")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edgenode.cli", "run", "--name", name, *args],
             stdout=self._log,
