@@ -1,12 +1,14 @@
 #!/bin/sh
 # Install an edgenode node as a systemd service on Debian or Raspberry Pi OS (arm64, x86_64).
 #
-#   sudo deploy/install.sh [--backend litert|keras] [--no-start]
+#   sudo deploy/install.sh [--backend litert|keras] [--key cluster.pem] [--no-start]
 #
 # Idempotent: run it again to upgrade. It creates the `edgenode` system user, a virtualenv
 # under /opt/edgenode with edgenode from this checkout, /etc/edgenode/node.toml from the
-# repository's node.toml (only if absent: your edits are kept), and the systemd unit, then
-# enables and starts the service. Default backend: litert on ARM (no TensorFlow: less memory,
+# repository's node.toml (only if absent: your edits are kept), the cluster credential
+# /etc/edgenode/cluster.pem (copied from --key, or, on the first device of a cluster, created
+# with `edgenode keygen`: then copy it to the others), and the systemd unit, then enables
+# and starts the service. Default backend: litert on ARM (no TensorFlow: less memory,
 # faster start), keras elsewhere. The locations can be moved for a test install with
 # EDGENODE_PREFIX, EDGENODE_CONFIG_DIR, EDGENODE_STATE_DIR, EDGENODE_UNIT_DIR; EDGENODE_SYSTEM=0
 # skips what needs root (apt, user, systemctl); EDGENODE_PIP_ARGS adds pip options.
@@ -21,6 +23,7 @@ PIP_ARGS=${EDGENODE_PIP_ARGS:-}
 PYTHON=${EDGENODE_PYTHON:-python3}
 SOURCE=$(cd "$(dirname "$0")/.." && pwd)
 START=1
+KEY=
 
 case "$(uname -m)" in
     aarch64 | arm64 | armv7l | armv6l) BACKEND=litert ;;
@@ -31,7 +34,8 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --backend) BACKEND=${2:?--backend needs litert or keras}; shift 2 ;;
         --no-start) START=0; shift ;;
-        -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --key) KEY=${2:?--key needs a cluster.pem file}; shift 2 ;;
+        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -67,12 +71,26 @@ say "installing edgenode[${EXTRAS}] from $SOURCE"
 install -m 0644 "$SOURCE/README.md" "$PREFIX/README.md"
 
 mkdir -p "$CONFIG_DIR" "$STATE_DIR"
+if [ -n "$KEY" ]; then
+    say "installing the cluster credential $KEY"
+    install -m 0640 "$KEY" "$CONFIG_DIR/cluster.pem"
+elif [ ! -f "$CONFIG_DIR/cluster.pem" ]; then
+    say "creating a new cluster key (this is the cluster's first device)"
+    "$PREFIX/venv/bin/edgenode" --quiet keygen --out "$CONFIG_DIR" --cluster home >/dev/null
+    say "copy $CONFIG_DIR/cluster.pem to the other devices (install.sh --key cluster.pem)"
+    say "and move $CONFIG_DIR/ca.pem off this device: it can make new members"
+fi
+if [ "$SYSTEM" = 1 ]; then
+    chown root:edgenode "$CONFIG_DIR/cluster.pem"
+    chmod 0640 "$CONFIG_DIR/cluster.pem"
+fi
 if [ -f "$CONFIG_DIR/node.toml" ]; then
     say "keeping $CONFIG_DIR/node.toml"
 else
     say "writing $CONFIG_DIR/node.toml (node name $(hostname), backend $BACKEND)"
     sed -e "s/^name = \"pi-kitchen\"/name = \"$(hostname)\"/" \
         -e "s/^backend = \"keras\"/backend = \"$BACKEND\"/" \
+        -e "s#^key = \"/etc/edgenode/cluster.pem\"#key = \"$CONFIG_DIR/cluster.pem\"#" \
         "$SOURCE/node.toml" > "$CONFIG_DIR/node.toml.new"
     chmod 0644 "$CONFIG_DIR/node.toml.new"
     mv "$CONFIG_DIR/node.toml.new" "$CONFIG_DIR/node.toml"

@@ -8,11 +8,14 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgenode._cli_common import EXIT_OK, say, setup_tensorflow
 from edgenode._table import format_table
-from edgenode.errors import EdgenodeError
+
+if TYPE_CHECKING:
+    from edgenode.transport import Security
+from edgenode.errors import EdgenodeError, UsageError
 
 __all__ = ["cmd_demo", "cmd_infer", "cmd_run", "cmd_status"]
 
@@ -23,7 +26,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from edgenode._systemd import notify
     from edgenode.config import Config, load_config
-    from edgenode.node import Node
+    from edgenode.node import Node, node_security
     from edgenode.planning import ClusterPlan
     from edgenode.transport import run, tune_malloc
 
@@ -40,6 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         peers=tuple(args.peer) if args.peer else None,
         multicast=False if args.no_multicast else None,
     )
+    if args.insecure:
+        config = config.override("security", key="", insecure=True)
+    elif args.key:
+        config = config.override("security", key=args.key, insecure=False)
+    node_security(config)  # a missing or bad key is a one-line error before anything starts
     if config.model.backend == "keras" or not Path(config.model.source).is_dir():
         setup_tensorflow(args)
     tune_malloc()
@@ -84,6 +92,55 @@ def _parts_label(status: Mapping[str, Any]) -> str:
     return label
 
 
+DEFAULT_KEY = "/etc/edgenode/cluster.pem"
+
+
+def client_security(args: argparse.Namespace) -> Security:
+    """How `status` and `infer` talk to the cluster: --insecure, or a member credential
+    from --key, $EDGENODE_KEY or DEFAULT_KEY."""
+    import os
+
+    from edgenode.security import load_credentials
+    from edgenode.transport import Security
+
+    if args.insecure:
+        return Security.insecure()
+    key = args.key or os.environ.get("EDGENODE_KEY") or ""
+    if not key and Path(DEFAULT_KEY).is_file():
+        key = DEFAULT_KEY
+    if not key:
+        raise UsageError(
+            f"no cluster key: pass --key FILE (cluster.pem from `edgenode keygen`), set "
+            f"EDGENODE_KEY, or install {DEFAULT_KEY}; --insecure for an insecure cluster"
+        )
+    return Security(load_credentials(Path(key)))
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from edgenode.security import issue_member, new_cluster, write_private
+
+    out = Path(args.out)
+    target = out / "cluster.pem"
+    if target.exists():
+        raise UsageError(f"{target} exists: refusing to overwrite a cluster key")
+    if args.ca:
+        try:
+            ca = Path(args.ca).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--ca {args.ca}: {exc.strerror or exc}") from None
+        member = issue_member(ca, days=args.days, member=args.member)
+    else:
+        if args.days < 1:
+            raise UsageError("--days must be at least 1 for a new cluster")
+        ca, member = new_cluster(args.cluster, days=args.days)
+        write_private(out / "ca.pem", ca)
+        say(args, f"wrote {out / 'ca.pem'}: the cluster CA; keep it off the devices")
+    write_private(target, member.bundle())
+    say(args, f"wrote {target}: copy it to every node and set security.key to its path")
+    print(target)
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from edgenode.transport import run
 
@@ -126,7 +183,7 @@ async def _collect_status(args: argparse.Namespace) -> list[dict[str, Any]]:
         seeds = [str(e) for e in await browse(interfaces=interfaces, timeout_s=args.wait)]
         if not seeds:
             raise EdgenodeError("no edgenode found on the network (try --peer HOST:PORT)")
-    client = ControlClient(protocol=1)
+    client = ControlClient(protocol=1, security=client_security(args))
     statuses: dict[str, dict[str, Any]] = {}
     try:
         queue = list(seeds)
@@ -182,8 +239,9 @@ async def _infer(args: argparse.Namespace) -> int:
     from edgenode.transport._control import ControlClient
 
     files = collect_files([Path(p) for p in args.inputs])
+    security = client_security(args)
     address = await _find_node(args)
-    client = ControlClient(protocol=1)
+    client = ControlClient(protocol=1, security=security)
     try:
         status = await client.status(address)
         if not status.plan.agreed_digest:
@@ -296,6 +354,8 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, image: Path
     from edgenode.demo import local_cluster, wait_agreed
     from edgenode.model.manifest import load_manifest
     from edgenode.model.profile import time_model
+    from edgenode.security import new_cluster, write_private
+    from edgenode.transport import Security
     from edgenode.transport._control import ControlClient
 
     manifest = load_manifest(workdir / "parts")
@@ -306,9 +366,14 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, image: Path
     def progress(message: str) -> None:
         say(args, message)
 
-    progress(f"starting {args.nodes} nodes on 127.0.0.1")
-    async with local_cluster(workdir / "parts", workdir, args.nodes, say=progress) as nodes:
-        client = ControlClient(protocol=1)
+    # A cluster of its own: a fresh CA and member credential, TLS between all processes.
+    _, credential = new_cluster("demo", days=1)
+    key = workdir / "cluster.pem"
+    write_private(key, credential.bundle())
+    progress(f"starting {args.nodes} nodes on 127.0.0.1 (TLS, a fresh cluster key)")
+    nodes_cm = local_cluster(workdir / "parts", workdir, args.nodes, say=progress, key=key)
+    async with nodes_cm as nodes:
+        client = ControlClient(protocol=1, security=Security(credential))
         try:
             statuses = await wait_agreed(client, nodes)
             progress("the nodes agreed on a plan; sending the image")

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from edgenode import __version__
-from edgenode._cli_cluster import cmd_demo, cmd_infer, cmd_run, cmd_status
+from edgenode._cli_cluster import DEFAULT_KEY, cmd_demo, cmd_infer, cmd_keygen, cmd_run, cmd_status
 from edgenode._cli_common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -236,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--peer", action="append", metavar="HOST:PORT", help="static peer (repeatable)"
     )
     run.add_argument("--no-multicast", action="store_true", help="use only static peers")
+    run.add_argument("--key", metavar="FILE", help="override security.key (cluster.pem)")
+    run.add_argument(
+        "--insecure", action="store_true", help="no TLS, no membership checks (development)"
+    )
     run.add_argument(
         "--state-dir",
         default=os.path.join(os.path.expanduser("~"), ".local", "share", "edgenode"),
@@ -254,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--peer", action="append", metavar="HOST:PORT", help="a node to ask")
     status.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
     status.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
+    _add_security_arguments(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
@@ -267,12 +272,29 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--peer", metavar="HOST:PORT", help="a node to send the requests to")
     infer.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
     infer.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
+    _add_security_arguments(infer)
     infer.add_argument("--top", type=_positive_int, default=5, help="classes to show")
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     infer.add_argument("--concurrency", type=_positive_int, default=4, help="in flight")
     infer.add_argument("--save-outputs", metavar="FILE.npz", help="write every final output")
     infer.add_argument("--json", action="store_true", help="machine-readable output")
     infer.set_defaults(func=cmd_infer)
+
+    keygen = sub.add_parser(
+        "keygen",
+        help="create a cluster key (CA and member credential)",
+        description="Create a cluster CA (OUT/ca.pem: keep it off the devices) and a member "
+        "credential (OUT/cluster.pem: copy it to every device and point security.key at it). "
+        "With --ca, issue another member credential from an existing CA.",
+    )
+    keygen.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    keygen.add_argument("--cluster", default="edgenode", help="cluster name in the certificates")
+    keygen.add_argument("--ca", metavar="CA.PEM", help="issue from this CA instead of a new one")
+    keygen.add_argument("--member", default="member", help="member name in its certificate")
+    keygen.add_argument(
+        "--days", type=int, default=3650, help="validity of the credential (default 3650)"
+    )
+    keygen.set_defaults(func=cmd_keygen)
 
     demo = sub.add_parser(
         "demo",
@@ -289,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_security_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--key",
+        metavar="FILE",
+        help=f"cluster credential (default: $EDGENODE_KEY, else {DEFAULT_KEY} if present)",
+    )
+    p.add_argument("--insecure", action="store_true", help="talk to an insecure cluster")
+
+
 def _configure_logging(verbose: int, base: int = logging.WARNING) -> None:
     level = base if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -298,6 +329,8 @@ def _configure_logging(verbose: int, base: int = logging.WARNING) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgenode`` console script."""
+    # gRPC's C core logs every failed TLS handshake at info level; our own log says it once.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, getattr(args, "log_level", logging.WARNING))

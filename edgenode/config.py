@@ -27,6 +27,7 @@ __all__ = [
     "LimitsConfig",
     "ModelConfig",
     "NodeConfig",
+    "SecurityConfig",
     "load_config",
     "parse_address",
     "parse_config",
@@ -105,6 +106,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SecurityConfig:
+    """[security]: the cluster credential, or an explicit opt-out for development."""
+
+    key: str = ""  # member credential written by `edgenode keygen` (cluster.pem)
+    insecure: bool = False  # plain connections, no membership checks
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """A whole node configuration."""
 
@@ -112,6 +121,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def override(self, section: str, **values: Any) -> Config:
         """A copy with the given keys of ``section`` replaced; ``None`` values are skipped."""
@@ -151,6 +161,9 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         and (_looks_like_path(str(source)) or (base / source).exists())
     ):
         config = config.override("model", source=str(base / source))
+    key = Path(config.security.key)
+    if base is not None and config.security.key and not key.is_absolute():
+        config = config.override("security", key=str(base / key))
     _check(config)
     return config
 
@@ -176,6 +189,8 @@ def _check(config: Config) -> None:
         raise ConfigError("node.speed_gflops: must be positive, or 0 to measure at start-up")
     if not config.cluster.name:
         raise ConfigError("cluster.name: must not be empty")
+    if config.security.key and config.security.insecure:
+        raise ConfigError("security: both key and insecure = true are set; choose one")
     if config.model.threads < 1:
         raise ConfigError(f"model.threads: must be at least 1, got {config.model.threads}")
     if config.limits.max_tensor_bytes < 1:

@@ -59,18 +59,21 @@ async def _wait_serving(node: LocalNode, deadline: float) -> None:
 
 @contextlib.asynccontextmanager
 async def local_cluster(
-    model_dir: Path, workdir: Path, count: int, *, say: Callable[[str], None]
+    model_dir: Path, workdir: Path, count: int, *, say: Callable[[str], None], key: Path | None
 ) -> AsyncIterator[list[LocalNode]]:
-    """``count`` node processes serving ``model_dir``; stopped with SIGTERM on exit."""
+    """``count`` node processes serving ``model_dir``, members by the credential ``key``
+    (None: an insecure cluster); stopped with SIGTERM on exit."""
     from edgenode.runtime.selfbench import measure_speed
 
     # The nodes share this machine: one measurement, the same score for all, so the
     # plan does not depend on which node happened to benchmark while another started.
     speed_gflops = measure_speed() / 1e9
     config = workdir / "node.toml"
+    security = f'key = "{key}"' if key is not None else "insecure = true"
     config.write_text(
         f"[node]\nspeed_gflops = {speed_gflops:.3f}\n"
         f'[cluster]\nname = "demo-{uuid.uuid4().hex[:8]}"\n'
+        f"[security]\n{security}\n"
     )
     nodes: list[LocalNode] = []
     try:

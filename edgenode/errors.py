@@ -16,10 +16,12 @@ __all__ = [
     "ModelError",
     "Overloaded",
     "PeerUnavailable",
+    "PermissionDenied",
     "PlanError",
     "ProtocolError",
     "TensorTooLarge",
     "TransportError",
+    "Unauthenticated",
     "UsageError",
 ]
 
@@ -62,6 +64,14 @@ class Overloaded(InferenceFailed):
 
 class TransportError(EdgenodeError):
     """Moving tensors between processes failed."""
+
+
+class Unauthenticated(TransportError):
+    """A caller presented no cluster credential."""
+
+
+class PermissionDenied(TransportError):
+    """A caller's credential does not prove membership of this cluster (now)."""
 
 
 class PeerUnavailable(TransportError):

@@ -39,10 +39,11 @@ from edgenode.runtime.negotiation import Negotiator, PlanState
 from edgenode.runtime.parts import PartHost
 from edgenode.runtime.requests import Router
 from edgenode.runtime.selfbench import measure_speed, total_memory_bytes
-from edgenode.transport import GrpcTransport, TransportConfig
+from edgenode.security import load_credentials
+from edgenode.transport import GrpcTransport, Security, TransportConfig
 from edgenode.transport._control import ControlClient, control_handlers
 
-__all__ = ["DEFAULT_SPLIT_PARTS", "PROTOCOL_VERSION", "Node", "prepare_model"]
+__all__ = ["DEFAULT_SPLIT_PARTS", "PROTOCOL_VERSION", "Node", "node_security", "prepare_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,25 @@ def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
     )
     result = split_model(keras_model, target, parts=DEFAULT_SPLIT_PARTS, fmt=fmt)
     return result.manifest, target
+
+
+def node_security(config: Config) -> Security:
+    """TLS and membership checks from ``[security]``; ConfigError when neither a key nor
+    an explicit ``insecure = true`` is configured."""
+    if config.security.key:
+        credentials = load_credentials(Path(config.security.key))
+        logger.info(
+            "cluster credential: member %r of %r, valid until %s",
+            credentials.member, credentials.cluster, f"{credentials.not_after:%Y-%m-%d}",
+        )  # fmt: skip
+        return Security(credentials)
+    if config.security.insecure:
+        logger.warning("insecure: no TLS, any host on the network can join and send requests")
+        return Security.insecure()
+    raise ConfigError(
+        "security.key: no cluster credential; create one with `edgenode keygen` and set "
+        "security.key, or set security.insecure = true (or --insecure) for development"
+    )
 
 
 def _newly_agreed(served: ClusterPlan | None, state: PlanState) -> bool:
@@ -116,10 +136,13 @@ class Node:
     ) -> None:
         """Start, serve until ``stop`` is set, then shut down cleanly."""
         config = self._config
+        security = node_security(config)  # before the slow part: a bad key fails at once
         manifest, directory = await asyncio.to_thread(prepare_model, config.model, self._state_dir)
         speed = config.node.speed_gflops * 1e9 or await asyncio.to_thread(measure_speed)
         host, port = parse_address(config.node.listen, key="node.listen")
-        transport_config = TransportConfig(max_tensor_bytes=config.limits.max_tensor_bytes)
+        transport_config = TransportConfig(
+            max_tensor_bytes=config.limits.max_tensor_bytes, security=security
+        )
         control_ref: list[NodeControl] = []
         router_ref: list[Router] = []
         handlers = control_handlers(
@@ -133,7 +156,7 @@ class Node:
             )
             bound_port = int(transport.address.rsplit(":", 1)[1])
             local = self._local_record(manifest, bound_port, speed)
-            client = ControlClient(protocol=PROTOCOL_VERSION)
+            client = ControlClient(protocol=PROTOCOL_VERSION, security=security)
             stack.push_async_callback(client.aclose)
             discovery = self._discovery(local, client)
             negotiator = Negotiator(discovery=discovery, manifest=manifest, peers=client)

@@ -35,14 +35,21 @@ class NodeProcess:
     """One `edgenode run` process; its log goes to a file the test can read."""
 
     def __init__(
-        self, name: str, workdir: Path, *args: str, env: dict[str, str] | None = None
+        self,
+        name: str,
+        workdir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        insecure: bool = True,
     ) -> None:
+        """``insecure``: add --insecure (tests of other things run insecure clusters)."""
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self._log = self.log_path.open("w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgenode.cli", "run", "--name", name, *args],
+            [sys.executable, "-m", "edgenode.cli", "run", "--name", name, *args]
+            + (["--insecure"] if insecure else []),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -89,8 +89,12 @@ def _install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgenode.security import new_cluster, write_private
+
     root = tmp_path_factory.mktemp("install")
-    out = _install(root, "--backend", "litert")
+    _, credential = new_cluster("home")
+    write_private(root / "cluster.pem", credential.bundle())
+    out = _install(root, "--backend", "litert", "--key", str(root / "cluster.pem"))
     assert out.returncode == 0, out.stderr
     return root
 
@@ -100,11 +104,15 @@ def test_install_writes_venv_config_and_unit_and_is_idempotent(installed: Path) 
     config = installed / "etc" / "node.toml"
     text = config.read_text()
     assert f'name = "{socket.gethostname()}"' in text and 'backend = "litert"' in text
+    assert f'key = "{installed}/etc/cluster.pem"' in text  # secure by default
+    assert (installed / "etc" / "cluster.pem").read_bytes() == (
+        installed / "cluster.pem"
+    ).read_bytes()
     unit = (installed / "units" / "edgenode.service").read_text()
     assert f"ExecStart={installed}/opt/venv/bin/edgenode run --config {installed}/etc/" in unit
     assert (installed / "opt" / "venv" / "bin" / "edgenode").is_file()
     config.write_text(text + "# edited by the operator\n")
-    again = _install(installed, "--backend", "litert")
+    again = _install(installed, "--backend", "litert")  # the key stays too
     assert again.returncode == 0, again.stderr
     assert "keeping" in again.stdout and config.read_text().endswith("# edited by the operator\n")
     assert (installed / "units" / "edgenode.service").read_text() == unit
@@ -141,7 +149,9 @@ def no_tensorflow(tmp_path: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])}
 
 
-def _check_answers(splits: dict[str, Any], address: str, atol: float) -> None:
+def _check_answers(
+    splits: dict[str, Any], address: str, atol: float, key: Path | None = None
+) -> None:
     from edgenode.model.slicing import run_model
     from edgenode.transport import run
     from edgenode.transport._control import ControlClient
@@ -149,8 +159,13 @@ def _check_answers(splits: dict[str, Any], address: str, atol: float) -> None:
 
     batches = [models.sample_inputs(splits["model"], seed=s, batch=1) for s in range(8)]
 
+    from edgenode.security import load_credentials
+    from edgenode.transport import Security
+
+    security = Security(load_credentials(key)) if key else Security.insecure()
+
     async def go() -> list[dict[str, Any]]:
-        client = ControlClient(protocol=1)
+        client = ControlClient(protocol=1, security=security)
         try:
             return list(
                 await asyncio.gather(*(client.infer(address, b, timeout_s=60) for b in batches))
@@ -205,7 +220,7 @@ def notify_socket(tmp_path: Path) -> Iterator[_NotifySocket]:
 
 @pytest.mark.tf
 @pytest.mark.slow
-def test_the_units_command_with_the_installed_config_notifies_readiness_without_tensorflow(
+def test_the_units_command_with_the_installed_config_serves_securely_without_tensorflow(
     installed: Path, splits: dict[str, Any], no_tensorflow: dict[str, str], notify_socket, tmp_path
 ) -> None:
     # The installed config, moved to the loopback interface and pointed at LiteRT parts.
@@ -232,7 +247,7 @@ def test_the_units_command_with_the_installed_config_notifies_readiness_without_
         assert "STATUS=serving plan" in ready and "parts 0-3" in ready
         address = re.search(r"serving on (\S+:\d+)", (tmp_path / "node.log").read_text())
         assert address is not None
-        _check_answers(splits, address.group(1), atol=1e-4)
+        _check_answers(splits, address.group(1), atol=1e-4, key=installed / "etc" / "cluster.pem")
         process.send_signal(signal.SIGTERM)
         notify_socket.wait_for("STOPPING=1", 30.0, process)
         assert process.wait(30) == 0

@@ -69,8 +69,12 @@ def nodes(multi_io, tmp_path: Path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`edgenode ARGS --insecure`: the clusters of these tests are insecure."""
     return subprocess.run(
-        [sys.executable, "-m", "edgenode.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "edgenode.cli", *args, "--insecure"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -167,14 +167,15 @@ def test_status_command(cluster, split_dir, tmp_path) -> None:
         node.wait_serving()
     agreed_cluster(nodes, {"a", "b"})
     out = subprocess.run(
-        [sys.executable, "-m", "edgenode.cli", "status", "--peer", nodes[0].address, "--json"],
+        [sys.executable, "-m", "edgenode.cli", "status", "--peer", nodes[0].address, "--json",
+         "--insecure"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert {d["node"]["node_id"] for d in data} == {"a", "b"}  # found b through a
     table = subprocess.run(
-        [sys.executable, "-m", "edgenode.cli", "status", "--peer", nodes[1].address],
+        [sys.executable, "-m", "edgenode.cli", "status", "--peer", nodes[1].address, "--insecure"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert table.returncode == 0 and "agreed" in table.stdout
@@ -186,7 +187,14 @@ def test_status_command(cluster, split_dir, tmp_path) -> None:
     ("text", "error"),
     [
         ("[node]\nlisten = 5\n", "node.listen: expected a string, got integer 5"),
-        ("[nodes]\n", "nodes: unknown key (known: cluster, limits, model, node)"),
+        ("[nodes]\n", "nodes: unknown key (known: cluster, limits, model, node, security)"),
+        ("[cluster]\nname = 'x'\n", "security.key: no cluster credential; create one with "
+         "`edgenode keygen` and set security.key, or set security.insecure = true (or "
+         "--insecure) for development"),
+        ("[security]\nkey = 'nokey.pem'\n", "security.key: {dir}/nokey.pem: No such file or "
+         "directory"),
+        ("[security]\nkey = 'k.pem'\ninsecure = true\n", "security: both key and insecure = "
+         "true are set; choose one"),
         ("[model]\nbackend = 'onnx'\n", "model.backend: expected one of 'keras', 'litert', "
          "got string 'onnx'"),
         ("[model]\nsource = 'missing.keras'\n", "model.source: {dir}/missing.keras does not exist"),

@@ -12,6 +12,11 @@ which triggers a re-plan without it: mDNS would keep a killed node's record for
 minutes. A dead peer is asked again with exponential backoff; when the same run
 answers (it was frozen, or the network was cut), it is revived and joins the plan
 again. Each failure and each recovery is logged once.
+
+A discovery record counts only once the node behind it has confirmed it over the
+control plane (Hello, over authenticated TLS when the cluster has a key): anyone on
+the LAN can publish an mDNS record, and an outsider's record must not make members
+re-plan. Records that cannot be confirmed are retried with backoff and logged once.
 """
 
 from __future__ import annotations
@@ -24,8 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from edgenode.errors import PeerUnavailable, PlanError
-from edgenode.mesh import Debounce, Discovery, Membership, NodeId, PeerEvent, PeerInfo
+from edgenode.errors import EdgenodeError, PeerUnavailable, PlanError
+from edgenode.mesh import (
+    Debounce,
+    Discovery,
+    Membership,
+    NodeId,
+    PeerEvent,
+    PeerEventKind,
+    PeerInfo,
+)
 from edgenode.model.manifest import Manifest
 from edgenode.planning import ClusterPlan, Link, Member, plan_cluster
 
@@ -43,10 +56,15 @@ REVIVE_MAX_S = 30.0  # ...doubling up to this
 
 
 class PlanPeers(Protocol):
-    """Asks another node which plan digest it has computed (its GetPlan RPC)."""
+    """Asks other nodes over the (authenticated) control plane."""
 
     async def plan_digest(self, peer: PeerInfo) -> str:
         """The digest ``peer`` computed ("" when none); PeerUnavailable if unreachable."""
+        ...
+
+    async def confirm(self, peer: PeerInfo) -> None:
+        """Return when the node at ``peer``'s address is that very run of that node (its
+        Hello answer matches the record); EdgenodeError saying why not otherwise."""
         ...
 
 
@@ -98,6 +116,9 @@ class Negotiator:
         self._revive_first_s = revive_first_s
         self._revive_max_s = revive_max_s
         self._revive: dict[NodeId, tuple[float, float]] = {}  # dead peer -> (next ask, backoff)
+        self._confirmed: set[tuple[NodeId, int]] = set()  # (node, incarnation) seen to answer
+        self._confirming: dict[NodeId, asyncio.Task[None]] = {}
+        self._latest: dict[NodeId, PeerEvent] = {}  # newest event of a record being confirmed
         self._clock = clock
         self._membership = Membership.of(discovery.local)
         self._failures: dict[NodeId, int] = {}
@@ -142,8 +163,56 @@ class Negotiator:
 
     async def _consume_events(self) -> None:
         event: PeerEvent
-        async for event in self._discovery.events():
-            self._set_membership(self._membership.apply(event))
+        try:
+            async for event in self._discovery.events():
+                peer = event.peer
+                if event.kind is PeerEventKind.LEFT:
+                    self._latest.pop(peer.node_id, None)
+                    task = self._confirming.pop(peer.node_id, None)
+                    if task is not None:
+                        task.cancel()
+                    self._set_membership(self._membership.apply(event))
+                elif (peer.node_id, peer.incarnation) in self._confirmed:
+                    self._set_membership(self._membership.apply(event))
+                else:
+                    self._latest[peer.node_id] = event
+                    if peer.node_id not in self._confirming:
+                        task = asyncio.create_task(self._confirm_record(peer.node_id))
+                        self._confirming[peer.node_id] = task
+        finally:
+            for task in self._confirming.values():
+                task.cancel()
+
+    async def _confirm_record(self, node_id: NodeId) -> None:
+        """Ask the node behind a new record who it is, with backoff, until it confirms."""
+        backoff = self._confirm_interval_s
+        logged = False
+        try:
+            while (event := self._latest.get(node_id)) is not None:
+                peer = event.peer
+                try:
+                    async with asyncio.timeout(self._ask_timeout_s * 2):
+                        await self._peers.confirm(peer)
+                except (EdgenodeError, TimeoutError) as exc:
+                    if not logged:
+                        logger.warning(
+                            "ignoring the record of %s at %s until it is confirmed: %s",
+                            node_id, peer.endpoint, exc or "no answer",
+                        )  # fmt: skip
+                        logged = True
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self._revive_max_s)
+                    continue
+                if self._latest.get(node_id) is not event:
+                    continue  # the record changed meanwhile: confirm the new one
+                del self._latest[node_id]
+                self._confirmed.add((peer.node_id, peer.incarnation))
+                if logged:
+                    logger.info("record of %s confirmed", node_id)
+                self._set_membership(self._membership.apply(event))
+                return
+        finally:
+            self._confirming.pop(node_id, None)
 
     def _set_membership(self, membership: Membership) -> None:
         if membership.members == self._membership.members:

@@ -21,6 +21,7 @@ from edgenode.transport._grpc import SERVICE_NAME, GrpcPeer, GrpcTransport
 from edgenode.transport._inbox import TensorInbox
 from edgenode.transport._memory import MemoryNetwork, MemoryPeer, MemoryTransport
 from edgenode.transport._runtime import loop_factory, run, tune_malloc
+from edgenode.transport._security import Security
 from edgenode.transport.codec import (
     CHUNK_BYTES,
     DEFAULT_MAX_TENSOR_BYTES,
@@ -43,6 +44,7 @@ __all__ = [
     "MemoryTransport",
     "PeerSender",
     "RequestId",
+    "Security",
     "StreamTotals",
     "Tensor",
     "TensorInbox",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self
 
 from edgenode.errors import ConfigError
 from edgenode.transport._inbox import TensorInbox
 from edgenode.transport._options import CONNECT_TIMEOUT_S
+from edgenode.transport._security import Security
 from edgenode.transport.codec import CHUNK_BYTES, DEFAULT_MAX_TENSOR_BYTES, Tensor
 
 __all__ = [
@@ -33,6 +34,7 @@ class TransportConfig:
     chunk_bytes: int = CHUNK_BYTES  # data bytes per outgoing frame
     checksum: bool = False  # send a CRC-32 with every tensor (receivers always check one)
     connect_timeout_s: float = CONNECT_TIMEOUT_S  # a peer not connected by then is unavailable
+    security: Security = field(default_factory=Security.insecure)  # TLS and call tokens
 
     def __post_init__(self) -> None:
         for name in ("max_tensor_bytes", "max_buffered_bytes", "chunk_bytes", "connect_timeout_s"):

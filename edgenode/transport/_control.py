@@ -22,6 +22,7 @@ from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
 from edgenode.errors import (
     EdgenodeError,
     InferenceFailed,
+    InvalidPeerRecord,
     ModelError,
     Overloaded,
     PeerUnavailable,
@@ -33,6 +34,7 @@ from edgenode.runtime.control import NodeControl, NodeStatus
 from edgenode.runtime.negotiation import PlanState
 from edgenode.runtime.requests import RequestTimeout, Router
 from edgenode.transport._options import CHANNEL_OPTIONS
+from edgenode.transport._security import Security
 from edgenode.transport._status import status_of
 from edgenode.transport.codec import (
     DEFAULT_MAX_TENSOR_BYTES,
@@ -224,15 +226,22 @@ def control_handlers(
 class ControlClient:
     """Control calls to peers over one cached channel per address."""
 
-    def __init__(self, *, protocol: int, timeout_s: float = CONTROL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        *,
+        protocol: int,
+        timeout_s: float = CONTROL_TIMEOUT_S,
+        security: Security | None = None,
+    ) -> None:
         self._protocol = protocol
         self._timeout_s = timeout_s
+        self._security = security or Security.insecure()
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = self._security.channel(address, CHANNEL_OPTIONS)
             self._channels[address] = channel
         return channel
 
@@ -256,6 +265,16 @@ class ControlClient:
             return peer_from_record(record)
         except EdgenodeError as exc:
             raise PeerUnavailable(f"{endpoint} sent an invalid record: {exc}") from None
+
+    async def confirm(self, peer: PeerInfo) -> None:
+        """Check that ``peer``'s address answers as that run of that node (negotiation's
+        PlanPeers): over TLS, also that it holds a credential of this cluster."""
+        found = await self.hello(peer.endpoint)
+        if (found.node_id, found.incarnation) != (peer.node_id, peer.incarnation):
+            raise InvalidPeerRecord(
+                f"{peer.endpoint} answers as {found.node_id} (run {found.incarnation:x}), "
+                f"not as the record's {peer.node_id} (run {peer.incarnation:x})"
+            )
 
     async def plan_digest(self, peer: PeerInfo) -> str:
         """The digest ``peer`` computed (negotiation's PlanPeers)."""

@@ -104,7 +104,8 @@ class GrpcTransport:
         return self._receiver.stats()
 
     async def __aenter__(self) -> Self:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        security = self._config.security
+        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=security.interceptors())
         servicer = _Servicer(self._receiver)
         handlers = {
             "Stream": grpc.stream_unary_rpc_method_handler(servicer.stream),
@@ -118,7 +119,7 @@ class GrpcTransport:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
-            port = server.add_insecure_port(f"{self._host}:{self._port}")
+            port = security.add_port(server, f"{self._host}:{self._port}")
         except RuntimeError as exc:
             raise TransportError(f"cannot listen on {self.address}: {exc}") from None
         if port == 0:
@@ -278,7 +279,7 @@ class GrpcPeer:
         if self._call is None:
             timeout = self._config.connect_timeout_s
             if self._channel is None:
-                self._channel = grpc.aio.insecure_channel(self._address, options=CHANNEL_OPTIONS)
+                self._channel = self._config.security.channel(self._address, CHANNEL_OPTIONS)
             elif self._channel.get_state() is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
                 # gRPC is backing off after a failed connect: fail now rather than hold the
                 # caller for the connect timeout on every send to a dead peer.

@@ -13,9 +13,11 @@ from edgenode.errors import (
     IncompleteTensor,
     InvalidTensor,
     PeerUnavailable,
+    PermissionDenied,
     ProtocolError,
     TensorTooLarge,
     TransportError,
+    Unauthenticated,
 )
 
 __all__ = ["ERROR_KEY", "error_from_status", "status_of"]
@@ -31,6 +33,8 @@ _STATUS: tuple[tuple[type[EdgenodeError], grpc.StatusCode], ...] = (
     (InvalidTensor, grpc.StatusCode.INVALID_ARGUMENT),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT),
     (PeerUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 _BY_NAME: dict[str, type[TransportError]] = {
     cls.__name__: cls for cls, _ in _STATUS if issubclass(cls, TransportError)
@@ -71,4 +75,8 @@ def error_from_status(
         return PeerUnavailable(message)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ProtocolError(message)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(message)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(message)
     return TransportError(f"{message} ({code.name})")

@@ -67,6 +67,14 @@ class InMemoryPlanPeers:
         self.negotiators: dict[str, Negotiator] = {}
         self.down: set[str] = set()
         self.asked: Counter[str] = Counter()
+        self.impostors: set[str] = set()  # records whose node cannot prove membership
+
+    async def confirm(self, peer: PeerInfo) -> None:
+        self.asked[peer.node_id] += 1
+        if peer.node_id in self.impostors:
+            raise PeerUnavailable(f"{peer.node_id}: TLS handshake failed")
+        if peer.node_id not in self.negotiators or peer.node_id in self.down:
+            raise PeerUnavailable(f"{peer.node_id} does not answer")
 
     async def plan_digest(self, peer: PeerInfo) -> str:
         self.asked[peer.node_id] += 1

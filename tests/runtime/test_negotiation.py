@@ -172,3 +172,30 @@ async def test_more_nodes_than_parts_form_replicas() -> None:
     finally:
         for node_id in list(c.tasks):
             await c.stop(node_id)
+
+
+async def test_a_record_that_is_not_confirmed_does_not_make_members_replan(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
+    for i, node in enumerate("ab"):
+        await cluster.start(node, i + 1)
+    before = await cluster.agreed({"a", "b"})
+    cluster.peers.impostors.add("x")  # an outsider publishes a record: it cannot prove itself
+    rogue = cluster.network.discovery(peer_info("x", 9, cluster.manifest))
+    await rogue.start()
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            while cluster.peers.asked["x"] < 6:  # each member keeps asking, backing off
+                await asyncio.sleep(0.02)
+        for node, state in zip("ab", before, strict=True):
+            now = cluster.peers.negotiators[node].state
+            assert now.version == state.version and "x" not in now.members
+        warnings = [r for r in caplog.records if "ignoring the record of x" in r.getMessage()]
+        assert len(warnings) == 2  # once per member
+        cluster.peers.impostors.discard("x")  # the same record now answers: it counts
+        cluster.peers.negotiators["x"] = cluster.peers.negotiators["a"]  # answers for x
+        states = await cluster.agreed({"a", "b", "x"})
+        assert "x" in states[0].agreed.members
+    finally:
+        await rogue.close()
