@@ -10,6 +10,8 @@ import pytest
 
 # Read by TensorFlow when it is first imported; set before any test imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Read by gRPC's C core when grpc is first imported: no info line per failed TLS handshake.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 @pytest.fixture(autouse=True)

@@ -152,6 +152,9 @@ class GrpcTransport:
         await server.stop(STOP_GRACE_S)
 
 
+STATUS_WAIT_S = 1.0  # for the status of a call whose write failed
+
+
 class GrpcPeer:
     """A long-lived gRPC stream to one peer; reopened when the peer went away and came back."""
 
@@ -299,8 +302,10 @@ class GrpcPeer:
 
     async def _failed(self, call: grpc.aio.StreamUnaryCall[bytes, bytes]) -> TransportError:
         """Forget a call whose write failed; the domain error for how it ended."""
-        self._drop(call)
+        if self._call is call:
+            self._call = None
         error = await self._status_error(call)
+        call.cancel()
         self._log_failure(error)
         return error
 
@@ -310,10 +315,21 @@ class GrpcPeer:
             self._call = None
 
     async def _status_error(self, call: grpc.aio.StreamUnaryCall[bytes, bytes]) -> TransportError:
-        code = await call.code()
-        return error_from_status(
-            self._address, code, await call.details(), await call.trailing_metadata()
-        )
+        # A write racing the peer's rejection fails with INTERNAL "Internal error from Core"
+        # (grpc/grpc#36066), and call.code() says so too; awaiting the call gives the
+        # status the peer actually sent.
+        try:
+            await asyncio.wait_for(_response(call), STATUS_WAIT_S)
+        except grpc.aio.AioRpcError as exc:
+            return error_from_status(
+                self._address, exc.code(), exc.details(), exc.trailing_metadata()
+            )
+        except (TimeoutError, asyncio.InvalidStateError):
+            pass
+        code = await call.code() if call.done() else grpc.StatusCode.UNAVAILABLE
+        details = await call.details() if call.done() else "no status from the peer"
+        metadata = await call.trailing_metadata() if call.done() else None
+        return error_from_status(self._address, code, details, metadata)
 
     def _log_failure(self, error: TransportError) -> None:
         level = logging.WARNING if self._failures == 0 else logging.DEBUG
