@@ -85,11 +85,15 @@ class NodeProcess:
         return self.process.returncode
 
 
-def statuses(addresses: list[str]) -> dict[str, dict[str, Any]]:
-    """GetStatus of every address that answers, by node id."""
+def statuses(addresses: list[str], key: Path | None = None) -> dict[str, dict[str, Any]]:
+    """GetStatus of every address that answers, by node id (as a member: ``key``)."""
+    from edgenode.security import load_credentials
+    from edgenode.transport import Security
+
+    security = Security(load_credentials(key)) if key else Security.insecure()
 
     async def ask() -> dict[str, dict[str, Any]]:
-        client = ControlClient(protocol=1)
+        client = ControlClient(protocol=1, security=security)
         found = {}
         try:
             for address in addresses:
@@ -105,11 +109,13 @@ def statuses(addresses: list[str]) -> dict[str, dict[str, Any]]:
     return run(ask())
 
 
-def agreed_cluster(nodes: list[NodeProcess], members: set[str]) -> dict[str, dict[str, Any]]:
+def agreed_cluster(
+    nodes: list[NodeProcess], members: set[str], key: Path | None = None
+) -> dict[str, dict[str, Any]]:
     """Statuses once every node in ``nodes`` serves one agreed plan over exactly ``members``."""
 
     def check() -> dict[str, dict[str, Any]] | None:
-        found = statuses([n.address for n in nodes])
+        found = statuses([n.address for n in nodes], key)
         if set(found) != {n.name for n in nodes}:
             return None
         digests = set()
