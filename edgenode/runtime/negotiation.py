@@ -51,6 +51,7 @@ CONFIRM_INTERVAL_S = 0.02  # between rounds of asking peers for their digest
 CHECK_INTERVAL_S = 0.5  # once agreed, members are asked again this often (liveness, drift)
 ASK_TIMEOUT_S = 0.5  # a peer slower than this to answer counts as unreachable
 DEAD_AFTER_FAILURES = 2  # consecutive unreachable answers before a peer is marked dead
+CONFIRM_MAX_BACKOFF_S = 1.0  # a new record is asked again at least this often
 REVIVE_FIRST_S = 1.0  # a dead peer is asked again after this long...
 REVIVE_MAX_S = 30.0  # ...doubling up to this
 
@@ -201,7 +202,7 @@ class Negotiator:
                         )  # fmt: skip
                         logged = True
                     await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self._revive_max_s)
+                    backoff = min(backoff * 2, CONFIRM_MAX_BACKOFF_S)
                     continue
                 if self._latest.get(node_id) is not event:
                     continue  # the record changed meanwhile: confirm the new one
