@@ -273,7 +273,11 @@ class Negotiator:
         local = self._membership.local.node_id
         while not self._debounce.pending:
             others = [p for p in self._membership.members if p.node_id != local]
-            answers = await asyncio.gather(*(self._ask(p) for p in others))
+            # Dead peers are probed here too: a node that alone marked a peer dead must be
+            # able to revive it while the others disagree with its plan.
+            answers, _ = await asyncio.gather(
+                asyncio.gather(*(self._ask(p) for p in others)), self._probe_dead()
+            )
             if self._debounce.pending:
                 return
             if all(answer == plan.digest for answer in answers):

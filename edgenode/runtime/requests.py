@@ -479,15 +479,17 @@ class Router:
                 targets.add(self._origin_of(str(tensor.request_id)))
             for node in sorted(targets):
                 by_node.setdefault(node, []).append(tensor)
+        addresses = {n: self._address_of(n) for n in by_node if n != self._me}
+        missing = sorted(n for n, a in addresses.items() if a is None)
+        if missing:  # before sending anything: the attempt is re-sent as a whole
+            raise TransportError(f"no address for node {missing[0]}")
         sends = []
         for node, batch in by_node.items():
-            if node == self._me:
+            address = addresses.get(node)
+            if address is None:  # this node itself
                 for tensor in batch:
                     self._accept(tensor)
                 continue
-            address = self._address_of(node)
-            if address is None:
-                raise TransportError(f"no address for node {node}")
             sends.append(self._transport.peer(address).send(batch))
         results = await asyncio.gather(*sends, return_exceptions=True)
         for result in results:
