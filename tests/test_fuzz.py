@@ -662,6 +662,8 @@ EXPLICIT_CASES: tuple[FrameCase | ControlCase, ...] = (
     ControlCase("FetchFile", 0, "real", 4, b"", 0),
     ControlCase("FetchFile", 0, "other", 0, b"", 1),
     ControlCase("Hello", 7, "", 0, _field(20, 2, b"?"), 0),
+    ControlCase("GetPlan", 2**32 - 1, "other", 0, b"", 1),
+    ControlCase("GetStatus", 0, "", 0, _field(15, 0, 1), 0),
 )
 
 
