@@ -437,14 +437,9 @@ class Router:
 
     async def _run_stage(self, stage: _Stage, request: str, join: _Join) -> None:
         self._joins.pop(request, None)
-        values: dict[str, Any] = dict(join.values)
         plan = stage.plan.digest
         try:
-            for index in stage.parts:
-                started = time.perf_counter()
-                values.update(await self._host.run(index, values))
-                if self._on_stage is not None:
-                    self._on_stage(index, time.perf_counter() - started)
+            result = await self._host.run_chain(stage.parts, join.values)
         except (PlanError, TransportError) as exc:
             self._notify(request, plan, RETRY, f"{self._me}: {exc}")
             return
@@ -452,6 +447,10 @@ class Router:
             logger.warning("request %s: parts %s failed: %s", request, list(stage.parts), exc)
             self._notify(request, plan, FAIL, f"{self._me}: parts {list(stage.parts)}: {exc}")
             return
+        if self._on_stage is not None:
+            for index, seconds in zip(stage.parts, result.seconds, strict=True):
+                self._on_stage(index, seconds)
+        values = {**join.values, **result.outputs}
         tensors = [Tensor(RequestId(request), name, values[name], plan) for name in stage.sends]
         try:
             await self._route(stage.plan, stage.replica, tensors, producer_parts=stage.parts)

@@ -34,9 +34,14 @@ async def test_chain_of_owned_parts_gives_the_model_output(split) -> None:
     async with PartHost(manifest, directory) as host:
         await host.load(range(4))
         assert host.loaded == (0, 1, 2, 3)
-        out = await host.run_chain(range(4), inputs)
+        result = await host.run_chain(range(4), inputs)
+        empty = await host.run_chain([], inputs)
     for name in manifest.model.outputs:
-        assert np.array_equal(out[name], expected[name])
+        assert np.array_equal(result.outputs[name], expected[name])
+    produced = {t.name for part in manifest.parts for t in part.outputs}
+    assert set(result.outputs) == produced
+    assert len(result.seconds) == 4 and all(s > 0 for s in result.seconds)
+    assert empty.outputs == {} and empty.seconds == ()
 
 
 async def test_parts_run_on_their_own_threads_not_the_loop(split) -> None:
@@ -66,8 +71,57 @@ async def test_parts_run_on_their_own_threads_not_the_loop(split) -> None:
         values = dict(inputs)
         values.update(await host.run(0, inputs))
         await host.run(1, values)
-    assert seen[:3] == ["part-0_0"] * 3 and seen[3] == "part-1_0"
+        assert seen[:3] == ["part-0_0"] * 3 and seen[3] == "part-1_0"
+        # A chain runs on its first part's worker, in one hand-off from the loop.
+        seen.clear()
+        await host.run_chain([0, 1], inputs)
+        assert seen == ["part-0_0", "part-0_0"]
     assert threading.main_thread().name not in seen
+
+
+async def test_a_part_shared_by_two_chains_runs_one_call_at_a_time(split) -> None:
+    """A chain starting at part 0 and one starting at part 1 both call part 1, from two
+    worker threads; a LiteRT interpreter must never be entered twice at once."""
+    manifest, directory, inputs, expected = split
+    inside: dict[int, int] = {}
+    overlaps: list[int] = []
+    guard = threading.Lock()
+
+    def factory(spec, d):
+        from edgenode.backends import load_runner
+
+        runner = load_runner(spec, d)
+
+        class Exclusive:
+            inputs = runner.inputs
+            outputs = runner.outputs
+
+            def __call__(self, feed):
+                with guard:
+                    inside[spec.index] = inside.get(spec.index, 0) + 1
+                    if inside[spec.index] > 1:
+                        overlaps.append(spec.index)
+                try:
+                    threading.Event().wait(0.002)  # widen the window a real overlap needs
+                    return runner(feed)
+                finally:
+                    with guard:
+                        inside[spec.index] -= 1
+
+        return Exclusive()
+
+    async with PartHost(manifest, directory, factory=factory) as host:
+        await host.load(range(4))
+        first = await host.run_chain([0], inputs)
+        middle = {**inputs, **first.outputs}
+        results = await asyncio.gather(
+            *[host.run_chain(range(4), inputs) for _ in range(6)],
+            *[host.run_chain(range(1, 4), middle) for _ in range(6)],
+        )
+    assert overlaps == []
+    for result in results:
+        for name in manifest.model.outputs:
+            assert np.array_equal(result.outputs[name], expected[name])
 
 
 async def test_load_drops_parts_no_longer_owned(split) -> None:
