@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where a node keeps the parts it cuts or fetches",
     )
-    run.add_argument("--threads", type=_positive_int, help=argparse.SUPPRESS)
+    run.add_argument(
+        "--threads", type=_positive_int, help="override model.threads (threads per part)"
+    )
     run.set_defaults(func=cmd_run, log_level=logging.INFO)
 
     status = sub.add_parser(

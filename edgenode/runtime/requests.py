@@ -3,7 +3,7 @@
 A request enters at any node (its origin). The origin picks a replica pipeline and
 sends each model input to the owners of the parts that read it. A node that owns
 parts [a, b) waits until every tensor its range reads from outside has arrived for a
-request (join buffer), runs its parts back to back on their worker threads, and sends
+request (join buffer), runs its parts back to back on a worker thread, and sends
 each output straight to the owners of the parts that read it (in its own replica) and
 every final output to the origin. Intermediate tensors never go back through the
 origin or the client. Tensors for this node itself are handed over without the network.
