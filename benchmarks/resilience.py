@@ -336,11 +336,17 @@ def main() -> int:
         f"- model: {what}; nodes on 127.0.0.1 (mDNS on loopback), pinned speed_gflops "
         f"{speeds}; extra node {layout.extra[0]} {layout.extra[1]:g}; "
         f"request_deadline_s = {layout.deadline_s:g}",
-        f"- scenarios: each on its own cluster, {args.scenario_clients} clients one request "
-        "at a time, round-robin over the origins (every node but the victim; with the victim "
-        "for the origin kill), inputs drawn from "
-        f"{args.samples} whose outputs were computed locally; load until answers come, 1 s "
-        "more, the fault, until the cluster re-agrees, 3 s more",
+        *(
+            [
+                f"- scenarios: each on its own cluster, {args.scenario_clients} clients one "
+                "request at a time, round-robin over the origins (every node but the victim; "
+                "with the victim for the origin kill), inputs drawn from "
+                f"{args.samples} whose outputs were computed locally; load until answers "
+                "come, 1 s more, the fault, until the cluster re-agrees, 3 s more"
+            ]
+            if results or errors
+            else []
+        ),
         "- outcomes: correct = equals the local model (atol 1e-5); failed with error = ended "
         "with a gRPC status (the node's, or UNAVAILABLE when the origin is gone); lost = no "
         f"answer and no status within the client's {2 * layout.deadline_s + 5:g} s deadline; "

@@ -29,6 +29,26 @@ def split(tmp_path_factory: pytest.TempPathFactory):
     return manifest, directory, inputs, run_model(graph, inputs)
 
 
+def wrapping(around):
+    """A runner factory whose runners call ``around(spec, real_runner, feed)``."""
+
+    def factory(spec, d):
+        from edgenode.backends import load_runner
+
+        runner = load_runner(spec, d)
+
+        class Wrapped:
+            inputs = runner.inputs
+            outputs = runner.outputs
+
+            def __call__(self, feed):
+                return around(spec, runner, feed)
+
+        return Wrapped()
+
+    return factory
+
+
 async def test_chain_of_owned_parts_gives_the_model_output(split) -> None:
     manifest, directory, inputs, expected = split
     async with PartHost(manifest, directory) as host:
@@ -48,22 +68,11 @@ async def test_parts_run_on_their_own_threads_not_the_loop(split) -> None:
     manifest, directory, inputs, _ = split
     seen: list[str] = []
 
-    def factory(spec, d):
-        from edgenode.backends import load_runner
+    def record(spec, runner, feed):
+        seen.append(threading.current_thread().name)
+        return runner(feed)
 
-        runner = load_runner(spec, d)
-
-        class Recording:
-            inputs = runner.inputs
-            outputs = runner.outputs
-
-            def __call__(self, feed):
-                seen.append(threading.current_thread().name)
-                return runner(feed)
-
-        return Recording()
-
-    async with PartHost(manifest, directory, factory=factory) as host:
+    async with PartHost(manifest, directory, factory=wrapping(record)) as host:
         await host.load([0, 1])
         assert seen == ["part-0_0", "part-1_0"]  # one warm-up call each, when loaded
         seen.clear()
@@ -87,30 +96,19 @@ async def test_a_part_shared_by_two_chains_runs_one_call_at_a_time(split) -> Non
     overlaps: list[int] = []
     guard = threading.Lock()
 
-    def factory(spec, d):
-        from edgenode.backends import load_runner
+    def exclusive(spec, runner, feed):
+        with guard:
+            inside[spec.index] = inside.get(spec.index, 0) + 1
+            if inside[spec.index] > 1:
+                overlaps.append(spec.index)
+        try:
+            threading.Event().wait(0.002)  # widen the window a real overlap needs
+            return runner(feed)
+        finally:
+            with guard:
+                inside[spec.index] -= 1
 
-        runner = load_runner(spec, d)
-
-        class Exclusive:
-            inputs = runner.inputs
-            outputs = runner.outputs
-
-            def __call__(self, feed):
-                with guard:
-                    inside[spec.index] = inside.get(spec.index, 0) + 1
-                    if inside[spec.index] > 1:
-                        overlaps.append(spec.index)
-                try:
-                    threading.Event().wait(0.002)  # widen the window a real overlap needs
-                    return runner(feed)
-                finally:
-                    with guard:
-                        inside[spec.index] -= 1
-
-        return Exclusive()
-
-    async with PartHost(manifest, directory, factory=factory) as host:
+    async with PartHost(manifest, directory, factory=wrapping(exclusive)) as host:
         await host.load(range(4))
         first = await host.run_chain([0], inputs)
         middle = {**inputs, **first.outputs}
