@@ -16,10 +16,12 @@ __all__ = ["cmd_plan", "cmd_profile", "cmd_split"]
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    from edgenode.model.graph import build_graph
     from edgenode.model.split import split_model, verify_chain
 
     model = load_model_arg(args)
     method = "per-op" if args.per_op else args.cut
+    op_seconds = _profile_seconds(args.profile, build_graph(model)) if args.profile else None
     started = time.perf_counter()
     result = split_model(
         model,
@@ -28,6 +30,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         parts=args.parts,
         method=method,
         fmt=args.format,
+        op_seconds=op_seconds,
         progress=lambda m: say(args, m),
     )
     elapsed = time.perf_counter() - started
@@ -62,11 +65,20 @@ def cmd_split(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _profile_seconds(path: str, graph: Any) -> dict[str, float]:
+    """Per-op seconds from an `edgenode profile` file measured on this very model."""
+    from edgenode.model.loading import model_sha256
+    from edgenode.model.profile import load_profile
+
+    profile = load_profile(Path(path))
+    if profile.model_sha256 != model_sha256(graph):
+        raise EdgenodeError(f"{path} was measured on another model")
+    return profile.op_seconds
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from edgenode.model.cost import graph_stats
     from edgenode.model.graph import build_graph
-    from edgenode.model.loading import model_sha256
-    from edgenode.model.profile import load_profile
     from edgenode.model.split import cost_graph
     from edgenode.planning import Link, NodeSpec, plan_pipeline
 
@@ -74,10 +86,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     graph = build_graph(model)
     stats = graph_stats(graph)
     if args.profile:
-        profile = load_profile(Path(args.profile))
-        if profile.model_sha256 != model_sha256(graph):
-            raise EdgenodeError(f"{args.profile} was measured on another model")
-        costs = cost_graph(graph, stats, profile.op_seconds)
+        costs = cost_graph(graph, stats, _profile_seconds(args.profile, graph))
         base_speed, unit = 1.0, "measured"
     else:
         costs = cost_graph(graph, stats)

@@ -157,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.add_argument("--per-op", action="store_true", help="one operation per part")
     split.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="balance on per-op latencies from `edgenode profile` instead of FLOPs",
+    )
+    split.add_argument(
         "--no-verify",
         dest="verify",
         action="store_false",

@@ -121,3 +121,31 @@ def test_plan_and_profile(small_model: Path, tmp_path: Path, capsys) -> None:
         main(["plan", "--model", str(small_model), "--nodes", "2", "--profile", str(profile)]) == 0
     )
     assert "speed basis: measured" in capsys.readouterr().out
+
+
+@pytest.mark.tf
+def test_split_balances_on_a_profile(small_model: Path, tmp_path: Path, capsys) -> None:
+    """With --profile, balanced cuts weigh ops by measured time, not FLOPs: an op the
+    profile says is slow gets a part of its own."""
+    profile = tmp_path / "profile.json"
+    assert main(["profile", "--model", str(small_model), "--out", str(profile), "--runs", "2"]) == 0
+    data = json.loads(profile.read_text())
+    slow = 9
+    for i, op in enumerate(data["ops"]):
+        op["seconds"] = 1.0 if i == slow else 1e-6
+    profile.write_text(json.dumps(data))
+    out = tmp_path / "parts"
+    split = ["split", "--model", str(small_model), "--parts", "2", "--no-verify"]
+    assert main([*split, "--profile", str(profile), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parts"][0]["ops"]["stop"] in (slow, slow + 1)
+    assert main([*split, "--out", str(tmp_path / "by-flops")]) == 0
+    by_flops = json.loads((tmp_path / "by-flops" / "manifest.json").read_text())
+    assert by_flops["parts"][0]["ops"]["stop"] != manifest["parts"][0]["ops"]["stop"]
+
+    data["model_sha256"] = "0" * 64
+    profile.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main([*split, "--profile", str(profile), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"edgenode: error: {profile} was measured on another model"

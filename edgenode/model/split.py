@@ -76,8 +76,10 @@ def choose_cuts(
     parts: int | None,
     method: str = "balanced",
     at: Sequence[int] | None = None,
+    op_seconds: dict[str, float] | None = None,
 ) -> tuple[int, ...]:
-    """Cut positions for ``parts`` parts by ``method``, or exactly ``at``."""
+    """Cut positions for ``parts`` parts by ``method``, or exactly ``at``; balanced and
+    narrow cuts weigh ops by ``op_seconds`` (a profile) when given, else by FLOPs."""
     n = len(graph.ops)
     if at is not None:
         cuts = tuple(at)
@@ -96,9 +98,9 @@ def choose_cuts(
     if parts > n:
         raise ModelError(f"cannot cut {n} operations into {parts} parts")
     if method == "balanced":
-        return tuple(plan_parts(cost_graph(graph, stats), parts))
+        return tuple(plan_parts(cost_graph(graph, stats, op_seconds), parts))
     if method == "narrow":
-        return tuple(narrow_cuts(cost_graph(graph, stats), parts))
+        return tuple(narrow_cuts(cost_graph(graph, stats, op_seconds), parts))
     if method == "even":
         return tuple(equal_cuts(n, parts))
     raise ModelError(f"unknown cut method {method!r}; expected one of {', '.join(CUT_METHODS)}")
@@ -141,6 +143,7 @@ def split_model(
     parts: int | None = None,
     method: str = "balanced",
     fmt: str = "keras",
+    op_seconds: dict[str, float] | None = None,
     progress: Progress | None = None,
 ) -> SplitResult:
     """Cut ``model``, export every part into ``out`` and write ``manifest.json`` last.
@@ -151,7 +154,7 @@ def split_model(
     say = progress or (lambda _msg: None)
     graph = build_graph(model)
     stats = graph_stats(graph)
-    chosen = choose_cuts(graph, stats, parts=parts, method=method, at=cuts)
+    chosen = choose_cuts(graph, stats, parts=parts, method=method, at=cuts, op_seconds=op_seconds)
     _prepare_directory(out)
     say(f"cutting {graph.name} ({len(graph.ops)} ops) into {len(chosen) + 1} parts")
     built = cut_graph(graph, chosen)
