@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         stale = stale_files()
         if stale:
             sys.stderr.write(
-                "gen_protos: stale generated code: " + ", ".join(stale)
+                "gen_protos: stale generated code: "
+                + ", ".join(stale)
                 + "\nrun: python scripts/gen_protos.py\n"
             )
             return 1
