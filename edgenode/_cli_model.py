@@ -193,22 +193,28 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     model = load_model_arg(args)
     graph = build_graph(model)
-    step = max(1, len(graph.ops) // 10)
+    last = [0.0]
 
     def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
-            say(args, f"timed {done}/{total} ops")
+        now = time.monotonic()
+        if now - last[0] >= 5.0 or done == total:
+            last[0] = now
+            say(args, f"built {done}/{total} parts to time (each op alone, then segments)")
 
-    profile = profile_graph(graph, model_sha256(graph), runs=args.runs, progress=progress)
+    profile = profile_graph(
+        graph, model_sha256(graph), runs=args.runs, segments=args.segments, progress=progress
+    )
     out = Path(args.out)
     profile.save(out)
     raw_total = sum(profile.raw_seconds.values())
+    segment_total = sum(g.seconds for g in profile.segments)
     slowest = sorted(profile.op_seconds.items(), key=lambda kv: -kv[1])[:10]
     rows = [[k, f"{v * 1e3:.3f}", f"{profile.raw_seconds[k] * 1e3:.3f}"] for k, v in slowest]
     print(format_table(["op (10 slowest)", "ms in model", "ms alone"], rows))
     print(
-        f"\n{len(profile.op_seconds)} ops timed alone: sum {raw_total * 1e3:.2f} ms, of which "
-        f"{profile.call_overhead_s * 1e3:.3f} ms per call is overhead; whole model "
-        f"{profile.whole_model_s * 1e3:.2f} ms; wrote {out}"
+        f"\n{len(profile.op_seconds)} ops timed alone: sum {raw_total * 1e3:.2f} ms "
+        f"({profile.call_overhead_s * 1e3:.3f} ms per call is overhead); "
+        f"{len(profile.segments)} segments timed as parts: sum {segment_total * 1e3:.2f} ms; "
+        f"whole model {profile.whole_model_s * 1e3:.2f} ms; wrote {out}"
     )
     return EXIT_OK

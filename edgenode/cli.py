@@ -214,12 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser(
         "profile",
         help="measure every operation's latency on this device",
-        description="Time every operation of a model alone on this device and save the "
-        "latencies as JSON for `edgenode plan --profile`.",
+        description="Time every operation of a model alone, then consecutive segments of "
+        "operations as parts, on this device, and save per-operation latencies calibrated "
+        "on the segments as JSON for `edgenode plan --profile` and `edgenode split --profile`.",
     )
     _add_model_arguments(prof)
     prof.add_argument("--out", default="profile.json", metavar="FILE", help="output file")
     prof.add_argument("--runs", type=_positive_int, default=20, help="timed runs per op")
+    prof.add_argument(
+        "--segments",
+        type=_positive_int,
+        default=16,
+        help="segments timed as parts to calibrate the ops (default 16)",
+    )
     prof.add_argument("--threads", type=_positive_int, default=1, help="TensorFlow threads")
     prof.set_defaults(needs_tensorflow=True, func=cmd_profile)
 

@@ -113,7 +113,11 @@ def test_plan_and_profile(small_model: Path, tmp_path: Path, capsys) -> None:
     assert main(["profile", "--model", str(small_model), "--out", str(profile), "--runs", "3"]) == 0
     data = json.loads(profile.read_text())
     assert len(data["ops"]) == 13 and all(o["raw_seconds"] > 0 for o in data["ops"])
-    # net of the per-call overhead, scaled so that the ops add up to the whole model
+    segments = data["segments"]  # consecutive runs of ops, timed together
+    assert segments[0]["start"] == 0 and segments[-1]["stop"] == 13 and len(segments) > 1
+    assert all(a["stop"] == b["start"] for a, b in itertools.pairwise(segments))
+    assert all(g["seconds"] > 0 for g in segments)
+    # net of the per-call overhead, calibrated on the segments, adding up to the whole model
     assert all(o["seconds"] >= 0 for o in data["ops"])
     assert sum(o["seconds"] for o in data["ops"]) == pytest.approx(data["whole_model_s"])
     capsys.readouterr()
