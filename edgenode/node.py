@@ -222,7 +222,9 @@ class Node:
                     group.create_task(negotiator.run()),
                     group.create_task(router.run()),
                     group.create_task(self._tell_router(negotiator, router)),
-                    group.create_task(self._sample_gauges(transport, negotiator, router)),
+                    group.create_task(
+                        self._sample_gauges(transport, negotiator, router, part_host)
+                    ),
                     group.create_task(
                         self._follow_plan(
                             negotiator, part_host, client, manifest, directory, on_agreed
@@ -249,20 +251,25 @@ class Node:
             router.plan_changed()
 
     async def _sample_gauges(
-        self, transport: GrpcTransport, negotiator: Negotiator, router: Router
+        self, transport: GrpcTransport, negotiator: Negotiator, router: Router, host: PartHost
     ) -> None:
-        """Gauges that are read, not counted: inbox depth, membership, agreement."""
-        counted = {"ok": 0, "failed": 0, "refused": 0, "retried": 0}
+        """Gauges that are read, not counted: inbox depth, membership, agreement; and the
+        counters the router and the part host keep as plain numbers."""
+        counted = dict.fromkeys(("ok", "failed", "refused", "retried", "loop", "worker"), 0)
         while True:
             now = {
                 "ok": router.served,
                 "failed": router.failed,
                 "refused": router.refused,
                 "retried": router.retried,
+                "loop": host.inlined,
+                "worker": host.handed_off,
             }
             for outcome in ("ok", "failed", "refused"):
                 self.metrics.requests.labels(outcome=outcome).inc(now[outcome] - counted[outcome])
             self.metrics.retries.inc(now["retried"] - counted["retried"])
+            for where in ("loop", "worker"):
+                self.metrics.chains.labels(on=where).inc(now[where] - counted[where])
             counted = now
             stats = transport.stats()
             self.metrics.queue_depth.set(stats.queued_tensors)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import shutil
 import signal
 import socket
@@ -250,5 +252,34 @@ def test_prometheus_endpoint(split_dir, tmp_path) -> None:
         text = wait_until(scrape, 30, "metrics showing an agreed plan")
         assert "edgenode_membership_size 1.0" in text
         assert "edgenode_queue_depth 0.0" in text
+
+        # Requests one at a time, the node idle between them: after the first (its parts
+        # not timed yet: a worker), the stage runs on the event loop, no thread hand-off.
+        asyncio.run(_one_at_a_time(node.address, requests=6, idle_s=0.05))
+
+        def runs() -> tuple[float, float] | None:
+            text = scrape() or ""
+            counts = [re.search(rf'edgenode_stage_runs_total{{on="{on}"}} (\S+)', text)
+                      for on in ("loop", "worker")]  # fmt: skip
+            if not all(counts) or sum(float(m[1]) for m in counts if m) < 6:
+                return None
+            return float(counts[0][1]), float(counts[1][1])  # type: ignore[index]
+
+        loop, worker = wait_until(runs, 30, "metrics counting the 6 requests' stage runs")
+        assert loop + worker == 6 and loop >= 1 and worker >= 1
     finally:
         assert node.stop() == 0
+
+
+async def _one_at_a_time(address: str, *, requests: int, idle_s: float) -> None:
+    from edgenode.transport._control import ControlClient
+    from tests.model import models
+
+    inputs = models.sample_inputs(models.build("fork_join"), batch=1)
+    client = ControlClient(protocol=1)
+    try:
+        for _ in range(requests):
+            await client.infer(address, inputs, timeout_s=30)
+            await asyncio.sleep(idle_s)  # the scenario: an idle node, not a wait for an event
+    finally:
+        await client.aclose()

@@ -37,6 +37,12 @@ class NodeMetrics:
         self.retries = Counter("edgenode_request_retries", "Request attempts sent again",
                                registry=r)  # fmt: skip
         self.errors = Counter("edgenode_errors", "Errors, by kind", ["kind"], registry=r)
+        self.chains = Counter(
+            "edgenode_stage_runs",
+            "A stage's parts run for one request, by thread: loop (an idle node) or worker",
+            ["on"],
+            registry=r,
+        )
         self.stage_latency = Histogram(
             "edgenode_stage_latency_seconds",
             "Time to run one owned part",

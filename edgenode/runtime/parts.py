@@ -1,17 +1,24 @@
-"""The parts this node owns, run on worker threads, never on the event loop.
+"""The parts this node owns, run on worker threads, or on the event loop when idle.
 
-Model execution blocks for milliseconds, so it never runs on the event loop: each
-part gets a worker thread. A stage's consecutive parts run back to back on the
-worker of its first part, in one hand-off: every hand-off between the loop and a
-worker costs two thread wake-ups, 0.2-0.6 ms on an idle vCPU, which was a fifth of a
-hop (benchmarks/results/inference.md). A lock per part keeps each runner to one call
-at a time (a LiteRT interpreter is not re-entrant) when two chains share a part.
+Model execution blocks for milliseconds, so each part gets a worker thread. A
+stage's consecutive parts run back to back on the worker of its first part, in one
+hand-off: every hand-off between the loop and a worker costs two thread wake-ups,
+0.2-0.6 ms on an idle vCPU, which was a fifth of a hop
+(benchmarks/results/inference.md). A node serving requests one at a time does not
+need the worker at all: when nothing else runs, the node has been idle for at least
+half as long as the chain last took, and that was at most ``inline_max_s``, the
+chain runs on the event loop itself (5 LiteRT nodes: 1-2 ms less per request, A/B
+interleaved). Under load the gaps between chains are short, so chains go to the
+workers and the loop keeps receiving and sending beside them. A lock per part keeps
+each runner to one call at a time (a LiteRT interpreter is not re-entrant) when two
+chains share a part.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 RunnerFactory = Callable[[PartSpec, Path], PartRunner]
 
+INLINE_MAX_S = 0.02  # the longest a chain may hold the event loop (control calls wait)
+
 
 @dataclass(slots=True)
 class _Loaded:
@@ -38,6 +47,7 @@ class _Loaded:
     runner: PartRunner
     worker: ThreadPoolExecutor
     lock: threading.Lock
+    last_s: float = math.inf  # the last run's seconds; unknown until one ran
 
     def call(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check and run the part on the calling thread (a worker)."""
@@ -62,7 +72,8 @@ def _run_parts(parts: list[_Loaded], inputs: Mapping[str, np.ndarray]) -> ChainR
     for part in parts:
         started = time.perf_counter()
         out = part.call(values)
-        seconds.append(time.perf_counter() - started)
+        part.last_s = time.perf_counter() - started
+        seconds.append(part.last_s)
         values.update(out)
         produced.update(out)
     return ChainResult(produced, tuple(seconds))
@@ -86,6 +97,8 @@ class PartHost:
         *,
         threads: int = 1,
         factory: RunnerFactory | None = None,
+        inline_max_s: float = INLINE_MAX_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._manifest = manifest
         self._directory = directory
@@ -93,6 +106,12 @@ class PartHost:
             lambda spec, d: load_runner(spec, d, threads=threads)
         )
         self._loaded: dict[int, _Loaded] = {}
+        self._inline_max_s = inline_max_s
+        self._running = 0  # chains on workers now
+        self._clock = clock
+        self._idle_since = clock()
+        self.inlined = 0  # chains run on the event loop
+        self.handed_off = 0  # chains run on a worker
         self._lock = asyncio.Lock()
         # Parts being loaded: a request that reaches a part first waits for it (a new plan
         # is agreed cluster-wide before every node has loaded its new parts).
@@ -145,13 +164,34 @@ class PartHost:
     async def run_chain(
         self, indices: Iterable[int], inputs: Mapping[str, np.ndarray]
     ) -> ChainResult:
-        """Run consecutive parts back to back on the first one's worker, in one hand-off;
-        PlanError when one is not loaded, ModelError on bad inputs."""
+        """Run consecutive parts back to back on the first one's worker, in one hand-off,
+        or on the loop when the node is idle (see the module's doc); PlanError when one
+        is not loaded, ModelError on bad inputs."""
         parts = [await self._ready(i) for i in indices]
         if not parts:
             return ChainResult({}, ())
+        if self._may_inline(parts):
+            self.inlined += 1
+            try:
+                return _run_parts(parts, inputs)
+            finally:
+                self._idle_since = self._clock()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(parts[0].worker, _run_parts, parts, inputs)
+        self.handed_off += 1
+        self._running += 1
+        try:
+            return await loop.run_in_executor(parts[0].worker, _run_parts, parts, inputs)
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle_since = self._clock()
+
+    def _may_inline(self, parts: list[_Loaded]) -> bool:
+        if self._running:
+            return False
+        expected = sum(p.last_s for p in parts)
+        idle = self._clock() - self._idle_since
+        return expected <= self._inline_max_s and idle >= expected / 2
 
     async def _ready(self, index: int) -> _Loaded:
         loaded = self._loaded.get(index)

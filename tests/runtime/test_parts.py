@@ -72,7 +72,7 @@ async def test_parts_run_on_their_own_threads_not_the_loop(split) -> None:
         seen.append(threading.current_thread().name)
         return runner(feed)
 
-    async with PartHost(manifest, directory, factory=wrapping(record)) as host:
+    async with PartHost(manifest, directory, factory=wrapping(record), inline_max_s=0) as host:
         await host.load([0, 1])
         assert seen == ["part-0_0", "part-1_0"]  # one warm-up call each, when loaded
         seen.clear()
@@ -86,6 +86,74 @@ async def test_parts_run_on_their_own_threads_not_the_loop(split) -> None:
         await host.run_chain([0, 1], inputs)
         assert seen == ["part-0_0", "part-0_0"]
     assert threading.main_thread().name not in seen
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_an_idle_node_runs_short_chains_on_the_loop(split) -> None:
+    """One request at a time, a chain skips the two thread hand-offs and runs on the
+    event loop; a backlog, a chain already running on a worker, a chain never timed and a
+    chain longer than the limit all go to the workers."""
+    manifest, directory, inputs, expected = split
+    loop_thread = threading.get_ident()
+    seen: list[bool] = []  # per part call: on the loop?
+    release = threading.Event()
+    release.set()
+
+    def record(spec, runner, feed):
+        seen.append(threading.get_ident() == loop_thread)
+        release.wait(10)
+        return runner(feed)
+
+    clock = Clock()
+    async with PartHost(manifest, directory, factory=wrapping(record), clock=clock) as host:
+        await host.load(range(4))
+        seen.clear()
+        await host.run_chain(range(4), inputs)  # never timed yet: a worker
+        assert seen == [False] * 4 and host.inlined == 0
+        seen.clear()
+        await host.run_chain(range(4), inputs)  # right after the last one: a backlog
+        assert seen == [False] * 4
+        clock.now += 1.0  # idle for a second
+        seen.clear()
+        result = await host.run_chain(range(4), inputs)
+        assert seen == [True] * 4 and host.inlined == 1
+        for name in manifest.model.outputs:
+            assert np.array_equal(result.outputs[name], expected[name])
+        assert len(result.seconds) == 4 and all(s > 0 for s in result.seconds)
+
+        # A chain running on a worker (it starts right after the last chain, so it may
+        # not take the loop): the next one may not take the loop either, however idle.
+        release.clear()
+        seen.clear()
+        first = asyncio.create_task(host.run_chain([0], inputs))
+        async with asyncio.timeout(10):
+            while not seen:  # the first chain has reached its worker
+                await asyncio.sleep(0)
+        clock.now += 1.0
+        second = asyncio.create_task(host.run_chain([1], {**inputs, **result.outputs}))
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.gather(first, second)
+        assert seen == [False, False] and host.inlined == 1
+
+    async with PartHost(
+        manifest, directory, factory=wrapping(record), clock=clock, inline_max_s=1e-9
+    ) as host:
+        await host.load([0])
+        await host.run_chain([0], inputs)
+        clock.now += 1.0
+        seen.clear()
+        await host.run_chain([0], inputs)  # longer than the limit: a worker
+        assert seen == [False] and host.inlined == 0
 
 
 async def test_a_part_shared_by_two_chains_runs_one_call_at_a_time(split) -> None:
