@@ -275,8 +275,10 @@ class PartRunners:
         runner, feed = self.runners[0], self.feed(0)
         return lambda: runner(feed)
 
-    def time_parts(self, runs: int) -> list[list[float]]:
-        """Seconds per run of each part, parts interleaved within each run."""
+    def time_parts(self, runs: int, idle_s: float = 0.0) -> list[list[float]]:
+        """Seconds per run of each part, parts interleaved within each run; with
+        ``idle_s``, this process sleeps that long before each part (a node serving one
+        request at a time idles while the other stages run)."""
         feeds = [self.feed(i) for i in range(len(self.runners))]
         for runner, feed in zip(self.runners, feeds, strict=True):
             for _ in range(3):
@@ -284,6 +286,8 @@ class PartRunners:
         times: list[list[float]] = [[] for _ in self.runners]
         for _ in range(runs):
             for i, (runner, feed) in enumerate(zip(self.runners, feeds, strict=True)):
+                if idle_s:
+                    time.sleep(idle_s)  # the idling itself is what is measured
                 start = time.perf_counter()
                 runner(feed)
                 times[i].append(time.perf_counter() - start)
@@ -863,6 +867,9 @@ async def section_prototype(ctx: Context, sec: Section) -> None:
     ctx.shared["prototype"] = results
     sec.data = results
     s = ctx.settings
+    idle_rows = [
+        idle_breakdown(ctx, setup, results["setups"][i]) for i, setup in enumerate(setups[:2])
+    ]
     # Where the per-op cost goes: the same parts back to back in this process, no nodes.
     say("per-op parts in process: loading every part")
     per_op = ctx.runner(setups[2].directory)
@@ -895,6 +902,17 @@ async def section_prototype(ctx: Context, sec: Section) -> None:
         "2.59 (per layer); throwaway prototypes on this machine: grpc.aio 1.9x (both backends), "
         "blocking raw TCP 1.65x (Keras) and 1.40x (LiteRT).",
         "",
+        f"Where the 5-node time goes ({max(5, s.runs // 5)} runs each in process; ratio of "
+        "medians to the whole model in process). A node serving one request at a time idles "
+        "while the other stages run; the same parts run in this process after sleeping that "
+        "long (the 5-node median latency) before each part show what idling alone costs on "
+        "this machine, with no node and no network involved:",
+        "",
+        *table(
+            "setup|what|median ms|ratio",
+            [row for rows in idle_rows for row in rows],
+        ),
+        "",
         f"Where the per-op time goes (Keras, {runs} runs each in process; ratio of medians to "
         "the whole model in process):",
         "",
@@ -902,6 +920,29 @@ async def section_prototype(ctx: Context, sec: Section) -> None:
         "",
         "![latency](inference-latency.png)",
     ]
+
+
+def idle_breakdown(ctx: Context, setup: LatencySetup, entry: dict[str, Any]) -> list[list[str]]:
+    """Rows splitting a 5-node latency into: cutting into parts, idling between parts,
+    and the rest (hops, client); records the in-process times in ``entry``."""
+    runs = max(5, ctx.settings.runs // 5)
+    runner = ctx.runner(setup.directory)
+    whole = statistics.median(entry["local_s"])
+    cluster = statistics.median(entry["cluster_s"])
+    say(f"{setup.label}: parts in process, back to back and after {ms(cluster, 0)} ms idle")
+    busy = [statistics.median(t) for t in runner.time_parts(runs)]
+    idle = [statistics.median(t) for t in runner.time_parts(runs, idle_s=cluster)]
+    on_nodes = sum(entry["part_means_s"].values())
+    entry["in_process_parts_s"] = {"back_to_back": busy, "after_idle": idle, "idle_s": cluster}
+    n = len(busy)
+    rows = [
+        ("whole model, in process", whole),
+        (f"{n} parts back to back, in process (sum of medians)", sum(busy)),
+        (f"{n} parts, each after {ms(cluster, 0)} ms idle, in process", sum(idle)),
+        (f"{n} parts on the nodes (sum of their means)", on_nodes),
+        ("5 nodes end to end (table above)", cluster),
+    ]
+    return [[setup.backend, what, ms(v), f"{v / whole:.2f}"] for what, v in rows]
 
 
 async def section_second_model(ctx: Context, sec: Section) -> None:
