@@ -450,10 +450,13 @@ async def settle(nodes: Sequence[NodeProc]) -> float:
 
 
 def write_config(path: Path, cluster: str, speed_gflops: float, backend: str) -> Path:
+    # Threads as the local baselines run: TensorFlow's default (one per core) for Keras
+    # parts, one interpreter thread for LiteRT parts (`--threads` overrides).
+    threads = (os.cpu_count() or 1) if backend == "keras" else 1
     path.write_text(
         f"[node]\nspeed_gflops = {speed_gflops}\n"
         f'[cluster]\nname = "{cluster}"\n'
-        f'[model]\nbackend = "{backend}"\n'
+        f'[model]\nbackend = "{backend}"\nthreads = {threads}\n'
         "[limits]\nrequest_deadline_s = 60.0\n"
         "[security]\ninsecure = true\n"
     )

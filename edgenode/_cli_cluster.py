@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(Path(args.config)) if args.config else Config()
     config = config.override("node", name=args.name, listen=args.listen)
-    config = config.override("model", source=args.model, backend=args.backend)
+    config = config.override("model", source=args.model, backend=args.backend, threads=args.threads)
     interfaces = args.interfaces.split(",") if args.interfaces else None
     if interfaces == ["all"]:
         interfaces = None
@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = config.override("security", key=args.key, insecure=False)
     node_security(config)  # a missing or bad key is a one-line error before anything starts
     if config.model.backend == "keras" or not Path(config.model.source).is_dir():
-        setup_tensorflow(args)
+        setup_tensorflow(args, threads=config.model.threads)
     tune_malloc()
     state_dir = Path(args.state_dir)
 

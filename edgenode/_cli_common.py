@@ -31,7 +31,8 @@ def say(args: argparse.Namespace, message: str) -> None:
         sys.stderr.flush()
 
 
-def setup_tensorflow(args: argparse.Namespace) -> None:
+def setup_tensorflow(args: argparse.Namespace, *, threads: int | None = None) -> None:
+    """TensorFlow's set-up for a command: ``threads``, else the command's --threads."""
     from edgenode.model.tfsetup import configure
 
-    configure(threads=getattr(args, "threads", None), quiet=args.verbose < 2)
+    configure(threads=threads or getattr(args, "threads", None), quiet=args.verbose < 2)

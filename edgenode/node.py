@@ -209,12 +209,15 @@ class Node:
                 await stack.enter_async_context(MetricsServer(self.metrics, m_host, m_port))
             await stack.enter_async_context(discovery)
             logger.info(
-                "node %s serving on %s:%d (model %s, %d parts, speed %.1f GFLOP/s)",
+                "node %s serving on %s:%d (model %s, %d parts, %s, %d threads per part, "
+                "speed %.1f GFLOP/s)",
                 local.node_id,
                 local.host,
                 bound_port,
                 manifest.model.name,
                 len(manifest.parts),
+                config.model.backend,
+                config.model.threads,
                 speed / 1e9,
             )
             async with asyncio.TaskGroup() as group:

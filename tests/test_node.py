@@ -237,9 +237,11 @@ def test_prometheus_endpoint(split_dir, tmp_path) -> None:
     node = NodeProcess(
         "m", tmp_path, "--config", str(config), "--listen", "127.0.0.1:0", "--model",
         str(split_dir), "--interfaces", "127.0.0.1", "--state-dir", str(tmp_path / "state"),
+        "--threads", "2",
     )  # fmt: skip
     try:
         node.wait_serving()
+        assert "keras, 2 threads per part" in node.log()  # --threads overrides model.threads
 
         def scrape() -> str | None:
             try:

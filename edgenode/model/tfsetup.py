@@ -29,18 +29,20 @@ def silenced_native_stderr() -> Iterator[None]:
 
 
 def configure(*, threads: int | None = None, quiet: bool = True) -> None:
-    """Import TensorFlow (quietly), silence Keras' progress bars, cap thread pools."""
+    """Import TensorFlow (quietly), cap its thread pools at ``threads`` (None: one
+    thread per core, TensorFlow's default), silence Keras' progress bars."""
     with silenced_native_stderr() if quiet else contextlib.nullcontext():
         import keras
         import tensorflow as tf
 
+        if threads is not None:
+            # Only before the runtime starts: the first op below starts it.
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(threads)
+            except RuntimeError:
+                # Already started in this process: the first setting stays.
+                logger.debug("TensorFlow threads already fixed; ignoring threads=%d", threads)
         tf.constant(0)  # the first op initialises the runtime and prints its banners
 
     keras.utils.disable_interactive_logging()
-    if threads is not None:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:
-            # Already initialised in this process: the first setting stays.
-            logger.debug("TensorFlow threads already fixed; ignoring threads=%d", threads)
