@@ -45,6 +45,7 @@ from edgenode.errors import (
 from edgenode.model.manifest import Manifest
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.parts import PartHost
+from edgenode.runtime.stages import Stage, consumers_of, recipients, stage_of
 from edgenode.transport import RequestId, Tensor, Transport
 
 __all__ = ["FAIL", "RETRY", "RequestTimeout", "Router", "is_notice"]
@@ -91,17 +92,6 @@ class _Join:
     started: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class _Stage:
-    """What this node does under one plan."""
-
-    plan: ClusterPlan
-    replica: int
-    parts: range
-    needs: frozenset[str]  # tensors the range reads from outside it
-    sends: tuple[str, ...]  # tensors the range produces for other parts or the origin
-
-
 class Router:
     """Runs this node's side of every request; ``run()`` consumes the inbox until cancelled.
 
@@ -135,18 +125,16 @@ class Router:
         self._on_stage = on_stage
         self._clock = clock
         self._sweep_interval_s = sweep_interval_s
-        self._consumers: dict[str, list[int]] = {}
-        for part in manifest.parts:
-            for t in part.inputs:
-                self._consumers.setdefault(t.name, []).append(part.index)
+        self._consumers = consumers_of(manifest)
         self._finals = frozenset(manifest.model.outputs)
+        self._input_names = frozenset(t.name for t in manifest.model.inputs)
         self._attempts: dict[str, _Attempt] = {}
         self._joins: dict[str, _Join] = {}
         self._notified: OrderedDict[str, None] = OrderedDict()
         self._started: OrderedDict[str, None] = OrderedDict()  # requests whose stage ran
         self._prefix = f"{node_id}.{secrets.token_hex(4)}"
         self._counter = itertools.count()
-        self._stage_cache: _Stage | None = None
+        self._stage_cache: Stage | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._max_inflight = max_inflight
         self._admission = asyncio.Semaphore(max_inflight)
@@ -160,6 +148,11 @@ class Router:
         self.retried = 0  # attempts re-sent
         self.refused = 0  # requests refused with Overloaded
         self.failed = 0  # requests that ended with an error
+
+    @property
+    def input_names(self) -> frozenset[str]:
+        """The names of the model's inputs: a request gives each once and nothing else."""
+        return self._input_names
 
     @property
     def open_requests(self) -> int:
@@ -321,32 +314,14 @@ class Router:
             for task in list(self._tasks):
                 task.cancel()
 
-    def _stage(self) -> _Stage:
+    def _stage(self) -> Stage:
         plan = self._plan()
         if plan is None:
             raise PlanError("the cluster has not agreed on a plan yet")
         cached = self._stage_cache
-        if cached is not None and cached.plan is plan:
-            return cached
-        parts = plan.parts_of(self._me)
-        produced = {o.name for i in parts for o in self._manifest.parts[i].outputs}
-        needs = {
-            t.name for i in parts for t in self._manifest.parts[i].inputs if t.name not in produced
-        }
-        sends = tuple(
-            o.name
-            for i in parts
-            for o in self._manifest.parts[i].outputs
-            if o.final or any(c not in parts for c in self._consumers.get(o.name, ()))
-        )
-        self._stage_cache = _Stage(
-            plan=plan,
-            replica=plan.replica_of(self._me) or 0,
-            parts=parts,
-            needs=frozenset(needs),
-            sends=sends,
-        )
-        return self._stage_cache
+        if cached is None or cached.plan is not plan:
+            cached = self._stage_cache = stage_of(plan, self._me, self._manifest, self._consumers)
+        return cached
 
     def _origin_of(self, request: str) -> str:
         return request.split(".", 1)[0]
@@ -435,7 +410,7 @@ class Router:
         except EdgenodeError as exc:
             logger.debug("request %s: origin unreachable: %s", notice.request_id, exc)
 
-    async def _run_stage(self, stage: _Stage, request: str, join: _Join) -> None:
+    async def _run_stage(self, stage: Stage, request: str, join: _Join) -> None:
         self._joins.pop(request, None)
         plan = stage.plan.digest
         try:
@@ -469,14 +444,15 @@ class Router:
         origin); TransportError when a peer cannot be reached."""
         by_node: dict[str, list[Tensor]] = {}
         for tensor in tensors:
-            targets = {
-                plan.owner(c, replica)
-                for c in self._consumers.get(tensor.name, ())
-                if c not in producer_parts
-            }
-            if tensor.name in self._finals:
-                targets.add(self._origin_of(str(tensor.request_id)))
-            for node in sorted(targets):
+            for node in recipients(
+                plan,
+                replica,
+                tensor.name,
+                consumers=self._consumers,
+                finals=self._finals,
+                origin=self._origin_of(str(tensor.request_id)),
+                producer_parts=producer_parts,
+            ):
                 by_node.setdefault(node, []).append(tensor)
         addresses = {n: self._address_of(n) for n in by_node if n != self._me}
         missing = sorted(n for n, a in addresses.items() if a is None)

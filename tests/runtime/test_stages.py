@@ -1,0 +1,87 @@
+"""A node's stage and the recipients of its outputs, on a fork/join manifest."""
+
+from __future__ import annotations
+
+from edgenode.model.manifest import Manifest
+from edgenode.planning import Assignment, ClusterPlan
+from edgenode.runtime.stages import consumers_of, recipients, stage_of
+
+
+def _tensor(name: str, final: bool | None = None) -> dict:
+    t = {"name": name, "shape": [None, 8], "dtype": "float32"}
+    return t if final is None else {**t, "final": final}
+
+
+def fork_join() -> Manifest:
+    """input -> part 0 -> a, b; a -> part 1 -> c; b, c -> part 2 -> out (final)."""
+    parts = [
+        (["input"], [("a", False), ("b", False)]),
+        (["a"], [("c", False)]),
+        (["b", "c"], [("out", True)]),
+    ]
+    return Manifest.from_json(
+        {
+            "format": "edgenode-manifest/1",
+            "model": {
+                "name": "fork-join",
+                "sha256": "cd" * 32,
+                "inputs": [_tensor("input")],
+                "outputs": ["out"],
+            },
+            "parts": [
+                {
+                    "index": i,
+                    "file": f"part-{i}.keras",
+                    "sha256": f"{i:064x}",
+                    "inputs": [_tensor(n) for n in ins],
+                    "outputs": [_tensor(n, f) for n, f in outs],
+                    "flops": 10,
+                    "param_bytes": 10,
+                }
+                for i, (ins, outs) in enumerate(parts)
+            ],
+        }
+    )
+
+
+def plan(manifest: Manifest, stages: list[tuple[str, int, int, int]]) -> ClusterPlan:
+    return ClusterPlan(
+        manifest_digest=manifest.identity,
+        members=tuple(sorted({s[0] for s in stages})),
+        assignments=tuple(
+            Assignment(node_id=n, start=a, stop=b, replica=r) for n, a, b, r in stages
+        ),
+        idle=(),
+        bottleneck_s=0.0,
+        latency_s=0.0,
+    )
+
+
+def test_stages_read_from_outside_and_send_what_others_read() -> None:
+    m = fork_join()
+    consumers = consumers_of(m)
+    assert consumers == {"input": (0,), "a": (1,), "b": (2,), "c": (2,)}
+    p = plan(m, [("x", 0, 2, 0), ("y", 2, 3, 0)])
+    x, y = stage_of(p, "x", m, consumers), stage_of(p, "y", m, consumers)
+    assert (x.parts, x.needs, x.sends, x.replica) == (range(0, 2), {"input"}, ("b", "c"), 0)
+    assert (y.parts, y.needs, y.sends) == (range(2, 3), {"b", "c"}, ("out",))
+    idle = stage_of(p, "z", m, consumers)
+    assert len(idle.parts) == 0 and idle.needs == frozenset() and idle.sends == ()
+
+
+def test_recipients_are_the_readers_in_the_replica_and_the_origin_for_finals() -> None:
+    m = fork_join()
+    consumers = consumers_of(m)
+    p = plan(m, [("x", 0, 1, 0), ("y", 1, 3, 0), ("x2", 0, 1, 1), ("y2", 1, 3, 1)])
+
+    def to(name: str, replica: int, producer: range) -> list[str]:
+        return recipients(
+            p, replica, name, consumers=consumers, finals={"out"}, origin="o",
+            producer_parts=producer,
+        )  # fmt: skip
+
+    assert to("input", 0, range(0)) == ["x"]
+    assert to("a", 0, range(0, 1)) == ["y"] and to("b", 1, range(0, 1)) == ["y2"]
+    assert to("c", 0, range(1, 3)) == []  # read only inside the producing stage
+    assert to("out", 1, range(1, 3)) == ["o"]
+    assert stage_of(p, "y2", m, consumers).replica == 1
