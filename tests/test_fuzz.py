@@ -237,7 +237,13 @@ class Harness:
         return Code.OK, "", reply
 
     def infer(self, target: int, frames: list[bytes]) -> tuple[Code, str, list[bytes]]:
-        method = self._channels[target].stream_stream(f"{SERVICE}/Infer")
+        return self._bidi(target, "Infer", frames)
+
+    def session(self, target: int, frames: list[bytes]) -> tuple[Code, str, list[bytes]]:
+        return self._bidi(target, "InferSession", frames)
+
+    def _bidi(self, target: int, name: str, frames: list[bytes]) -> tuple[Code, str, list[bytes]]:
+        method = self._channels[target].stream_stream(f"{SERVICE}/{name}")
         replies: list[bytes] = []
         try:
             for frame in method(iter(frames), timeout=INFER_TIMEOUT_S):
@@ -845,8 +851,12 @@ class InferExpectation:
 def expected_infer(decoded: Decoded, cluster: Cluster) -> InferExpectation:
     from edgenode.backends import check_inputs
     from edgenode.model.slicing import run_model
-    from edgenode.transport._control import _infer_status
+    from edgenode.transport._session import infer_status as _infer_status
 
+    names = {t.name for t in cluster.model_inputs}
+    stranger = next((t.name for t in decoded.tensors if t.name not in names), None)
+    if stranger is not None:  # refused as it arrives, before any later bad frame
+        return InferExpectation(frozenset({Code.INVALID_ARGUMENT}), why=f"{stranger!r}")
     if decoded.error is not None:
         return InferExpectation(frozenset({_infer_status(decoded.error)}), why=str(decoded.error))
     inputs = {t.name: t.array for t in decoded.tensors}  # as the node does: the last one wins
@@ -864,6 +874,94 @@ def expected_infer(decoded: Decoded, cluster: Cluster) -> InferExpectation:
     return InferExpectation(
         frozenset({Code.OK}), outputs=run_model(cluster.graph, inputs), values=moderate
     )
+
+
+@dataclass(frozen=True)
+class SessionExpectation:
+    code: Code  # of the call
+    answers: dict[str, InferExpectation] = field(default_factory=dict)  # by request id
+
+
+def expected_session(decoded: Decoded, cluster: Cluster) -> SessionExpectation:
+    """InferSession's answer, as its node side works: a tensor's request id groups it; a
+    name that is not a model input refuses its request at once; ``!end`` runs the request
+    on what came before it; later tensors of a started or refused request are ignored;
+    requests without ``!end`` when the call ends are refused."""
+    from edgenode.transport._session import END
+
+    if decoded.error is not None:
+        return SessionExpectation(status_of(decoded.error)[0])
+    names = {t.name for t in cluster.model_inputs}
+    waiting: dict[str, dict[str, np.ndarray]] = {}
+    closed: set[str] = set()
+    answers: dict[str, InferExpectation] = {}
+    refused = InferExpectation(frozenset({Code.INVALID_ARGUMENT}))
+    for t in decoded.tensors:
+        rid = str(t.request_id)
+        if rid in closed:
+            continue
+        values = waiting.setdefault(rid, {})
+        if t.name == END:
+            del waiting[rid]
+            closed.add(rid)
+            group = [Tensor(t.request_id, k, v) for k, v in values.items()]
+            answers[rid] = expected_infer(Decoded(None, group), cluster)
+        elif t.name not in names:
+            del waiting[rid]
+            closed.add(rid)
+            answers[rid] = refused
+        else:
+            values[t.name] = t.array
+    answers.update(dict.fromkeys(waiting, refused))
+    return SessionExpectation(Code.OK, answers)
+
+
+def check_session(h: Harness, case: FrameCase, frames: list[bytes], decoded: Decoded) -> None:
+    from edgenode.transport._session import END, ERROR
+
+    # Each request id the frames carry (as far as they decode) gets its !end after them.
+    ids = list(dict.fromkeys(t.request_id for t in decoded.tensors))
+    frames = frames + list(encode_frames([Tensor(i, END, np.zeros(0, np.uint8)) for i in ids]))
+    decoded = decode(frames, LIMIT_BYTES)
+    want = expected_session(decoded, h.cluster)
+    code, details, replies = h.call(h.session, case.target, frames)
+    node = h.cluster.nodes[case.target].name
+    h.outcomes[f"InferSession {code.name}"] += 1
+    assert code == want.code, (
+        f"InferSession at {node}: {code.name} {details!r}, expected {want.code.name}"
+    )
+    if code != Code.OK:
+        return
+    reply = decode(replies, 1 << 40)
+    assert reply.error is None, f"InferSession reply from {node} does not decode: {reply.error}"
+    got: dict[str, dict[str, np.ndarray]] = {}
+    for t in reply.tensors:
+        got.setdefault(str(t.request_id), {})[t.name] = t.array
+    assert set(got) == set(want.answers), f"answered {sorted(got)}, expected {sorted(want.answers)}"
+    for rid, expect in want.answers.items():
+        answer = got[rid]
+        if ERROR in answer:
+            text = bytes(answer[ERROR]).decode("utf-8", "replace")
+            h.outcomes[f"InferSession answer {text.split(':', 1)[0]}"] += 1
+            assert set(answer) == {ERROR}, f"{rid}: an error and more: {sorted(answer)}"
+            assert any(text.startswith(f"{c.name}: ") for c in expect.codes), (
+                f"InferSession request {rid} at {node}: {text!r}, expected "
+                f"{sorted(c.name for c in expect.codes)} ({expect.why})"
+            )
+            continue
+        h.outcomes["InferSession answer OK"] += 1
+        assert Code.OK in expect.codes and expect.outputs is not None, (
+            f"InferSession request {rid} at {node} answered, expected "
+            f"{sorted(c.name for c in expect.codes)} ({expect.why})"
+        )
+        assert END in answer, f"{rid}: outputs without {END}"
+        outputs = {k: v for k, v in answer.items() if k != END}
+        if expect.values:
+            check_outputs(outputs, expect.outputs, atol=1e-5, rtol=0.0)
+        else:
+            assert {k: (v.shape, v.dtype) for k, v in outputs.items()} == {
+                k: (v.shape, v.dtype) for k, v in expect.outputs.items()
+            }
 
 
 def check_frame_case(h: Harness, case: FrameCase) -> None:
@@ -901,6 +999,7 @@ def check_frame_case(h: Harness, case: FrameCase) -> None:
             assert {k: (v.shape, v.dtype) for k, v in got.items()} == {
                 k: (v.shape, v.dtype) for k, v in want_infer.outputs.items()
             }
+    check_session(h, case, frames, decoded)
 
 
 def check_control_case(h: Harness, case: ControlCase) -> None:
@@ -985,11 +1084,25 @@ def test_fuzzed_frames_never_break_a_live_node(harness: Harness) -> None:
     assert harness.answers >= 20, f"the normal client got only {harness.answers} answers"
     outcomes = harness.outcomes
     print(f"fuzz outcomes: {dict(sorted(outcomes.items()))}; normal answers: {harness.answers}")
-    expected = {
-        f"{rpc} {code}"
-        for rpc in ("Stream", "Infer")
-        for code in ("OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "ALREADY_EXISTS", "DATA_LOSS")
-    } | {"control Hello", "control GetPlan", "control GetStatus", "control FetchFile"}
+    expected = (
+        {
+            f"{rpc} {code}"
+            for rpc in ("Stream", "Infer")
+            for code in (
+                "OK",
+                "INVALID_ARGUMENT",
+                "RESOURCE_EXHAUSTED",
+                "ALREADY_EXISTS",
+                "DATA_LOSS",
+            )
+        }
+        | {"control Hello", "control GetPlan", "control GetStatus", "control FetchFile"}
+        | {
+            f"InferSession {code}"
+            for code in ("OK", "INVALID_ARGUMENT", "ALREADY_EXISTS", "DATA_LOSS")
+        }
+        | {"InferSession answer OK", "InferSession answer INVALID_ARGUMENT"}
+    )
     assert expected <= set(outcomes), f"not covered: {sorted(expected - set(outcomes))}"
     assert outcomes["Infer OK"] >= 10, outcomes
 

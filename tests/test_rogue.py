@@ -95,8 +95,8 @@ def _ask(address: str, security: Security, method: str) -> grpc.StatusCode:
             # client (grpc/grpc#36066) and hide the status the node sent.
             if method == "Stream":
                 await channel.stream_unary(f"{SERVICE}/Stream")(iter([]), timeout=5)
-            elif method == "Infer":
-                async for _ in channel.stream_stream(f"{SERVICE}/Infer")(iter([]), timeout=5):
+            elif method in ("Infer", "InferSession"):
+                async for _ in channel.stream_stream(f"{SERVICE}/{method}")(iter([]), timeout=5):
                     pass
             elif method == "FetchFile":
                 async for _ in channel.unary_stream(f"{SERVICE}/FetchFile")(b"", timeout=5):
@@ -177,7 +177,7 @@ def test_outsiders_cannot_push_tensors_run_infer_or_read_status(keys, members, w
         "plain text": Security.insecure(),
     }
     before = a.log().count("refused ")
-    methods = ["Stream", "Infer", "GetStatus", "GetPlan", "Hello", "FetchFile"]
+    methods = ["Stream", "Infer", "InferSession", "GetStatus", "GetPlan", "Hello", "FetchFile"]
     if code == grpc.StatusCode.UNAVAILABLE:
         methods = ["Stream", "GetStatus"]  # no TLS connection at all: one is like another
     for method in methods:

@@ -21,21 +21,24 @@ from google.protobuf.message import DecodeError
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
 from edgenode.errors import (
     EdgenodeError,
-    InferenceFailed,
     InvalidPeerRecord,
     ModelError,
-    Overloaded,
     PeerUnavailable,
-    PlanError,
     TransportError,
 )
 from edgenode.mesh import Capacity, Endpoint, PeerInfo
 from edgenode.runtime.control import NodeControl, NodeStatus
 from edgenode.runtime.negotiation import PlanState
-from edgenode.runtime.requests import RequestTimeout, Router
+from edgenode.runtime.requests import Router
 from edgenode.transport._options import CHANNEL_OPTIONS
 from edgenode.transport._security import Security
-from edgenode.transport._status import status_of
+from edgenode.transport._session import (
+    ClientSession,
+    SessionEnded,
+    infer_status,
+    session_handler,
+    unknown_input,
+)
 from edgenode.transport.codec import (
     DEFAULT_MAX_TENSOR_BYTES,
     FrameDecoder,
@@ -120,24 +123,6 @@ def _status_reply(status: NodeStatus) -> pb.NodeStatus:
     )
 
 
-# Domain errors of a request -> the status the client gets.
-_INFER_STATUS: tuple[tuple[type[EdgenodeError], grpc.StatusCode], ...] = (
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (InferenceFailed, grpc.StatusCode.INTERNAL),  # a stage failed running its part
-    (PlanError, grpc.StatusCode.FAILED_PRECONDITION),
-    (RequestTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (PeerUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (ModelError, grpc.StatusCode.INVALID_ARGUMENT),
-)
-
-
-def _infer_status(exc: EdgenodeError) -> grpc.StatusCode:
-    for cls, code in _INFER_STATUS:
-        if isinstance(exc, cls):
-            return code
-    return status_of(exc)[0]
-
-
 def control_handlers(
     control: Callable[[], NodeControl],
     router: Callable[[], Router] | None = None,
@@ -151,15 +136,18 @@ def control_handlers(
         inputs: dict[str, Any] = {}
         try:
             assert router is not None
+            names = router().input_names
             router().check_admission()
             async for frame in frames:
                 for tensor in decoder.feed(frame):
+                    if tensor.name not in names:  # refused now: no memory for strangers
+                        raise ModelError(unknown_input(tensor.name, names))
                     inputs[tensor.name] = tensor.array
             decoder.finish()
             outputs = await router().infer(inputs)
         except EdgenodeError as exc:
             decoder.discard()
-            await context.abort(_infer_status(exc), str(exc))
+            await context.abort(infer_status(exc), str(exc))
             return
         reply = [Tensor(RequestId("reply"), name, value) for name, value in outputs.items()]
         for frame in encode_frames(reply):
@@ -220,6 +208,7 @@ def control_handlers(
     }
     if router is not None:
         handlers["Infer"] = grpc.stream_stream_rpc_method_handler(infer)
+        handlers["InferSession"] = session_handler(router, max_tensor_bytes=max_tensor_bytes)
     return handlers
 
 
@@ -237,6 +226,7 @@ class ControlClient:
         self._timeout_s = timeout_s
         self._security = security or Security.insecure()
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._sessions: dict[str, ClientSession] = {}
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -339,27 +329,32 @@ class ControlClient:
     async def infer(
         self, address: str, inputs: Mapping[str, Any], *, timeout_s: float
     ) -> dict[str, Any]:
-        """Run one request at the node at ``address``; the final outputs by name."""
-        call = self._channel(address).stream_stream(f"/{SERVICE_NAME}/Infer")
-        frames = list(encode_frames(Tensor(RequestId("client"), k, v) for k, v in inputs.items()))
-        decoder = FrameDecoder(max_tensor_bytes=1 << 40)
-        outputs: dict[str, Any] = {}
+        """Run one request at the node at ``address``; the final outputs by name.
+
+        Requests to one address share one InferSession call, opened on first use and
+        again after it ended (the node restarted, the connection broke)."""
         try:
-            async for frame in call(iter(frames), timeout=timeout_s):
-                for tensor in decoder.feed(frame):
-                    outputs[tensor.name] = tensor.array
-            decoder.finish()
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise PeerUnavailable(f"{address}: {exc.details() or code.name}") from None
-            if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise Overloaded(f"{address}: {exc.details() or code.name}") from None
-            raise InferenceFailed(f"{address}: {exc.details() or code.name}") from None
-        return outputs
+            async with asyncio.timeout(timeout_s):
+                for _ in range(2):  # a session found ended is replaced once
+                    try:
+                        return await self._session(address).infer(inputs)
+                    except SessionEnded as exc:
+                        ended = exc
+                raise PeerUnavailable(str(ended))
+        except TimeoutError:
+            raise PeerUnavailable(f"{address}: no answer within {timeout_s:g} s") from None
+
+    def _session(self, address: str) -> ClientSession:
+        session = self._sessions.get(address)
+        if session is None or session.closed:
+            call = self._channel(address).stream_stream(f"/{SERVICE_NAME}/InferSession")()
+            session = self._sessions[address] = ClientSession(address, call)
+        return session
 
     async def aclose(self) -> None:
-        """Close every channel."""
+        """Close every session and channel."""
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(s.aclose() for s in sessions))
         channels, self._channels = list(self._channels.values()), {}
         await asyncio.gather(*(c.close() for c in channels))
 

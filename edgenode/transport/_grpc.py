@@ -110,6 +110,7 @@ class GrpcTransport:
         handlers = {
             "Stream": grpc.stream_unary_rpc_method_handler(servicer.stream),
             "Infer": grpc.stream_stream_rpc_method_handler(servicer.infer),
+            "InferSession": grpc.stream_stream_rpc_method_handler(servicer.infer),
             **self._extra_handlers,
         }
         server.add_generic_rpc_handlers(

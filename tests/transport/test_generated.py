@@ -70,6 +70,7 @@ def test_generated_module_imports_from_the_installed_package() -> None:
     assert set(edgenode_pb2.DESCRIPTOR.services_by_name["EdgeNode"].methods_by_name) == {
         "Stream",
         "Infer",
+        "InferSession",
         "Hello",
         "GetPlan",
         "GetStatus",
