@@ -1121,12 +1121,13 @@ async def section_hops(ctx: Context, sec: Section) -> None:
         f"intercept of the first fit {ms(fit['intercept'])} ms (1 stage: "
         f"{ms(y[0]) if y else '-'} ms)",
         "- a hop here is: the stage's outputs encoded and sent over gRPC on loopback, received "
-        "and joined by the next node, plus handing the stage to a worker thread; the "
-        "total work (8 parts) is the same at every size.",
+        "and joined by the next node, which then runs its stage (on its event loop when it "
+        "idled before, see edgenode/runtime/parts.py); the total work (8 parts) is the same "
+        "at every size.",
         f"- for reference, in this process ({s.part_runs} runs, median): the whole model "
         f"{ms(statistics.median(whole))} ms, the 8 parts back to back "
         f"{ms(statistics.median(chain))} ms; the 1-node cluster adds the client's request and "
-        "reply and the node's one hand-off of the stage to a worker thread.",
+        "reply, and this machine's slowdown of parts run after idling (section 1).",
         *(f"- {k}: no agreement in 3 attempts ({why})" for k, why in failed.items()),
         "",
         "![hops](inference-hops.png)",
@@ -1853,7 +1854,8 @@ NOTES = [
     "it does not change how fast a node runs); each section says which.",
     "- Measured stage times come from the nodes (`GetStatus` stages: count and mean run time "
     "per owned part, differenced before and after the timed requests); a node times a part "
-    "on the worker thread that runs it, from its inputs to its outputs: no queueing or "
+    "on the thread that runs it (its event loop or a worker), from its inputs to its "
+    "outputs: no queueing or "
     "hand-off is in the figure. Nodes report means only, so these columns have no spread.",
     "- LiteRT nodes do not import TensorFlow: they start and agree in ~2 s, Keras nodes in "
     "10-30 s on this machine.",
