@@ -183,7 +183,8 @@ def calibrate(
 ) -> dict[str, float]:
     """Per-op seconds: each segment's measured time net of one call's overhead, shared
     by its ops in proportion to ``net`` (their alone-times in graph order; equally when
-    those are all zero), then all scaled to add up to ``whole_s``."""
+    those are all zero), then all scaled to add up to ``whole_s``. When no segment
+    outlasts the overhead, the alone-times alone are scaled."""
     names = list(net)
     out: dict[str, float] = {}
     for g in segments:
@@ -195,9 +196,10 @@ def calibrate(
     missing = [m for m in names if m not in out]
     if missing:
         raise ValueError(f"segments do not cover op {missing[0]!r}")
+    if sum(out.values()) <= 0:  # every segment within the call overhead (tiny models)
+        out = {m: net[m] for m in names} if sum(net.values()) > 0 else dict.fromkeys(names, 1.0)
     total = sum(out.values())
-    scale = whole_s / total if total > 0 else 0.0
-    return {m: t * scale for m, t in out.items()}
+    return {m: t * whole_s / total for m, t in out.items()}
 
 
 def profile_graph(

@@ -55,3 +55,12 @@ def test_calibrate_shares_equally_when_alone_times_are_zero() -> None:
 def test_calibrate_refuses_segments_that_miss_an_op() -> None:
     with pytest.raises(ValueError, match="'c'"):
         calibrate({"a": 1.0, "b": 1.0, "c": 1.0}, [Segment(0, 2, 1.0)], 0.0, 1.0)
+
+
+def test_calibrate_falls_back_to_alone_times_when_segments_are_all_overhead() -> None:
+    """A tiny model: every segment within one call's overhead says nothing about its ops."""
+    net = {"a": 1.0, "b": 3.0}
+    out = calibrate(net, [Segment(0, 1, 0.1), Segment(1, 2, 0.05)], overhead_s=0.2, whole_s=2.0)
+    assert out == pytest.approx({"a": 0.5, "b": 1.5})
+    zeros = calibrate({"a": 0.0, "b": 0.0}, [Segment(0, 2, 0.1)], overhead_s=0.2, whole_s=2.0)
+    assert zeros == pytest.approx({"a": 1.0, "b": 1.0})
