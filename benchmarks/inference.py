@@ -1856,7 +1856,9 @@ NOTES = [
     "per owned part, differenced before and after the timed requests); a node times a part "
     "on the thread that runs it (its event loop or a worker), from its inputs to its "
     "outputs: no queueing or "
-    "hand-off is in the figure. Nodes report means only, so these columns have no spread.",
+    "hand-off is in the figure. These columns have no spread: nodes also report the median "
+    "and p90 of their last 256 runs, but only counts and means can be differenced between "
+    "two snapshots.",
     "- LiteRT nodes do not import TensorFlow: they start and agree in ~2 s, Keras nodes in "
     "10-30 s on this machine.",
     "- The hop measurement uses LiteRT parts by default: its nodes start in a second or two, "

@@ -152,7 +152,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for st in statuses:
         node = st["node"]
         plan = st["plan"]
-        stages = ", ".join(f"{s['part']}: {s['mean_s'] * 1e3:.2f} ms" for s in st["stages"])
+        stages = ", ".join(
+            f"{s['part']}: {s['p50_s'] * 1e3:.2f} ms (p90 {s['p90_s'] * 1e3:.2f})"
+            for s in st["stages"]
+        )
         agreed = plan["agreed_digest"]
         rows.append(
             [
@@ -165,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 stages or "-",
             ]
         )
-    headers = ["node", "address", "parts", "plan", "agreed", "requests", "stage latency"]
+    headers = ["node", "address", "parts", "plan", "agreed", "requests", "part run time (median)"]
     print(format_table(headers, rows))
     return EXIT_OK
 

@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="show the cluster as a table",
         description="Ask a node (found by mDNS, or --peer) and every peer it knows for their "
-        "status: parts owned, plan digest and agreement, requests served, stage latency.",
+        "status: parts owned, plan digest and agreement, requests served, part run times "
+        "(median and p90 of the last 256 runs).",
     )
     status.add_argument("--peer", action="append", metavar="HOST:PORT", help="a node to ask")
     status.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")

@@ -8,7 +8,10 @@ files and the manifest, for nodes that lack them).
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +21,11 @@ from edgenode.mesh import PeerInfo
 from edgenode.model.manifest import MANIFEST_NAME, Manifest
 from edgenode.runtime.negotiation import PlanState
 
-__all__ = ["FILE_CHUNK_BYTES", "NodeControl", "NodeStatus", "StageStats"]
+__all__ = ["FILE_CHUNK_BYTES", "RECENT_RUNS", "NodeControl", "NodeStatus", "StageStats"]
 
 FILE_CHUNK_BYTES = 1 << 20
 MANIFEST_FILE = -1  # FetchFile's part index for manifest.json
+RECENT_RUNS = 256  # runs per part behind the percentiles GetStatus reports
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,7 +34,9 @@ class StageStats:
 
     part: int
     count: int
-    mean_s: float
+    mean_s: float  # over every run
+    p50_s: float  # over the last RECENT_RUNS runs
+    p90_s: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +57,18 @@ class NodeStatus:
 class _Stage:
     count: int = 0
     total_s: float = 0.0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RUNS))
+
+    def stats(self, part: int) -> StageStats:
+        ordered = sorted(self.recent)
+        p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]  # nearest rank
+        return StageStats(
+            part=part,
+            count=self.count,
+            mean_s=self.total_s / self.count,
+            p50_s=statistics.median(ordered),
+            p90_s=p90,
+        )
 
 
 @dataclass(eq=False)
@@ -82,6 +100,7 @@ class NodeControl:
         stage = self._stages.setdefault(part, _Stage())
         stage.count += 1
         stage.total_s += seconds
+        stage.recent.append(seconds)
 
     def status(self) -> NodeStatus:
         """A snapshot for `edgenode status`."""
@@ -91,11 +110,7 @@ class NodeControl:
             plan=self.plan(),
             parts=self.loaded(),
             requests_served=self.served(),
-            stages=tuple(
-                StageStats(part=p, count=s.count, mean_s=s.total_s / s.count)
-                for p, s in sorted(self._stages.items())
-                if s.count
-            ),
+            stages=tuple(s.stats(p) for p, s in sorted(self._stages.items()) if s.count),
             peers=self.peers(),
             uptime_s=self.clock() - self.started_s,
         )

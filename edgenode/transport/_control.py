@@ -117,7 +117,10 @@ def _status_reply(status: NodeStatus) -> pb.NodeStatus:
         plan=_plan_reply(status.plan),
         parts=list(status.parts),
         requests_served=status.requests_served,
-        stages=[pb.StageStats(part=s.part, count=s.count, mean_s=s.mean_s) for s in status.stages],
+        stages=[
+            pb.StageStats(part=s.part, count=s.count, mean_s=s.mean_s, p50_s=s.p50_s, p90_s=s.p90_s)
+            for s in status.stages
+        ],
         peers=[record_of(p) for p in status.peers],
         uptime_s=status.uptime_s,
     )

@@ -106,14 +106,18 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StageStats(_message.Message):
-    __slots__ = ("part", "count", "mean_s")
+    __slots__ = ("part", "count", "mean_s", "p50_s", "p90_s")
     PART_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     MEAN_S_FIELD_NUMBER: _ClassVar[int]
+    P50_S_FIELD_NUMBER: _ClassVar[int]
+    P90_S_FIELD_NUMBER: _ClassVar[int]
     part: int
     count: int
     mean_s: float
-    def __init__(self, part: _Optional[int] = ..., count: _Optional[int] = ..., mean_s: _Optional[float] = ...) -> None: ...
+    p50_s: float
+    p90_s: float
+    def __init__(self, part: _Optional[int] = ..., count: _Optional[int] = ..., mean_s: _Optional[float] = ..., p50_s: _Optional[float] = ..., p90_s: _Optional[float] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node", "address", "plan", "parts", "requests_served", "stages", "peers", "uptime_s")
