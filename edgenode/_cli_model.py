@@ -17,11 +17,18 @@ __all__ = ["cmd_plan", "cmd_profile", "cmd_split"]
 
 def cmd_split(args: argparse.Namespace) -> int:
     from edgenode.model.graph import build_graph
+    from edgenode.model.manifest import LinkSpec
     from edgenode.model.split import split_model, verify_chain
 
     model = load_model_arg(args)
     method = "per-op" if args.per_op else args.cut
     op_seconds = _profile_seconds(args.profile, build_graph(model)) if args.profile else None
+    link = None
+    if args.link_mbps is not None or args.hop_latency_ms is not None:
+        link = LinkSpec(
+            bandwidth_bytes_per_s=(args.link_mbps or 1000.0) * 1e6 / 8,
+            latency_s=(0.5 if args.hop_latency_ms is None else args.hop_latency_ms) / 1e3,
+        )
     started = time.perf_counter()
     result = split_model(
         model,
@@ -31,6 +38,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         method=method,
         fmt=args.format,
         op_seconds=op_seconds,
+        link=link,
         progress=lambda m: say(args, m),
     )
     elapsed = time.perf_counter() - started
@@ -55,6 +63,11 @@ def cmd_split(args: argparse.Namespace) -> int:
     )
     print(f"\nwrote {len(manifest.parts)} parts and manifest.json to {args.out} in {elapsed:.1f} s")
     print(f"model {manifest.model.name} sha256 {manifest.model.sha256}")
+    if manifest.link is not None:
+        print(
+            f"the cluster plans for a {manifest.link.bandwidth_bytes_per_s * 8 / 1e6:g} Mbit/s "
+            f"link, {manifest.link.latency_s * 1e3:g} ms per hop"
+        )
     if args.verify and args.format == "keras":
         diff = verify_chain(result)
         print(f"chained parts vs whole model: max abs diff {diff:.3g}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
@@ -47,6 +48,30 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
     return value
 
 
@@ -166,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
         dest="verify",
         action="store_false",
         help="skip checking that the chained parts reproduce the whole model",
+    )
+    split.add_argument(
+        "--link-mbps",
+        type=_positive_float,
+        metavar="MBIT_S",
+        help="the network the cluster plans for, in Mbit/s (default 1000: gigabit Ethernet; "
+        "Wi-Fi is often 20-100); written into the manifest, so every node plans alike",
+    )
+    split.add_argument(
+        "--hop-latency-ms",
+        type=_non_negative_float,
+        metavar="MS",
+        help="fixed cost of one hop for the planner (default 0.5)",
     )
     split.add_argument("--tolerance", type=float, default=1e-6, help=argparse.SUPPRESS)
     split.add_argument("--threads", type=_positive_int, help="TensorFlow threads")

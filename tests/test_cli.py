@@ -153,3 +153,19 @@ def test_split_balances_on_a_profile(small_model: Path, tmp_path: Path, capsys) 
     assert main([*split, "--profile", str(profile), "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"edgenode: error: {profile} was measured on another model"
+
+
+@pytest.mark.tf
+def test_split_writes_the_link_the_cluster_plans_for(small_model: Path, tmp_path, capsys) -> None:
+    split = ["split", "--model", str(small_model), "--parts", "2", "--no-verify"]
+    out = tmp_path / "wifi"
+    assert main([*split, "--link-mbps", "20", "--hop-latency-ms", "3", "--out", str(out)]) == 0
+    link = json.loads((out / "manifest.json").read_text())["link"]
+    assert link == {"bandwidth_bytes_per_s": 2.5e6, "latency_s": 0.003}
+    assert "plans for a 20 Mbit/s link, 3 ms per hop" in capsys.readouterr().out
+    assert main([*split, "--out", str(tmp_path / "wired")]) == 0
+    assert "link" not in json.loads((tmp_path / "wired" / "manifest.json").read_text())
+    for bad in (["--link-mbps", "0"], ["--link-mbps", "fast"], ["--hop-latency-ms", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*split, *bad, "--out", str(tmp_path / "x")])
+        assert exit_info.value.code == 2

@@ -20,6 +20,7 @@ from edgenode.planning import CostGraph, OpCost, TensorCost
 __all__ = [
     "FORMAT",
     "MANIFEST_NAME",
+    "LinkSpec",
     "Manifest",
     "ManifestError",
     "ModelSpec",
@@ -99,12 +100,26 @@ class PartSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LinkSpec:
+    """The network the cluster plans for. Every node must plan for the same one, so it
+    travels in the manifest and is part of its identity; absent: gigabit Ethernet."""
+
+    bandwidth_bytes_per_s: float
+    latency_s: float  # fixed cost of one hop
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object of this spec."""
+        return {"bandwidth_bytes_per_s": self.bandwidth_bytes_per_s, "latency_s": self.latency_s}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Manifest:
     """A model cut into parts."""
 
     model: ModelSpec
     parts: tuple[PartSpec, ...]
     created_by: str = ""
+    link: LinkSpec | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as a JSON-ready dict (format ``edgenode-manifest/1``)."""
@@ -136,6 +151,7 @@ class Manifest:
                 }
                 for p in self.parts
             ],
+            **({"link": self.link.to_json()} if self.link is not None else {}),
         }
 
     def dumps(self) -> str:
@@ -370,9 +386,24 @@ def _parse(data: Any) -> Manifest:
                 param_bytes=_field(p, "param_bytes", int, where),
             )
         )
-    manifest = Manifest(model=model, parts=tuple(parts), created_by=str(data.get("created_by", "")))
+    manifest = Manifest(
+        model=model,
+        parts=tuple(parts),
+        created_by=str(data.get("created_by", "")),
+        link=_link(data["link"]) if "link" in data else None,
+    )
     _check(manifest)
     return manifest
+
+
+def _link(data: Any) -> LinkSpec:
+    bandwidth = _field(data, "bandwidth_bytes_per_s", (int, float), "link")
+    latency = _field(data, "latency_s", (int, float), "link")
+    if isinstance(bandwidth, bool) or not 0 < bandwidth < float("inf"):
+        raise ManifestError(f"link.bandwidth_bytes_per_s: must be positive, got {bandwidth!r}")
+    if isinstance(latency, bool) or not 0 <= latency < float("inf"):
+        raise ManifestError(f"link.latency_s: must be 0 or more, got {latency!r}")
+    return LinkSpec(bandwidth_bytes_per_s=float(bandwidth), latency_s=float(latency))
 
 
 def _check(manifest: Manifest) -> None:

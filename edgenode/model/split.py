@@ -19,6 +19,7 @@ from edgenode.model.graph import LayerGraph, build_graph
 from edgenode.model.loading import model_sha256
 from edgenode.model.manifest import (
     MANIFEST_NAME,
+    LinkSpec,
     Manifest,
     ModelSpec,
     OutputSpec,
@@ -144,9 +145,11 @@ def split_model(
     method: str = "balanced",
     fmt: str = "keras",
     op_seconds: dict[str, float] | None = None,
+    link: LinkSpec | None = None,
     progress: Progress | None = None,
 ) -> SplitResult:
-    """Cut ``model``, export every part into ``out`` and write ``manifest.json`` last.
+    """Cut ``model``, export every part into ``out`` and write ``manifest.json`` last
+    (with ``link``, the network the cluster plans for; None: gigabit Ethernet).
 
     Files are written into a temporary directory beside ``out`` and moved into place
     at the end, so an interrupted split never leaves a manifest that lies.
@@ -194,6 +197,7 @@ def split_model(
             ),
             parts=tuple(specs),
             created_by=f"edgenode {__version__}",
+            link=link,
         )
         manifest.write(staging)
         _replace_directory(staging, out)

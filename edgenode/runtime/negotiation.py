@@ -42,11 +42,21 @@ from edgenode.mesh import (
 from edgenode.model.manifest import Manifest
 from edgenode.planning import ClusterPlan, Link, Member, plan_cluster
 
-__all__ = ["DEFAULT_LINK", "Negotiator", "PlanPeers", "PlanState"]
+__all__ = ["DEFAULT_LINK", "Negotiator", "PlanPeers", "PlanState", "link_of"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_LINK = Link(bandwidth_bytes_per_s=125e6, latency_s=0.0005)  # gigabit Ethernet
+
+
+def link_of(manifest: Manifest) -> Link:
+    """The network the cluster plans for: the manifest's, else gigabit Ethernet."""
+    spec = manifest.link
+    if spec is None:
+        return DEFAULT_LINK
+    return Link(bandwidth_bytes_per_s=spec.bandwidth_bytes_per_s, latency_s=spec.latency_s)
+
+
 CONFIRM_INTERVAL_S = 0.02  # between rounds of asking peers for their digest
 CHECK_INTERVAL_S = 0.5  # once agreed, members are asked again this often (liveness, drift)
 ASK_TIMEOUT_S = 0.5  # a peer slower than this to answer counts as unreachable
@@ -93,7 +103,7 @@ class Negotiator:
         discovery: Discovery,
         manifest: Manifest,
         peers: PlanPeers,
-        link: Link = DEFAULT_LINK,
+        link: Link | None = None,
         debounce: Debounce | None = None,
         confirm_interval_s: float = CONFIRM_INTERVAL_S,
         check_interval_s: float = CHECK_INTERVAL_S,
@@ -108,7 +118,7 @@ class Negotiator:
         self._graph = manifest.cost_graph()
         self._manifest_digest = manifest.identity
         self._peers = peers
-        self._link = link
+        self._link = link or link_of(manifest)
         self._debounce = debounce or Debounce()
         self._confirm_interval_s = confirm_interval_s
         self._check_interval_s = check_interval_s

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgenode.model.manifest import Manifest, ManifestError, load_manifest
+from edgenode.model.manifest import LinkSpec, Manifest, ManifestError, load_manifest
 
 
 def _sample() -> dict:
@@ -91,6 +91,10 @@ def _broken(mutate) -> dict:
         (lambda d: d["parts"][0].update(file="../evil.keras"), "plain file name"),
         (lambda d: d.update(parts=[]), "parts: empty"),
         (lambda d: d.update(model=[]), "model: expected dict"),
+        (lambda d: d.update(link={"latency_s": 0.001}), r"link\.bandwidth_bytes_per_s: missing"),
+        (lambda d: d.update(link={"bandwidth_bytes_per_s": 0, "latency_s": 0}), "positive"),
+        (lambda d: d.update(link={"bandwidth_bytes_per_s": 1e6, "latency_s": -1}), "0 or more"),
+        (lambda d: d.update(link={"bandwidth_bytes_per_s": True, "latency_s": 0}), "positive"),
     ],
 )
 def test_invalid_manifests_name_the_field(mutate, message: str) -> None:
@@ -150,3 +154,16 @@ def test_identity_ignores_part_files_but_not_the_cut() -> None:
     recut = _sample()
     recut["parts"][0]["ops"]["stop"] = 4
     assert Manifest.from_json(recut).identity != base.identity
+
+
+def test_the_link_the_cluster_plans_for_travels_in_the_manifest_and_its_identity() -> None:
+    """Nodes that plan for different networks compute different plans: the link is part
+    of the identity, so such nodes see each other as serving another model."""
+    base = Manifest.from_json(_sample())
+    assert base.link is None and "link" not in base.to_json()  # gigabit: nothing written
+    wifi = _sample()
+    wifi["link"] = {"bandwidth_bytes_per_s": 2.5e6, "latency_s": 0.003}
+    manifest = Manifest.from_json(wifi)
+    assert manifest.link == LinkSpec(bandwidth_bytes_per_s=2.5e6, latency_s=0.003)
+    assert Manifest.from_json(json.loads(manifest.dumps())) == manifest
+    assert manifest.identity != base.identity

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
 import pytest
 
 from edgenode.mesh import Debounce, InMemoryNetwork
+from edgenode.model.manifest import LinkSpec
 from edgenode.runtime.negotiation import Negotiator, PlanState
 from tests.runtime.fakes import InMemoryPlanPeers, chain_manifest, peer_info
 
@@ -172,6 +174,26 @@ async def test_more_nodes_than_parts_form_replicas() -> None:
     finally:
         for node_id in list(c.tasks):
             await c.stop(node_id)
+
+
+async def test_the_negotiation_plans_for_the_manifests_link() -> None:
+    """Each of the 3 stages computes 0.2 s and sends 1 KiB: on gigabit the sends are
+    negligible, on a 1 kB/s link with 0.5 s per hop each costs ~1.5 s."""
+    bottlenecks = []
+    for link in (None, LinkSpec(bandwidth_bytes_per_s=1e3, latency_s=0.5)):
+        c = Cluster(parts=6)
+        c.manifest = dataclasses.replace(c.manifest, link=link)
+        try:
+            for i, node in enumerate("abc"):
+                await c.start(node, i + 1)
+            plan = (await c.agreed(set("abc")))[0].agreed
+            assert len(plan.assignments) == 3
+            bottlenecks.append(plan.bottleneck_s)
+        finally:
+            for node_id in list(c.tasks):
+                await c.stop(node_id)
+    assert bottlenecks[0] == pytest.approx(0.2, abs=0.01)
+    assert bottlenecks[1] == pytest.approx(0.2 + 1024 / 1e3 + 0.5, abs=0.01)
 
 
 async def test_a_record_that_is_not_confirmed_does_not_make_members_replan(
