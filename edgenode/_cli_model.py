@@ -17,18 +17,13 @@ __all__ = ["cmd_plan", "cmd_profile", "cmd_split"]
 
 def cmd_split(args: argparse.Namespace) -> int:
     from edgenode.model.graph import build_graph
-    from edgenode.model.manifest import LinkSpec
+    from edgenode.model.manifest import link_spec
     from edgenode.model.split import split_model, verify_chain
 
     model = load_model_arg(args)
     method = "per-op" if args.per_op else args.cut
     op_seconds = _profile_seconds(args.profile, build_graph(model)) if args.profile else None
-    link = None
-    if args.link_mbps is not None or args.hop_latency_ms is not None:
-        link = LinkSpec(
-            bandwidth_bytes_per_s=(args.link_mbps or 1000.0) * 1e6 / 8,
-            latency_s=(0.5 if args.hop_latency_ms is None else args.hop_latency_ms) / 1e3,
-        )
+    link = link_spec(args.link_mbps, args.hop_latency_ms)
     started = time.perf_counter()
     result = split_model(
         model,

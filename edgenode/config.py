@@ -94,6 +94,10 @@ class ModelConfig:
     seed: int = 0
     backend: Literal["keras", "litert"] = "keras"
     threads: int = 1
+    # The network the cluster plans for, when the node cuts the model itself (a split
+    # directory's manifest carries its own: `edgenode split --link-mbps`). 0: gigabit.
+    link_mbps: float = 0.0
+    hop_latency_ms: float = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,6 +203,16 @@ def _check(config: Config) -> None:
         raise ConfigError("limits.request_deadline_s: must be positive")
     if config.limits.max_inflight_requests < 1:
         raise ConfigError("limits.max_inflight_requests: must be at least 1")
+    if config.model.link_mbps < 0:
+        raise ConfigError("model.link_mbps: must be positive, or 0 for gigabit Ethernet")
+    if config.model.hop_latency_ms < 0:
+        raise ConfigError("model.hop_latency_ms: must be 0 or more")
+    custom_link = config.model.link_mbps or config.model.hop_latency_ms != 0.5
+    if custom_link and Path(config.model.source).is_dir():
+        raise ConfigError(
+            "model.link_mbps, model.hop_latency_ms: only for a model the node cuts itself; "
+            "a split directory's manifest sets the link (edgenode split --link-mbps)"
+        )
     if _looks_like_path(config.model.source) and not Path(config.model.source).exists():
         raise ConfigError(f"model.source: {config.model.source} does not exist")
     if not config.cluster.multicast and not config.cluster.peers:

@@ -31,7 +31,7 @@ from edgenode.mesh import (
     local_addresses,
     new_incarnation,
 )
-from edgenode.model.manifest import Manifest, file_sha256, load_manifest
+from edgenode.model.manifest import Manifest, file_sha256, link_spec, load_manifest
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.control import NodeControl
 from edgenode.runtime.metrics import MetricsServer, NodeMetrics
@@ -74,7 +74,9 @@ def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
         input_shape=model.input_shape or None,
         seed=model.seed,
     )
-    result = split_model(keras_model, target, parts=DEFAULT_SPLIT_PARTS, fmt=fmt)
+    custom = model.link_mbps or model.hop_latency_ms != 0.5
+    link = link_spec(model.link_mbps or None, model.hop_latency_ms) if custom else None
+    result = split_model(keras_model, target, parts=DEFAULT_SPLIT_PARTS, fmt=fmt, link=link)
     return result.manifest, target
 
 

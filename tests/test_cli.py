@@ -169,3 +169,18 @@ def test_split_writes_the_link_the_cluster_plans_for(small_model: Path, tmp_path
         with pytest.raises(SystemExit) as exit_info:
             main([*split, *bad, "--out", str(tmp_path / "x")])
         assert exit_info.value.code == 2
+
+
+@pytest.mark.tf
+def test_a_node_cutting_the_model_itself_plans_for_its_configured_link(
+    small_model: Path, tmp_path: Path
+) -> None:
+    from edgenode.config import ModelConfig
+    from edgenode.model.manifest import LinkSpec
+    from edgenode.node import prepare_model
+
+    wifi = ModelConfig(source=str(small_model), link_mbps=20.0, hop_latency_ms=3.0)
+    manifest, _ = prepare_model(wifi, tmp_path / "a")
+    assert manifest.link == LinkSpec(bandwidth_bytes_per_s=2.5e6, latency_s=0.003)
+    wired, _ = prepare_model(ModelConfig(source=str(small_model)), tmp_path / "b")
+    assert wired.link is None and wired.identity != manifest.identity

@@ -28,6 +28,7 @@ __all__ = [
     "PartSpec",
     "TensorSpec",
     "file_sha256",
+    "link_spec",
     "load_manifest",
 ]
 
@@ -110,6 +111,21 @@ class LinkSpec:
     def to_json(self) -> dict[str, Any]:
         """JSON object of this spec."""
         return {"bandwidth_bytes_per_s": self.bandwidth_bytes_per_s, "latency_s": self.latency_s}
+
+
+GIGABIT_MBPS = 1000.0
+DEFAULT_HOP_LATENCY_MS = 0.5
+
+
+def link_spec(mbps: float | None, hop_latency_ms: float | None) -> LinkSpec | None:
+    """The link to write into a manifest from user settings (None: neither given, so the
+    default, gigabit Ethernet with 0.5 ms per hop, and nothing is written)."""
+    if mbps is None and hop_latency_ms is None:
+        return None
+    return LinkSpec(
+        bandwidth_bytes_per_s=(mbps or GIGABIT_MBPS) * 1e6 / 8,
+        latency_s=(DEFAULT_HOP_LATENCY_MS if hop_latency_ms is None else hop_latency_ms) / 1e3,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
