@@ -84,6 +84,9 @@ class ClusterConfig:
     multicast: bool = True
 
 
+DEFAULT_HOP_LATENCY_MS = 0.5  # the planner's fixed cost of a hop on gigabit Ethernet
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """[model]: what to run and with which backend."""
@@ -97,7 +100,12 @@ class ModelConfig:
     # The network the cluster plans for, when the node cuts the model itself (a split
     # directory's manifest carries its own: `edgenode split --link-mbps`). 0: gigabit.
     link_mbps: float = 0.0
-    hop_latency_ms: float = 0.5
+    hop_latency_ms: float = DEFAULT_HOP_LATENCY_MS
+
+    @property
+    def custom_link(self) -> bool:
+        """True when the link settings differ from the default (gigabit, 0.5 ms)."""
+        return bool(self.link_mbps) or self.hop_latency_ms != DEFAULT_HOP_LATENCY_MS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,8 +215,7 @@ def _check(config: Config) -> None:
         raise ConfigError("model.link_mbps: must be positive, or 0 for gigabit Ethernet")
     if config.model.hop_latency_ms < 0:
         raise ConfigError("model.hop_latency_ms: must be 0 or more")
-    custom_link = config.model.link_mbps or config.model.hop_latency_ms != 0.5
-    if custom_link and Path(config.model.source).is_dir():
+    if config.model.custom_link and Path(config.model.source).is_dir():
         raise ConfigError(
             "model.link_mbps, model.hop_latency_ms: only for a model the node cuts itself; "
             "a split directory's manifest sets the link (edgenode split --link-mbps)"

@@ -74,8 +74,7 @@ def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
         input_shape=model.input_shape or None,
         seed=model.seed,
     )
-    custom = model.link_mbps or model.hop_latency_ms != 0.5
-    link = link_spec(model.link_mbps or None, model.hop_latency_ms) if custom else None
+    link = link_spec(model.link_mbps or None, model.hop_latency_ms) if model.custom_link else None
     result = split_model(keras_model, target, parts=DEFAULT_SPLIT_PARTS, fmt=fmt, link=link)
     return result.manifest, target
 

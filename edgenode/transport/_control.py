@@ -139,15 +139,16 @@ def control_handlers(
         inputs: dict[str, Any] = {}
         try:
             assert router is not None
-            names = router().input_names
-            router().check_admission()
+            serving = router()
+            names = serving.input_names
+            serving.check_admission()
             async for frame in frames:
                 for tensor in decoder.feed(frame):
                     if tensor.name not in names:  # refused now: no memory for strangers
                         raise ModelError(unknown_input(tensor.name, names))
                     inputs[tensor.name] = tensor.array
             decoder.finish()
-            outputs = await router().infer(inputs)
+            outputs = await serving.infer(inputs)
         except EdgenodeError as exc:
             decoder.discard()
             await context.abort(infer_status(exc), str(exc))
