@@ -763,6 +763,14 @@ latency), so the library does not do it.
   turning the BDP probe off costs throughput. The options stay at keepalive + reconnect
   backoff, with gRPC's default 4 MiB message limit.
 - `GRPC_POLL_STRATEGY=poll` / `epoll1`: no gain.
+- `GRPC_ASYNCIO_ENGINE=custom_io_manager`, the engine that let grpc.aio do its socket I/O on
+  the event loop (one wake-up per message instead of two): this grpcio (1.85) refuses it
+  ("Unsupported engine type"); the poller thread is the only engine left.
+- `/dev/cpu_dma_latency` held at 0 does not help the parts of a model either: after idling
+  40 ms, 5 Keras parts of MobileNetV3Large still take ~1.5x their back-to-back time, the
+  first TensorFlow call ~2 ms, and pure Python code ~1.6x (the same when the idle time is
+  spent spinning), so that penalty is state this guest loses to its neighbours, not the
+  idle halts.
 - Chunk size: 256 KiB costs a third of the throughput; 2 MiB and 3.5 MiB are no better than
   1 MiB, which stays (`CHUNK_BYTES`).
 - malloc: without `tune_malloc()` 64 MiB drops to ~0.96 GB/s; raising the thresholds alone
