@@ -11,7 +11,10 @@ that cannot be reached several times in a row while confirming is marked dead,
 which triggers a re-plan without it: mDNS would keep a killed node's record for
 minutes. A dead peer is asked again with exponential backoff; when the same run
 answers (it was frozen, or the network was cut), it is revived and joins the plan
-again. Each failure and each recovery is logged once.
+again. Each failure and each recovery is logged once. A failed ask that ends long after
+its timeout says that this process was paused (SIGSTOP, a suspended VM, a starved CPU),
+not that the peer is gone: the peer's answer can wait in the socket behind the expired
+timer. Such failures do not count against the peer.
 
 A discovery record counts only once the node behind it has confirmed it over the
 control plane (Hello, over authenticated TLS when the cluster has a key): anyone on
@@ -61,6 +64,7 @@ CONFIRM_INTERVAL_S = 0.02  # between rounds of asking peers for their digest
 CHECK_INTERVAL_S = 0.5  # once agreed, members are asked again this often (liveness, drift)
 ASK_TIMEOUT_S = 0.5  # a peer slower than this to answer counts as unreachable
 DEAD_AFTER_FAILURES = 2  # consecutive unreachable answers before a peer is marked dead
+PAUSE_SLACK_S = 1.0  # an ask failing this long after its timeout straddled a pause of ours
 CONFIRM_MAX_BACKOFF_S = 1.0  # a new record is asked again at least this often
 REVIVE_FIRST_S = 1.0  # a dead peer is asked again after this long...
 REVIVE_MAX_S = 30.0  # ...doubling up to this
@@ -133,6 +137,7 @@ class Negotiator:
         self._clock = clock
         self._membership = Membership.of(discovery.local)
         self._failures: dict[NodeId, int] = {}
+        self._resumed_at = float("-inf")  # when the last pause of this process was noticed
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._state = PlanState(computed=None, agreed=None, members=(), version=0)
@@ -342,10 +347,13 @@ class Negotiator:
         await asyncio.gather(*(probe(p) for p in due))
 
     async def _ask(self, peer: PeerInfo) -> str | None:
+        started = self._clock()
         try:
             async with asyncio.timeout(self._ask_timeout_s):
                 digest = await self._peers.plan_digest(peer)
         except (PeerUnavailable, TimeoutError) as exc:
+            if self._paused_since(started):
+                return None
             failures = self._failures.get(peer.node_id, 0) + 1
             self._failures[peer.node_id] = failures
             if failures == 1:
@@ -357,6 +365,21 @@ class Negotiator:
             return None
         self._failures.pop(peer.node_id, None)
         return digest
+
+    def _paused_since(self, started: float) -> bool:
+        """True when an ask begun at ``started`` ended far past its timeout: this process
+        was not running meanwhile. Logged once per pause, however many asks it spoiled."""
+        now = self._clock()
+        late = now - started - self._ask_timeout_s
+        if late <= PAUSE_SLACK_S:
+            return False
+        if started >= self._resumed_at:
+            logger.warning(
+                "this node was paused for about %.1f s; peers' silence meanwhile not counted",
+                late,
+            )
+            self._resumed_at = now
+        return True
 
     async def _publish(self, *, computed: ClusterPlan | None, agreed: ClusterPlan | None) -> None:
         async with self._changed:

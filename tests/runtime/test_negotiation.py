@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from edgenode.mesh import Debounce, InMemoryNetwork
+from edgenode.mesh import Debounce, InMemoryNetwork, PeerInfo
 from edgenode.model.manifest import LinkSpec
-from edgenode.runtime.negotiation import Negotiator, PlanState
+from edgenode.runtime.negotiation import Negotiator, PlanPeers, PlanState
 from tests.runtime.fakes import InMemoryPlanPeers, chain_manifest, peer_info
 
 DEADLINE_S = 5.0
@@ -27,18 +29,26 @@ class Cluster:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.discoveries: dict = {}
 
-    async def start(self, node_id: str, port: int, speed: float = 1e9) -> Negotiator:
+    async def start(
+        self,
+        node_id: str,
+        port: int,
+        speed: float = 1e9,
+        clock: Callable[[], float] = time.monotonic,
+        peers: PlanPeers | None = None,
+    ) -> Negotiator:
         discovery = self.network.discovery(peer_info(node_id, port, self.manifest, speed))
         await discovery.start()
         negotiator = Negotiator(
             discovery=discovery,
             manifest=self.manifest,
-            peers=self.peers,
+            peers=peers or self.peers,
             debounce=FAST,
             ask_timeout_s=0.2,
             check_interval_s=0.05,
             revive_first_s=0.05,
             revive_max_s=0.2,
+            clock=clock,
         )
         self.peers.negotiators[node_id] = negotiator
         self.discoveries[node_id] = discovery
@@ -152,6 +162,90 @@ async def test_a_frozen_peer_is_dropped_then_rejoins_when_it_answers_again(
         "marked dead after 2 failures",
         "answers again",
     ]
+
+
+class PausingPeers:
+    """One node's view of the others, whose asks of some peers straddle a pause of that
+    node: its clock jumps by ``pause_s`` and the ask times out, as ``asyncio.timeout`` does
+    once a SIGSTOPped node is continued (the answer waits in the socket, behind the expired
+    timer). Asks in flight together straddle one pause together."""
+
+    def __init__(self, peers: InMemoryPlanPeers, pause_s: float) -> None:
+        self.peers = peers
+        self.pause_s = pause_s
+        self.offset = 0.0
+        self.pausing: dict[str, int] = {}  # peer -> asks still to straddle a pause
+        self.asked: Counter[str] = Counter()
+
+    def clock(self) -> float:
+        return time.monotonic() + self.offset
+
+    async def confirm(self, peer: PeerInfo) -> None:
+        await self.peers.confirm(peer)
+
+    async def plan_digest(self, peer: PeerInfo) -> str:
+        self.asked[peer.node_id] += 1
+        if self.pausing.get(peer.node_id, 0) > 0:
+            self.pausing[peer.node_id] -= 1
+            offset = self.offset
+            await asyncio.sleep(0)  # let the other asks of this round start
+            if self.offset == offset:
+                self.offset += self.pause_s
+            raise TimeoutError
+        return await self.peers.plan_digest(peer)
+
+
+async def test_a_paused_node_does_not_blame_its_peers_for_its_own_pause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
+    cluster = Cluster()
+    peers = PausingPeers(cluster.peers, pause_s=3.0)
+    try:
+        a = await cluster.start("a", 1, clock=peers.clock, peers=peers)
+        await cluster.start("b", 2)
+        await cluster.agreed({"a", "b"})
+        before = peers.asked["b"]
+        peers.pausing["b"] = 4  # more asks in a row than DEAD_AFTER_FAILURES
+        async with asyncio.timeout(DEADLINE_S):
+            while peers.asked["b"] < before + 6:  # the 4 paused asks and answered ones after
+                await asyncio.sleep(0.02)
+        assert not a.membership.is_dead("b")
+        assert set(a.state.members) == {"a", "b"}
+        said = [r.getMessage() for r in caplog.records if "peer b" in r.getMessage()]
+        assert said == []
+        paused = [r.getMessage() for r in caplog.records if "paused" in r.getMessage()]
+        assert len(paused) == 4  # once per pause
+        # The same silence without the pause still counts: b is dropped.
+        cluster.peers.down.add("b")
+        await a.wait(lambda s: s.settled and set(s.members) == {"a"}, DEADLINE_S)
+    finally:
+        for node_id in list(cluster.tasks):
+            await cluster.stop(node_id)
+
+
+async def test_one_pause_is_logged_once_for_all_the_asks_it_spoiled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
+    cluster = Cluster()
+    peers = PausingPeers(cluster.peers, pause_s=3.0)
+    try:
+        a = await cluster.start("a", 1, clock=peers.clock, peers=peers)
+        for i, node in enumerate("bc"):
+            await cluster.start(node, i + 2)
+        await cluster.agreed({"a", "b", "c"})
+        before = dict(peers.asked)
+        peers.pausing.update(b=2, c=2)  # two pauses, each spoiling the asks of b and c
+        async with asyncio.timeout(DEADLINE_S):
+            while min(peers.asked[n] - before[n] for n in "bc") < 3:
+                await asyncio.sleep(0.02)
+        assert set(a.state.members) == {"a", "b", "c"}
+        assert not [r for r in caplog.records if "peer " in r.getMessage()]
+        assert len([r for r in caplog.records if "paused" in r.getMessage()]) == 2
+    finally:
+        for node_id in list(cluster.tasks):
+            await cluster.stop(node_id)
 
 
 async def test_graceful_leave_replans(cluster: Cluster) -> None:
