@@ -196,56 +196,46 @@ class PausingPeers:
 
 
 async def test_a_paused_node_does_not_blame_its_peers_for_its_own_pause(
-    caplog: pytest.LogCaptureFixture,
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
-    cluster = Cluster()
     peers = PausingPeers(cluster.peers, pause_s=3.0)
-    try:
-        a = await cluster.start("a", 1, clock=peers.clock, peers=peers)
-        await cluster.start("b", 2)
-        await cluster.agreed({"a", "b"})
-        before = peers.asked["b"]
-        peers.pausing["b"] = 4  # more asks in a row than DEAD_AFTER_FAILURES
-        async with asyncio.timeout(DEADLINE_S):
-            while peers.asked["b"] < before + 6:  # the 4 paused asks and answered ones after
-                await asyncio.sleep(0.02)
-        assert not a.membership.is_dead("b")
-        assert set(a.state.members) == {"a", "b"}
-        said = [r.getMessage() for r in caplog.records if "peer b" in r.getMessage()]
-        assert said == []
-        paused = [r.getMessage() for r in caplog.records if "paused" in r.getMessage()]
-        assert len(paused) == 4  # once per pause
-        # The same silence without the pause still counts: b is dropped.
-        cluster.peers.down.add("b")
-        await a.wait(lambda s: s.settled and set(s.members) == {"a"}, DEADLINE_S)
-    finally:
-        for node_id in list(cluster.tasks):
-            await cluster.stop(node_id)
+    a = await cluster.start("a", 1, clock=peers.clock, peers=peers)
+    await cluster.start("b", 2)
+    await cluster.agreed({"a", "b"})
+    before = peers.asked["b"]
+    peers.pausing["b"] = 4  # more asks in a row than DEAD_AFTER_FAILURES
+    async with asyncio.timeout(DEADLINE_S):
+        while peers.asked["b"] < before + 6:  # the 4 paused asks and answered ones after
+            await asyncio.sleep(0.02)
+    assert not a.membership.is_dead("b")
+    assert set(a.state.members) == {"a", "b"}
+    said = [r.getMessage() for r in caplog.records if "peer b" in r.getMessage()]
+    assert said == []
+    paused = [r.getMessage() for r in caplog.records if "paused" in r.getMessage()]
+    assert len(paused) == 4  # once per pause
+    # The same silence without the pause still counts: b is dropped.
+    cluster.peers.down.add("b")
+    await a.wait(lambda s: s.settled and set(s.members) == {"a"}, DEADLINE_S)
 
 
 async def test_one_pause_is_logged_once_for_all_the_asks_it_spoiled(
-    caplog: pytest.LogCaptureFixture,
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
-    cluster = Cluster()
     peers = PausingPeers(cluster.peers, pause_s=3.0)
-    try:
-        a = await cluster.start("a", 1, clock=peers.clock, peers=peers)
-        for i, node in enumerate("bc"):
-            await cluster.start(node, i + 2)
-        await cluster.agreed({"a", "b", "c"})
-        before = dict(peers.asked)
-        peers.pausing.update(b=2, c=2)  # two pauses, each spoiling the asks of b and c
-        async with asyncio.timeout(DEADLINE_S):
-            while min(peers.asked[n] - before[n] for n in "bc") < 3:
-                await asyncio.sleep(0.02)
-        assert set(a.state.members) == {"a", "b", "c"}
-        assert not [r for r in caplog.records if "peer " in r.getMessage()]
-        assert len([r for r in caplog.records if "paused" in r.getMessage()]) == 2
-    finally:
-        for node_id in list(cluster.tasks):
-            await cluster.stop(node_id)
+    a = await cluster.start("a", 1, clock=peers.clock, peers=peers)
+    for i, node in enumerate("bc"):
+        await cluster.start(node, i + 2)
+    await cluster.agreed({"a", "b", "c"})
+    before = dict(peers.asked)
+    peers.pausing.update(b=2, c=2)  # two pauses, each spoiling the asks of b and c
+    async with asyncio.timeout(DEADLINE_S):
+        while min(peers.asked[n] - before[n] for n in "bc") < 3:
+            await asyncio.sleep(0.02)
+    assert set(a.state.members) == {"a", "b", "c"}
+    assert not [r for r in caplog.records if "peer " in r.getMessage()]
+    assert len([r for r in caplog.records if "paused" in r.getMessage()]) == 2
 
 
 async def test_graceful_leave_replans(cluster: Cluster) -> None:
