@@ -1520,13 +1520,23 @@ async def section_planner(ctx: Context, sec: Section) -> None:
 
 
 def _grouped_bars(
-    ax: Any, series: Sequence[tuple[str, Sequence[float]]], ticks: Sequence[str]
+    ax: Any, series: Sequence[tuple[str, Sequence[Any]]], ticks: Sequence[str]
 ) -> None:
-    """One bar group per tick, one bar per series (values in seconds, drawn in ms)."""
+    """One bar group per tick, one bar per series (values in seconds, drawn in ms). A value
+    that is a list of samples is drawn as its median with a p10-p90 whisker."""
     width = 0.8 / len(series)
     for j, (label, values) in enumerate(series):
         offset = (j - (len(series) - 1) / 2) * width
-        ax.bar(np.arange(len(ticks)) + offset, np.asarray(values) * 1e3, width, label=label)
+        x = np.arange(len(ticks)) + offset
+        if values and isinstance(values[0], (list, tuple, np.ndarray)):
+            ms = [np.asarray(v) * 1e3 for v in values]
+            mid = np.array([np.median(v) for v in ms])
+            low = mid - np.array([np.percentile(v, 10) for v in ms])
+            high = np.array([np.percentile(v, 90) for v in ms]) - mid
+            ax.bar(x, mid, width, label=f"{label}, p10-p90")
+            ax.errorbar(x, mid, yerr=[low, high], fmt="none", ecolor="black", capsize=3, lw=1)
+        else:
+            ax.bar(x, np.asarray(values) * 1e3, width, label=label)
     ax.set_xticks(range(len(ticks)), ticks)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -1591,8 +1601,10 @@ def _plot_pipelining(plt: Any, data: Mapping[str, Any]) -> Any:
 def _plot_backends(plt: Any, data: Mapping[str, Any]) -> Any:
     parts = data["parts_s"]
     n = len(parts["keras"])
-    series = [(f"{name}, in process (median)", [float(np.median(t)) for t in parts[fmt]])
-              for fmt, name in (("keras", "Keras"), ("litert", "LiteRT"))]  # fmt: skip
+    series: list[tuple[str, Sequence[Any]]] = [
+        (f"{name}, in process (median)", parts[fmt])
+        for fmt, name in (("keras", "Keras"), ("litert", "LiteRT"))
+    ]
     for fmt, name in (("keras", "Keras"), ("litert", "LiteRT")):
         means = data["node_part_means_s"].get(fmt)
         if means:
@@ -1621,7 +1633,7 @@ def _plot_planner(plt: Any, data: Mapping[str, Any], proto: Mapping[str, Any] | 
         axes[0].set_axis_off()
     splits = data["splits"]
     series = [
-        (f"{method} (ops {'/'.join(map(str, d['ops']))})", [np.median(t) for t in d["parts_s"]])
+        (f"{method} (ops {'/'.join(map(str, d['ops']))}), median", d["parts_s"])
         for method, d in splits.items()
     ]
     _grouped_bars(axes[1], series, [f"part {i}" for i in range(len(series[0][1]))])
@@ -1630,8 +1642,9 @@ def _plot_planner(plt: Any, data: Mapping[str, Any], proto: Mapping[str, Any] | 
     return fig
 
 
-def make_plots(sections: Mapping[int, Section]) -> list[str]:
-    """Write the PNGs of the sections that ran; their file names."""
+def make_plots(sections: Mapping[int, Section], footer: str) -> list[str]:
+    """Write the PNGs of the sections that ran, each with ``footer`` (machine, command)
+    under it; their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1651,7 +1664,8 @@ def make_plots(sections: Mapping[int, Section]) -> list[str]:
     if 5 in data:
         figures["inference-planner.png"] = _plot_planner(plt, data[5], data.get(1))
     for name, fig in figures.items():
-        fig.tight_layout()
+        fig.text(0.01, 0.01, footer, fontsize=7, color="0.35", ha="left", va="bottom")
+        fig.tight_layout(rect=(0, 0.035, 1, 1))
         fig.savefig(RESULTS / name, dpi=110)
         plt.close(fig)
     return list(figures)
@@ -1667,6 +1681,11 @@ SECTIONS: dict[int, tuple[str, Callable[[Context, Section], Any]]] = {
     5: ("Planner: predicted against measured", section_planner),
     6: ("A second model: multi-input parts", section_second_model),
 }
+
+
+def plot_footer(command: str, when: str) -> str:
+    """The line under every figure: what ran, where, when."""
+    return f"{command}  |  {os.cpu_count()} cores, {platform.machine()}  |  {when}"
 
 
 def machine_lines() -> list[str]:
@@ -1780,7 +1799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.monotonic() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
-    plots = make_plots(sections)
+    plots = make_plots(sections, plot_footer(command, time.strftime("%Y-%m-%d %H:%M")))
     s = ctx.settings
     speeds = ", ".join(f"{k} {v} GFLOP/s" for k, v in ctx.calibrated.items())
     lines = [
