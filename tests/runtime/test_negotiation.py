@@ -195,14 +195,21 @@ class PausingPeers:
         return await self.peers.plan_digest(peer)
 
 
+async def paused_cluster(cluster: Cluster, others: str) -> tuple[PausingPeers, Negotiator]:
+    """Node a, whose asks may straddle pauses, with ``others`` (plain nodes), agreed."""
+    peers = PausingPeers(cluster.peers, pause_s=3.0)
+    a = await cluster.start("a", 1, clock=peers.clock, peers=peers)
+    for i, node in enumerate(others):
+        await cluster.start(node, i + 2)
+    await cluster.agreed({"a", *others})
+    return peers, a
+
+
 async def test_a_paused_node_does_not_blame_its_peers_for_its_own_pause(
     cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
-    peers = PausingPeers(cluster.peers, pause_s=3.0)
-    a = await cluster.start("a", 1, clock=peers.clock, peers=peers)
-    await cluster.start("b", 2)
-    await cluster.agreed({"a", "b"})
+    peers, a = await paused_cluster(cluster, "b")
     before = peers.asked["b"]
     peers.pausing["b"] = 4  # more asks in a row than DEAD_AFTER_FAILURES
     async with asyncio.timeout(DEADLINE_S):
@@ -223,11 +230,7 @@ async def test_one_pause_is_logged_once_for_all_the_asks_it_spoiled(
     cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
-    peers = PausingPeers(cluster.peers, pause_s=3.0)
-    a = await cluster.start("a", 1, clock=peers.clock, peers=peers)
-    for i, node in enumerate("bc"):
-        await cluster.start(node, i + 2)
-    await cluster.agreed({"a", "b", "c"})
+    peers, a = await paused_cluster(cluster, "bc")
     before = dict(peers.asked)
     peers.pausing.update(b=2, c=2)  # two pauses, each spoiling the asks of b and c
     async with asyncio.timeout(DEADLINE_S):
