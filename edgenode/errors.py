@@ -23,6 +23,7 @@ __all__ = [
     "TransportError",
     "Unauthenticated",
     "UsageError",
+    "VacuousReference",
 ]
 
 
@@ -104,3 +105,7 @@ class ChecksumMismatch(ProtocolError):
 
 class InputError(EdgenodeError):
     """A user's input file is missing, unreadable, or does not fit the model; names the file."""
+
+
+class VacuousReference(EdgenodeError):
+    """Reference outputs do not move with their inputs: comparing against them proves nothing."""
