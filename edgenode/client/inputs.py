@@ -20,6 +20,10 @@ The pixels (0..255, float32, batch of one) then go through the model family's ow
 - identity (the model has its own ``Rescaling``/``Normalization`` layers and expects
   0..255): ``mobilenet_v3``, ``efficientnet``, ``efficientnet_v2``, ``convnext``.
   Keras is not imported for these.
+- ``"center_crop"``: ``efficientnet_lite`` (edgenode's EfficientNet-Lite0, which
+  normalises inside the model) gets the evaluation crop its weights were validated with
+  in ``tensorflow/tpu``: the centre ``size / (size + 32)`` of the shorter side, resized
+  to the model's size with a bicubic filter, pixels 0..255 otherwise unchanged.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ PREPROCESS_FAMILIES: dict[str, str] = {
     "convnext": "identity",
     "densenet": "torch",
     "efficientnet": "identity",
+    "efficientnet_lite": "center_crop",
     "efficientnet_v2": "identity",
     "inception_resnet_v2": "tf",
     "inception_v3": "tf",
@@ -83,6 +88,7 @@ _FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
     ("convnext", "convnext"),
     ("densenet", "densenet"),
     ("efficientnetv2", "efficientnet_v2"),
+    ("efficientnetlite", "efficientnet_lite"),
     ("efficientnet", "efficientnet"),
     ("inceptionresnetv2", "inception_resnet_v2"),
     ("inceptionv3", "inception_v3"),
@@ -112,6 +118,7 @@ _PIL_ERRORS: tuple[type[BaseException], ...] = (
     Image.DecompressionBombError,
 )
 _RGB_CHANNELS = 3
+_CROP_PADDING = 32  # pixels: CROP_PADDING of tensorflow/tpu's EfficientNet preprocessing
 
 
 class InputSpec(Protocol):
@@ -229,7 +236,8 @@ def _load_image(
             f"{preprocess!r} preprocessing gives floats"
         )
 
-    pixels = decode_image(path, height=height, width=width)  # (H, W, 3) uint8
+    center_crop = preprocess is not None and PREPROCESS_FAMILIES[preprocess] == "center_crop"
+    pixels = decode_image(path, height=height, width=width, center_crop=center_crop)
     batch = pixels[np.newaxis].astype(np.float32)
     if preprocess is not None:
         batch = _preprocess(batch, preprocess, path)
@@ -238,10 +246,15 @@ def _load_image(
     return {spec.name: batch.astype(target_dtype, copy=False)}
 
 
-def decode_image(path: Path, *, height: int | None, width: int | None) -> np.ndarray:
+def decode_image(
+    path: Path, *, height: int | None, width: int | None, center_crop: bool = False
+) -> np.ndarray:
     """RGB uint8 pixels (H, W, 3) of an image file, resized (bilinear) when H and W are given.
 
     A ``None`` height or width keeps the image's own size in that dimension.
+    ``center_crop``: first keep the centre ``H / (H + 32)`` of the shorter side (a square
+    for a square input) and resize it with a bicubic filter, as TensorFlow's EfficientNet
+    evaluation does (``_decode_and_center_crop`` in ``tensorflow/tpu``).
     """
     try:
         with Image.open(path) as opened:
@@ -252,6 +265,8 @@ def decode_image(path: Path, *, height: int | None, width: int | None) -> np.nda
                 has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
                 image = image.convert("RGBA" if has_alpha else "RGB").convert("RGB")
             size = (width or image.width, height or image.height)
+            if center_crop and height and width:
+                return _center_crop(image, height, width)
             if image.size != size:
                 image = image.resize(size, Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
@@ -265,8 +280,19 @@ def decode_image(path: Path, *, height: int | None, width: int | None) -> np.nda
         raise InputError(f"{path}: broken image ({_reason(exc)})") from exc
 
 
+def _center_crop(image: Image.Image, height: int, width: int) -> np.ndarray:
+    side = min(image.width, image.height)
+    crop_h = int(height / (height + _CROP_PADDING) * side)
+    crop_w = int(width / (width + _CROP_PADDING) * side)
+    top = (image.height - crop_h + 1) // 2
+    left = (image.width - crop_w + 1) // 2
+    box = (left, top, left + crop_w, top + crop_h)
+    cropped = image.crop(box).resize((width, height), Image.Resampling.BICUBIC)
+    return np.asarray(cropped, dtype=np.uint8)
+
+
 def _preprocess(batch: np.ndarray, family: str, path: Path) -> np.ndarray:
-    if PREPROCESS_FAMILIES[family] == "identity":
+    if PREPROCESS_FAMILIES[family] in ("identity", "center_crop"):
         return batch
     try:
         module = importlib.import_module(f"keras.applications.{family}")

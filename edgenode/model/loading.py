@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from edgenode.errors import ModelError
+from edgenode.model import efficientnet_lite
 from edgenode.model.graph import LayerGraph
 
 __all__ = ["APPLICATIONS", "application_names", "load_model", "model_sha256"]
@@ -62,8 +63,9 @@ def _key(name: str) -> str:
 
 
 def application_names() -> list[str]:
-    """Names of the ``keras.applications`` models that can be built by name."""
-    return sorted(APPLICATIONS)
+    """Names of the models that can be built by name (``keras.applications`` and
+    ``EfficientNetLite0``)."""
+    return sorted([*APPLICATIONS, efficientnet_lite.NAME])
 
 
 def _resolve_application(name: str) -> tuple[str, Callable[..., Any]] | None:
@@ -92,9 +94,11 @@ def load_model(
         if input_shape is not None:
             raise ModelError("--input-shape applies to keras.applications names, not to files")
         return _load_file(path, weights)
+    if _key(spec) == _key(efficientnet_lite.NAME):
+        return _build_efficientnet_lite0(weights, input_shape, seed)
     found = _resolve_application(spec)
     if found is None:
-        close = [n for n in APPLICATIONS if _key(spec)[:6] and _key(spec)[:6] in _key(n)]
+        close = [n for n in application_names() if _key(spec)[:6] and _key(spec)[:6] in _key(n)]
         hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
         raise ModelError(
             f"unknown model {spec!r}: not a file and not a keras.applications name{hint}"
@@ -115,6 +119,25 @@ def load_model(
             raise ModelError(f"cannot build {attr} with input shape {shape}: {exc}") from exc
     if mode not in ("none", "imagenet"):
         _load_weights(model, Path(mode))
+    return model
+
+
+def _build_efficientnet_lite0(
+    weights: str | None, input_shape: tuple[int, ...] | None, seed: int
+) -> Any:
+    mode = weights or "none"
+    keras.utils.set_random_seed(seed)
+    model = efficientnet_lite.build_efficientnet_lite0(input_shape)
+    if mode.lower() == "imagenet":
+        efficientnet_lite.load_torch_weights(model, efficientnet_lite.pretrained_weights_path())
+    elif mode.lower() != "none":
+        path = Path(mode)
+        if path.suffix == ".pth":
+            if not path.is_file():
+                raise ModelError(f"weights file {path} does not exist")
+            efficientnet_lite.load_torch_weights(model, path)
+        else:
+            _load_weights(model, path)
     return model
 
 
