@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgenode.errors import ModelError
 from edgenode.planning import CostGraph, OpCost, TensorCost
@@ -35,6 +35,10 @@ __all__ = [
 FORMAT = "edgenode-manifest/1"
 MANIFEST_NAME = "manifest.json"
 _HASH_BLOCK_BYTES = 1 << 20
+# Tensor names starting with this are the protocol's own (``!end``, ``!error``, ``!retry``).
+RESERVED_PREFIX = "!"
+
+_V = TypeVar("_V")
 
 
 class ManifestError(ModelError):
@@ -72,11 +76,25 @@ class ModelSpec:
     name: str
     sha256: str
     inputs: tuple[TensorSpec, ...]
-    outputs: tuple[str, ...]
+    outputs: tuple[str, ...]  # tensor names of the final outputs (between parts)
     ops: int
     macs: int
     flops: int
     param_bytes: int
+    # The model's own name of each of ``outputs`` (a dict output's key, else the Keras
+    # output name); None in a manifest written before they were recorded.
+    output_names: tuple[str, ...] | None = None
+
+    @property
+    def answer_names(self) -> tuple[str, ...]:
+        """The name an answer gives each of ``outputs``: the model's own, or for an older
+        manifest without them, the tensor name."""
+        return self.output_names if self.output_names is not None else self.outputs
+
+    def name_outputs(self, values: Mapping[str, _V]) -> dict[str, _V]:
+        """Final outputs keyed by tensor name, re-keyed by the model's own names (model order)."""
+        pairs = zip(self.outputs, self.answer_names, strict=True)
+        return {name: values[tensor] for tensor, name in pairs}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +166,8 @@ class Manifest:
                 "sha256": m.sha256,
                 "inputs": [t.to_json() for t in m.inputs],
                 "outputs": list(m.outputs),
+                # Only when recorded: an older manifest keeps its digest and identity.
+                **({"output_names": list(m.output_names)} if m.output_names is not None else {}),
                 "ops": m.ops,
                 "macs": m.macs,
                 "flops": m.flops,
@@ -186,7 +206,10 @@ class Manifest:
         Leaves out the part files (names, formats, hashes) and the tool version: two
         nodes that cut the same model the same way get files with different zip
         timestamps, or one exported Keras parts and the other LiteRT parts, yet serve
-        the same parts and can work together.
+        the same parts and can work together. Keeps the output names: the origin keys
+        its answer by them, so nodes whose manifests name the outputs differently (or one
+        without names, answering with tensor names) would answer the same request
+        differently; they serve different models to a client.
         """
         data = self.to_json()
         data.pop("created_by")
@@ -369,13 +392,15 @@ def _parse(data: Any) -> Manifest:
     if fmt != FORMAT:
         raise ManifestError(f"manifest.format: unsupported {fmt!r}, expected {FORMAT!r}")
     m = _field(data, "model", dict, "manifest")
+    outputs = tuple(
+        _name(o, f"model.outputs[{i}]") for i, o in enumerate(_list(m, "outputs", "model"))
+    )
     model = ModelSpec(
         name=_field(m, "name", str, "model"),
         sha256=_field(m, "sha256", str, "model"),
         inputs=_tensors(m, "inputs", "model"),
-        outputs=tuple(
-            _name(o, f"model.outputs[{i}]") for i, o in enumerate(_list(m, "outputs", "model"))
-        ),
+        outputs=outputs,
+        output_names=_output_names(m, outputs),
         ops=_optional_int(m, "ops", "model"),
         macs=_optional_int(m, "macs", "model"),
         flops=_optional_int(m, "flops", "model"),
@@ -410,6 +435,35 @@ def _parse(data: Any) -> Manifest:
     )
     _check(manifest)
     return manifest
+
+
+def _output_names(m: Mapping[str, Any], outputs: Sequence[str]) -> tuple[str, ...] | None:
+    """``model.output_names``: one distinct name per model output, or None when absent."""
+    if "output_names" not in m:
+        return None
+    names = tuple(
+        _name(o, f"model.output_names[{i}]")
+        for i, o in enumerate(_list(m, "output_names", "model"))
+    )
+    if len(names) != len(outputs):
+        raise ManifestError(
+            f"model.output_names: {len(names)} names for {len(outputs)} model outputs; "
+            "expected one per output"
+        )
+    for i, tensor in enumerate(outputs):
+        if tensor in outputs[:i]:
+            raise ManifestError(f"model.outputs[{i}]: {tensor!r} is listed twice")
+    for i, name in enumerate(names):
+        if not name:
+            raise ManifestError(f"model.output_names[{i}]: '' is empty")
+        if name.startswith(RESERVED_PREFIX):
+            raise ManifestError(
+                f"model.output_names[{i}]: {name!r} starts with {RESERVED_PREFIX!r}, "
+                "reserved by the protocol"
+            )
+        if name in names[:i]:
+            raise ManifestError(f"model.output_names[{i}]: {name!r} names two outputs")
+    return names
 
 
 def _link(data: Any) -> LinkSpec:
