@@ -15,7 +15,9 @@ Tensor names are model-relative, ``[scope.]op[.call][.oN]``:
 * ``.oN`` is added when an operation has more than one output (flattened order);
 * ``scope.`` is the name of an inlined nested model's call.
 
-So one model gives the same names in every process, whatever was built before.
+So one model gives the same names in every process, whatever was built before. These
+names stay between parts; an answer calls each model output by the model's own name
+(``LayerGraph.output_names``).
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class LayerGraph:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]  # distinct model outputs, in the model's flattened order
     output_slots: tuple[str, ...]  # the tensor of each flattened model output (may repeat)
+    # The model's own name of each of ``outputs``: the key of a dict output (``a/b`` when
+    # nested), else Keras' output name without an automatic counter; distinct (``-N``).
+    output_names: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.ops)
@@ -297,6 +302,7 @@ def build_graph(model: Any) -> LayerGraph:
         tuple(dict.fromkeys(tensor_name(c.scope_key, a) for a in c.arg_ids)) for c in walker.calls
     ]
     outputs = tuple(tensor_name(0, id(t)) for t in functional.outputs)
+    slot_names = _slot_names(functional)
     order = _post_order(outputs, call_inputs, producer_of)
 
     consumers: dict[str, list[int]] = {}
@@ -337,7 +343,46 @@ def build_graph(model: Any) -> LayerGraph:
         inputs=inputs,
         outputs=tuple(dict.fromkeys(outputs)),
         output_slots=outputs,
+        output_names=_output_names(outputs, slot_names),
     )
+
+
+def _slot_names(functional: Any) -> list[str]:
+    """The model's own name of each flattened output: for dict outputs the key (path
+    joined with ``/`` when nested), otherwise Keras' ``output_names`` (the producing
+    operation's name), where an automatic name loses its process-global counter
+    (``dense_7`` -> ``dense``) so that building the model twice gives the same names."""
+    struct = functional._outputs_struct
+    if isinstance(struct, Mapping):
+        return ["/".join(map(str, path)) for path, _ in keras.tree.flatten_with_path(struct)]
+    names = []
+    for tensor in functional.outputs:
+        operation = tensor._keras_history.operation
+        name, kind = str(operation.name), to_snake_case(type(operation).__name__)
+        names.append(kind if re.fullmatch(rf"{re.escape(kind)}(_\d+)?", name) else name)
+    return names
+
+
+def _output_names(slots: Sequence[str], slot_names: Sequence[str]) -> tuple[str, ...]:
+    """One distinct name per distinct output tensor.
+
+    A tensor returned twice keeps its first name; outputs Keras names alike (list outputs
+    of one layer) get ``-1``, ``-2``, ... (Keras never puts ``-`` in a name it makes).
+    """
+    if len(slots) != len(slot_names):
+        raise ModelError(f"the model has {len(slots)} outputs but {len(slot_names)} output names")
+    first: dict[str, str] = {}
+    for tensor, name in zip(slots, slot_names, strict=True):
+        first.setdefault(tensor, name)
+    used: set[str] = set()
+    names = []
+    for wanted in first.values():
+        name, n = wanted, 1
+        while name in used:
+            name, n = f"{wanted}-{n}", n + 1
+        used.add(name)
+        names.append(name)
+    return tuple(names)
 
 
 def _tensor_info(

@@ -19,6 +19,7 @@ from edgenode.model.graph import LayerGraph, build_graph
 from edgenode.model.loading import model_sha256
 from edgenode.model.manifest import (
     MANIFEST_NAME,
+    RESERVED_PREFIX,
     LinkSpec,
     Manifest,
     ModelSpec,
@@ -158,6 +159,7 @@ def split_model(
     graph = build_graph(model)
     stats = graph_stats(graph)
     chosen = choose_cuts(graph, stats, parts=parts, method=method, at=cuts, op_seconds=op_seconds)
+    _check_output_names(graph)
     _prepare_directory(out)
     say(f"cutting {graph.name} ({len(graph.ops)} ops) into {len(chosen) + 1} parts")
     built = cut_graph(graph, chosen)
@@ -190,6 +192,7 @@ def split_model(
                 sha256=model_sha256(graph),
                 inputs=tuple(_spec(graph, n) for n in graph.inputs),
                 outputs=graph.outputs,
+                output_names=graph.output_names,
                 ops=len(graph.ops),
                 macs=sum(s.macs for s in stats),
                 flops=sum(s.flops for s in stats),
@@ -202,6 +205,16 @@ def split_model(
         manifest.write(staging)
         _replace_directory(staging, out)
     return SplitResult(manifest=manifest, directory=out, parts=built, graph=graph)
+
+
+def _check_output_names(graph: LayerGraph) -> None:
+    """Answers are keyed by the model's output names: each must be usable as one."""
+    for name in graph.output_names:
+        if not name or name.startswith(RESERVED_PREFIX):
+            raise ModelError(
+                f"model output {name!r}: an output name must not be empty or start with "
+                f"{RESERVED_PREFIX!r}; rename that output (its dict key or layer)"
+            )
 
 
 def _output_spec(graph: LayerGraph, name: str, final: bool) -> OutputSpec:

@@ -122,6 +122,30 @@ def multi_io() -> keras.Model:
     return keras.Model({"image": image, "meta": meta}, {"early": early, "late": late})
 
 
+def named_outputs() -> keras.Model:
+    """Dict outputs {"cls", "reg", "emb"}: "emb" comes out of an inlined nested model
+    (tensor ``inner.inner_dense``), "cls" is also read by a later layer (not a leaf)."""
+    inner_in = keras.Input((6,))
+    hidden = keras.layers.Dense(6, activation="tanh", name="inner_dense")(inner_in)
+    inner = keras.Model(inner_in, hidden, name="inner")
+    x = keras.Input((6,), name="features")
+    emb = inner(x)
+    cls = keras.layers.Dense(4, name="cls_head")(emb)
+    joined = keras.layers.Concatenate(name="join")([emb, cls])
+    reg = keras.layers.Dense(2, name="reg_head")(joined)
+    return keras.Model(x, {"reg": reg, "cls": cls, "emb": emb})
+
+
+def list_outputs() -> keras.Model:
+    """List outputs: both halves of one keras.ops.split (Keras names both "split") and
+    an inlined nested model's output."""
+    x = keras.Input((6,), name="values")
+    low, high = keras.ops.split(keras.layers.Dense(6, name="mix")(x), 2, axis=-1)
+    tail_in = keras.Input((3,))
+    tail = keras.Model(tail_in, keras.layers.Dense(2, name="proj")(tail_in), name="tail")
+    return keras.Model(x, [low, high, tail(high)])
+
+
 def custom_block() -> keras.Model:
     """A custom layer with a conv inside."""
     x = keras.Input((16, 16, 3))
@@ -135,6 +159,8 @@ BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "shared_and_multi_output": shared_and_multi_output,
     "nested": nested,
     "multi_io": multi_io,
+    "named_outputs": named_outputs,
+    "list_outputs": list_outputs,
     "custom_block": custom_block,
 }
 
