@@ -11,11 +11,13 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
@@ -25,16 +27,18 @@ from edgenode.errors import (
     ModelError,
     PeerUnavailable,
     TransportError,
+    UsageError,
 )
 from edgenode.mesh import Capacity, Endpoint, PeerInfo
 from edgenode.runtime.control import NodeControl, NodeStatus
 from edgenode.runtime.negotiation import PlanState
 from edgenode.runtime.requests import Router
-from edgenode.transport._options import CHANNEL_OPTIONS
+from edgenode.transport._failover import ClusterClient, View
+from edgenode.transport._options import CHANNEL_OPTIONS, CONNECT_TIMEOUT_S
 from edgenode.transport._security import Security
 from edgenode.transport._session import (
     ClientSession,
-    SessionEnded,
+    Refusal,
     infer_status,
     session_handler,
     unknown_input,
@@ -49,6 +53,7 @@ from edgenode.transport.codec import (
 
 __all__ = [
     "CONTROL_TIMEOUT_S",
+    "ClusterClient",
     "ControlClient",
     "control_handlers",
     "peer_from_record",
@@ -59,6 +64,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["EdgeNode"].full_name
+# A new session is not opened on a channel in these states: the node cannot be reached now.
+_UNREACHABLE = frozenset(
+    {grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN}
+)
 CONTROL_TIMEOUT_S = 2.0  # a control call slower than this: the peer is unavailable
 FETCH_TIMEOUT_S = 300.0  # a whole part file
 
@@ -217,7 +226,8 @@ def control_handlers(
 
 
 class ControlClient:
-    """Control calls to peers over one cached channel per address."""
+    """Control calls and requests to nodes over one cached channel per address; an async
+    context manager (or call ``aclose``)."""
 
     def __init__(
         self,
@@ -231,6 +241,7 @@ class ControlClient:
         self._security = security or Security.insecure()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._sessions: dict[str, ClientSession] = {}
+        self._clusters: list[ClusterClient] = []
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -331,32 +342,116 @@ class ControlClient:
         return b"".join(chunks)
 
     async def infer(
-        self, address: str, inputs: Mapping[str, Any], *, timeout_s: float
+        self,
+        address: str,
+        inputs: Mapping[str, Any],
+        *,
+        timeout_s: float,
+        failover: bool = True,
     ) -> dict[str, Any]:
-        """Run one request at the node at ``address``; the final outputs by name.
+        """Run one request entering the cluster at the node at ``address``; the final
+        outputs by name, within ``timeout_s`` in all.
+
+        When that node goes away before answering (it died, the connection broke, it is
+        stopping), the request is sent again to another member of its cluster (see
+        ``cluster`` and ``ClusterClient``); ``failover=False`` asks that node only."""
+        if failover:
+            return await self.cluster(address).infer(inputs, timeout_s=timeout_s, origin=address)
+        try:
+            async with asyncio.timeout(timeout_s):
+                outcome = await self.infer_once(address, inputs)
+        except TimeoutError:
+            raise PeerUnavailable(f"{address}: no answer within {timeout_s:g} s") from None
+        if isinstance(outcome, Refusal):
+            raise outcome.error()
+        return outcome
+
+    def cluster(self, seeds: str | Iterable[str]) -> ClusterClient:
+        """The cluster of the nodes at ``seeds`` (addresses): the one this client already
+        knows the first seed in, else a new one; closed with this client."""
+        seeds = [seeds] if isinstance(seeds, str) else list(seeds)
+        if not seeds:
+            raise UsageError("a cluster needs the address of at least one of its nodes")
+        cluster = next((c for c in self._clusters if c.knows(seeds[0])), None)
+        if cluster is None:
+            cluster = ClusterClient(self, seeds)
+            self._clusters.append(cluster)
+        cluster.add(seeds)
+        return cluster
+
+    async def infer_once(
+        self, address: str, inputs: Mapping[str, Any]
+    ) -> dict[str, np.ndarray] | Refusal:
+        """One request at the node at ``address`` only, no timeout (the caller's): its
+        outputs, or why there are none.
 
         Requests to one address share one InferSession call, opened on first use and
         again after it ended (the node restarted, the connection broke)."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                for _ in range(2):  # a session found ended is replaced once
-                    try:
-                        return await self._session(address).infer(inputs)
-                    except SessionEnded as exc:
-                        ended = exc
-                raise PeerUnavailable(str(ended))
-        except TimeoutError:
-            raise PeerUnavailable(f"{address}: no answer within {timeout_s:g} s") from None
+        for _ in range(2):  # a session found ended is replaced once
+            session = await self._session(address)
+            if isinstance(session, Refusal):
+                return session
+            outcome = await session.request(inputs)
+            if not (isinstance(outcome, Refusal) and outcome.lost and not outcome.sent):
+                return outcome
+        return outcome
 
-    def _session(self, address: str) -> ClientSession:
+    async def view(self, address: str) -> View:
+        """What the node at ``address`` says about its cluster (ClusterClient's InferNodes)."""
+        status = await self.status(address)
+        members = {status.node.node_id: status.address or address}
+        for peer in status.peers:
+            if peer.addresses:
+                members[peer.node_id] = str(Endpoint(host=peer.addresses[0], port=peer.port))
+        return View(
+            node_id=status.node.node_id,
+            identity=f"{status.node.cluster}/{status.node.model_sha256[:12]}",
+            members=members,
+        )
+
+    def in_flight(self, address: str) -> int:
+        """Requests sent to the node at ``address`` and not answered yet."""
         session = self._sessions.get(address)
+        return session.in_flight if session is not None else 0
+
+    async def _session(self, address: str) -> ClientSession | Refusal:
+        session = self._sessions.get(address)
+        if session is not None and not session.closed:
+            return session
+        channel = self._channel(address)
+        try:
+            # Not grpc's own wait: it holds a call to a dead host for its 20 s connect
+            # timeout, and one to a refused port until the reconnect backoff ends.
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                state = channel.get_state(try_to_connect=True)
+                while state is not grpc.ChannelConnectivity.READY:
+                    if state in _UNREACHABLE:
+                        return Refusal(
+                            address, grpc.StatusCode.UNAVAILABLE, "not reachable", False, False
+                        )
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            message = f"not connected within {CONNECT_TIMEOUT_S:g} s"
+            return Refusal(address, grpc.StatusCode.UNAVAILABLE, message, False, False)
+        session = self._sessions.get(address)  # another request may have opened one meanwhile
         if session is None or session.closed:
-            call = self._channel(address).stream_stream(f"/{SERVICE_NAME}/InferSession")()
+            call = channel.stream_stream(f"/{SERVICE_NAME}/InferSession")()
             session = self._sessions[address] = ClientSession(address, call)
         return session
 
+    async def __aenter__(self) -> ControlClient:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
-        """Close every session and channel."""
+        """Close every cluster, session and channel."""
+        clusters, self._clusters = self._clusters, []
+        await asyncio.gather(*(c.aclose() for c in clusters))
         sessions, self._sessions = list(self._sessions.values()), {}
         await asyncio.gather(*(s.aclose() for s in sessions))
         channels, self._channels = list(self._channels.values()), {}

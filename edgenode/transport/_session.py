@@ -45,6 +45,7 @@ __all__ = [
     "END",
     "ERROR",
     "ClientSession",
+    "Refusal",
     "SessionEnded",
     "infer_error",
     "infer_status",
@@ -246,11 +247,58 @@ def session_handler(
 
 # -- the client's side -------------------------------------------------------------------------
 
+# Codes that end a session call because the connection or the node went away, not because the
+# node refused something: grpc reports a peer dropped mid-call as UNAVAILABLE ("Stream
+# removed"), sometimes as INTERNAL or CANCELLED, or UNKNOWN.
+_LOST = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request got no outputs from one node: the node's own answer for it
+    (``answered``: an ``!error``), or the end of the call it was on (the node died, the
+    connection broke; ``sent`` False when the request never went out)."""
+
+    address: str
+    code: grpc.StatusCode
+    message: str
+    answered: bool
+    sent: bool = True
+
+    @property
+    def lost(self) -> bool:
+        """The node went away or could not be reached: nothing it said is about the request."""
+        return not self.answered and self.code in _LOST
+
+    def reason(self) -> str:
+        """'CODE: message' on one line."""
+        return f"{self.code.name}: {' '.join(self.message.split())}"
+
+    def text(self) -> str:
+        """'ADDRESS: CODE: message' on one line."""
+        return f"{self.address}: {self.reason()}"
+
+    def error(self) -> EdgenodeError:
+        """The domain error a caller gets for this refusal (PeerUnavailable when the node
+        went away)."""
+        if self.lost:
+            return PeerUnavailable(f"{self.address}: {self.message}")
+        return infer_error(self.address, self.code, self.message)
+
 
 @dataclass(slots=True)
 class _Pending:
-    future: asyncio.Future[dict[str, np.ndarray]]
+    future: asyncio.Future[dict[str, np.ndarray] | Refusal]
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    sent: bool = False
 
 
 class ClientSession:
@@ -270,9 +318,22 @@ class ClientSession:
         self._reader = asyncio.create_task(self._read())
         self.closed = False
 
+    @property
+    def in_flight(self) -> int:
+        """Requests sent on this call and not answered yet."""
+        return sum(p.sent and not p.future.done() for p in self._pending.values())
+
     async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Send one request and wait for its answer (no timeout here: the caller's).
         SessionEnded when the call had ended before the request went out."""
+        outcome = await self.request(inputs)
+        if isinstance(outcome, Refusal):
+            raise outcome.error()
+        return outcome
+
+    async def request(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | Refusal:
+        """Send one request and wait for its outputs, or why there are none (no timeout
+        here: the caller's)."""
         request = f"s{next(self._ids)}"
         pending = _Pending(asyncio.get_running_loop().create_future())
         self._pending[request] = pending
@@ -281,51 +342,56 @@ class ClientSession:
         frames = list(encode_frames([*tensors, Tensor(rid, END, np.zeros(0, np.uint8))]))
         # A request's frames go out whole even if its caller gives up meanwhile: half a
         # tensor followed by another request's would end the call for every request on it.
-        send = asyncio.ensure_future(self._send(frames))
+        send = asyncio.ensure_future(self._send(frames, pending))
         send.add_done_callback(_retrieve)
         try:
-            await asyncio.shield(send)
+            try:
+                await asyncio.shield(send)
+            except SessionEnded as exc:
+                return Refusal(
+                    self._address, grpc.StatusCode.UNAVAILABLE, str(exc), False, sent=False
+                )
             return await pending.future
         finally:
             del self._pending[request]
-            if pending.future.done():
-                _retrieve(pending.future)
 
-    async def _send(self, frames: list[bytes]) -> None:
+    async def _send(self, frames: list[bytes], pending: _Pending) -> None:
         async with self._write:
             if self.closed:
-                raise SessionEnded(f"{self._address}: the session had ended")
+                raise SessionEnded("the session had ended")
             try:
                 for frame in frames:
                     await self._call.write(frame)
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 self.closed = True  # nothing of this request runs: the call is gone
-                raise SessionEnded(f"{self._address}: the session ended") from None
+                raise SessionEnded("the session ended") from None
+            pending.sent = True
 
     async def aclose(self) -> None:
-        """Half-close and stop reading; pending requests fail with PeerUnavailable."""
+        """Half-close and stop reading; pending requests get a CANCELLED refusal."""
         self.closed = True
         self._call.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
 
     async def _read(self) -> None:
         decoder = FrameDecoder(max_tensor_bytes=1 << 40)
-        error: EdgenodeError = PeerUnavailable(f"{self._address}: the session ended")
+        code, message, answered = grpc.StatusCode.UNAVAILABLE, "the session ended", False
         try:
             async for frame in self._call:
                 for tensor in decoder.feed(frame):
                     self._take(tensor)
         except grpc.aio.AioRpcError as exc:
-            error = infer_error(self._address, exc.code(), exc.details())
+            code, message = exc.code(), exc.details() or exc.code().name
         except asyncio.CancelledError:
-            pass  # aclose(): the default error says it
+            code, message = grpc.StatusCode.CANCELLED, "the client closed the session"
         except ProtocolError as exc:
-            error = InferenceFailed(f"{self._address}: malformed answer: {exc}")
+            code, message, answered = grpc.StatusCode.DATA_LOSS, f"malformed answer: {exc}", True
         finally:
             self.closed = True
             for pending in self._pending.values():
                 if not pending.future.done():
-                    pending.future.set_exception(error)
+                    refusal = Refusal(self._address, code, message, answered, pending.sent)
+                    pending.future.set_result(refusal)
 
     def _take(self, tensor: Tensor) -> None:
         pending = self._pending.get(str(tensor.request_id))
@@ -339,7 +405,7 @@ class ClientSession:
             )
             name, _, message = text.partition(": ")
             code = getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
-            pending.future.set_exception(infer_error(self._address, code, message))
+            pending.future.set_result(Refusal(self._address, code, message, True))
         else:
             pending.outputs[tensor.name] = tensor.array
 
