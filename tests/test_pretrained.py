@@ -59,10 +59,10 @@ def test_pretrained_lite0_through_three_nodes(fmt: str, references, tmp_path: Pa
         f'[node]\nspeed_gflops = 0.5\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
         f'[model]\nbackend = "{fmt}"\n'
     )
+    args = ["--config", str(config), "--listen", "127.0.0.1:0", "--model", str(parts),
+            "--interfaces", "127.0.0.1"]  # fmt: skip
     nodes = [
-        NodeProcess(name, tmp_path, "--config", str(config), "--listen", "127.0.0.1:0",
-                    "--model", str(parts), "--interfaces", "127.0.0.1",
-                    "--state-dir", str(tmp_path / name))  # fmt: skip
+        NodeProcess(name, tmp_path, *args, "--state-dir", str(tmp_path / name))
         for name in ("a", "b", "c")
     ]
     try:
