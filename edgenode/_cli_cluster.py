@@ -310,8 +310,10 @@ async def _infer(args: argparse.Namespace) -> int:
         return EXIT_OK
     for entry in report:
         print(f"{entry['file']}  ({entry['seconds'] * 1e3:.1f} ms)")
-        for value in entry["outputs"].values():
+        for name, value in entry["outputs"].items():
             if isinstance(value, list):
+                if len(entry["outputs"]) > 1:  # the summaries name their output themselves
+                    print(f"  {name}:")
                 for rank, c in enumerate(value, 1):
                     label = c["label"].replace("_", " ")
                     print(f"  {rank}. {label:<28} {c['probability']:.4f}  (class {c['class']})")

@@ -92,10 +92,14 @@ class Sample:
 
 
 def make_samples(graph: Any, batches: Sequence[Mapping[str, np.ndarray]]) -> list[Sample]:
-    """Samples for ``batches``, answers from ``edgenode.model.slicing.run_model(graph, ...)``."""
+    """Samples for ``batches``, answers from ``edgenode.model.slicing.run_model(graph, ...)``
+    keyed as a cluster answers: by the model's own output names."""
     from edgenode.model.slicing import run_model
 
-    return [Sample(dict(b), run_model(graph, b)) for b in batches]
+    def answer(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {n: values[t] for t, n in zip(graph.outputs, graph.output_names, strict=True)}
+
+    return [Sample(dict(b), answer(run_model(graph, b))) for b in batches]
 
 
 def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> str:

@@ -162,7 +162,8 @@ class Router:
     # -- origin --------------------------------------------------------------------------
 
     async def infer(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one request through the cluster; the model's final outputs by name.
+        """Run one request through the cluster; the model's final outputs by the model's
+        own names (``manifest.model.answer_names``: tensor names stay between parts).
 
         Raises ModelError for inputs that do not fit the model, PlanError when no plan is
         agreed, Overloaded when the queue is full, InferenceFailed when a stage failed,
@@ -196,7 +197,7 @@ class Router:
             self._running_here -= 1
             self._drained.set()
         self.served += 1
-        return result
+        return self._manifest.model.name_outputs(result)
 
     async def drain(self, timeout_s: float) -> int:
         """Refuse new requests and wait, at most ``timeout_s``, for those started here;
