@@ -5,14 +5,17 @@
   ``add``, agreement checks with a diagnostic on timeout, roles read from the agreed plan,
   RSS per node and a scan of the node logs for tracebacks and errors.
 - ``Load``: K client coroutines on their own event loop in a background thread, each sending
-  one request at a time (raw Infer RPC, so the exact status code and details are seen)
-  round-robin over a set of origin addresses, each request drawn from a pool of inputs whose
-  outputs were computed locally once. Every request ends as exactly one of:
+  one request at a time round-robin over a set of origin addresses, each request drawn from
+  a pool of inputs whose outputs were computed locally once. Each client is the product's
+  (its own ``ControlClient`` and ``ClusterClient`` over the origins): a request whose origin
+  goes away is re-sent to another node, and the status code of every node that did not
+  answer it is kept. Every request ends as exactly one of:
 
-  * correct: the answer equals the local model's (atol 1e-5);
+  * correct: the answer equals the local model's (atol 1e-5), possibly from another node
+    than its origin (``Record.failovers`` counts the nodes that did not answer it first);
   * wrong: an answer that differs (or that cannot be decoded);
-  * failed: ended with a status (the node's error, or the connection's: UNAVAILABLE when the
-    origin is gone), kept with its code and details;
+  * failed: ended with a status (the node's error, or the connection's when no node was
+    left to try), kept with the last node's code and the client's one-line error;
   * lost: no answer and no status before the client's own deadline (longer than the nodes'
     request deadline, so a node that gives up has time to say so).
 
@@ -507,6 +510,8 @@ class Record:
     outcome: Outcome
     code: str = ""  # gRPC status code name for failed and lost
     details: str = ""
+    answered_by: str = ""  # the node that answered (not the target when it failed over)
+    failovers: int = 0  # nodes that did not answer it before one did (or before it failed)
 
 
 class Load:
@@ -528,17 +533,11 @@ class Load:
     ) -> None:
         if not targets or not samples or clients < 1:
             raise ValueError("a load needs targets, samples and at least one client")
-        from edgenode.transport import RequestId, Tensor, encode_frames
-
         self.targets = tuple(targets)
         self.samples = list(samples)
         self.clients = clients
         self.deadline_s = deadline_s
         self.failure_pause_s = failure_pause_s
-        self._frames = [
-            list(encode_frames(Tensor(RequestId("client"), k, v) for k, v in s.inputs.items()))
-            for s in self.samples
-        ]
         self._records: list[Record] = []
         self._inflight = 0
         self._stop = threading.Event()
@@ -607,75 +606,60 @@ class Load:
             self._error = exc
 
     async def _main(self) -> None:
-        import grpc
+        async with asyncio.TaskGroup() as group:
+            for index in range(self.clients):
+                group.create_task(self._client(index))
 
-        from edgenode.transport._options import CHANNEL_OPTIONS
-
-        # one connection per client and target: the clients are independent
-        channels = [
-            {t: grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in self.targets}
-            for _ in range(self.clients)
-        ]
-        try:
-            async with asyncio.TaskGroup() as group:
-                for index, own in enumerate(channels):
-                    group.create_task(self._client(index, own))
-        finally:
-            await asyncio.gather(*(c.close() for own in channels for c in own.values()))
-
-    async def _client(self, index: int, channels: Mapping[str, Any]) -> None:
-        from edgenode.transport._control import SERVICE_NAME
+    async def _client(self, index: int) -> None:
+        from edgenode.transport._control import ControlClient
 
         rng = np.random.default_rng(index)
         turn = index
-        while not self._stop.is_set():
-            target = self.targets[turn % len(self.targets)]
-            turn += 1
-            sample = int(rng.integers(len(self.samples)))
-            call = channels[target].stream_stream(f"/{SERVICE_NAME}/Infer")
-            self._inflight += 1
-            try:
-                record = await self._one(index, call, target, sample)
-            finally:
-                self._inflight -= 1
-            self._records.append(record)
-            if record.outcome == "failed":
-                await asyncio.sleep(self.failure_pause_s)
+        # a client of its own per coroutine (own connections): the clients are independent
+        async with ControlClient(protocol=1) as client:
+            cluster = client.cluster(self.targets)
+            while not self._stop.is_set():
+                target = self.targets[turn % len(self.targets)]
+                turn += 1
+                sample = int(rng.integers(len(self.samples)))
+                self._inflight += 1
+                try:
+                    record = await self._one(index, cluster, target, sample)
+                finally:
+                    self._inflight -= 1
+                self._records.append(record)
+                if record.outcome == "failed":
+                    await asyncio.sleep(self.failure_pause_s)
 
-    async def _one(self, client: int, call: Any, target: str, sample: int) -> Record:
+    async def _one(self, client: int, cluster: Any, target: str, sample: int) -> Record:
         import grpc
 
-        from edgenode.errors import ProtocolError
-        from edgenode.transport import FrameDecoder
-
         started = time.monotonic()
-        decoder = FrameDecoder(max_tensor_bytes=1 << 40)
-        outputs: dict[str, np.ndarray] = {}
 
-        def record(outcome: Outcome, code: str = "", details: str = "") -> Record:
+        def record(outcome: Outcome, code: str = "", details: str = "", **more: Any) -> Record:
             latency = time.monotonic() - started
-            return Record(client, target, sample, started, latency, outcome, code, details)
+            return Record(client, target, sample, started, latency, outcome, code, details, **more)
 
         try:
-            # the client's own deadline, and a guard above it should grpc not enforce it
+            # the client's own deadline, and a guard above it should the client not keep it
             async with asyncio.timeout(self.deadline_s + 5.0):
-                stream = call(iter(self._frames[sample]), timeout=self.deadline_s)
-                async for frame in stream:
-                    for tensor in decoder.feed(frame):
-                        outputs[tensor.name] = tensor.array
-                decoder.finish()
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            elapsed = time.monotonic() - started
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and elapsed >= self.deadline_s - 0.05:
-                return record("lost", code.name, exc.details() or "")
-            return record("failed", code.name, exc.details() or "")
+                answer = await cluster.request(
+                    self.samples[sample].inputs, timeout_s=self.deadline_s, origin=target
+                )
         except TimeoutError:
-            return record("lost", "CLIENT_TIMEOUT", "grpc did not end the call at its deadline")
-        except ProtocolError as exc:
-            return record("wrong", "", f"undecodable answer: {exc}")
-        difference = compare(outputs, self.samples[sample].expected)
-        return record("wrong", "", difference) if difference else record("correct")
+            return record("lost", "CLIENT_TIMEOUT", "the client did not keep its deadline")
+        failovers = len(answer.refusals)
+        if answer.outputs is not None:
+            difference = compare(answer.outputs, self.samples[sample].expected)
+            outcome: Outcome = "wrong" if difference else "correct"
+            return record(outcome, "", difference, answered_by=answer.address, failovers=failovers)
+        last = answer.refusals[-1] if answer.refusals else None
+        if answer.timed_out:
+            return record("lost", "DEADLINE_EXCEEDED", str(answer.error), failovers=failovers)
+        code = last.code.name if last is not None else "CANCELLED"
+        if last is not None and last.code == grpc.StatusCode.DATA_LOSS:
+            return record("wrong", code, f"undecodable answer: {answer.error}")
+        return record("failed", code, str(answer.error), failovers=failovers)
 
 
 # -- counting --------------------------------------------------------------------------------
@@ -701,6 +685,7 @@ class Counts:
     p99_s: float
     failure_examples: Mapping[str, str]  # one details text per code
     wrong_examples: tuple[str, ...]
+    failed_over: int = 0  # answered correctly by another node than the first one tried
 
     @property
     def failed_total(self) -> int:
@@ -731,6 +716,7 @@ def summarize(records: Sequence[Record]) -> Counts:
         p99_s=_percentile(latencies, 99),
         failure_examples=examples,
         wrong_examples=tuple(r.details for r in records if r.outcome == "wrong")[:5],
+        failed_over=sum(r.outcome == "correct" and r.failovers > 0 for r in records),
     )
 
 
@@ -965,8 +951,9 @@ def format_result(result: ScenarioResult, *, warnings: int = 0) -> str:
     lines = [
         f"{result.scenario}: {result.title}: victim {result.victim} ({result.victim_role}); "
         f"plan {result.plan_before} -> {result.plan_after}; origins {', '.join(result.origins)}",
-        f"  sent {c.sent} correct {c.correct} wrong {c.wrong} failed {c.failed_text()} "
-        f"lost {c.lost} unclear {c.unclear}; fault {result.fault_s:.2f} s, re-agreed "
+        f"  sent {c.sent} correct {c.correct} (failed over {c.failed_over}) wrong {c.wrong} "
+        f"failed {c.failed_text()} lost {c.lost} unclear {c.unclear}; "
+        f"fault {result.fault_s:.2f} s, re-agreed "
         f"{result.agreed_after_s:.2f} s after it; "
         f"p50 {c.p50_s * 1e3:.1f} ms p99 {c.p99_s * 1e3:.1f} ms; {result.seconds:.1f} s",
     ]
@@ -977,8 +964,8 @@ def format_result(result: ScenarioResult, *, warnings: int = 0) -> str:
     if result.victim_counts is not None:
         v = result.victim_counts
         lines.append(
-            f"  sent to the victim: {v.sent}: correct {v.correct} failed {v.failed_text()} "
-            f"lost {v.lost} wrong {v.wrong}"
+            f"  sent to the victim: {v.sent}: correct {v.correct} (failed over "
+            f"{v.failed_over}) failed {v.failed_text()} lost {v.lost} wrong {v.wrong}"
         )
     if result.counts_after is not None:
         a = result.counts_after
