@@ -15,6 +15,7 @@ from edgenode._table import format_table
 
 if TYPE_CHECKING:
     from edgenode.transport import Security
+    from edgenode.transport._control import ControlClient
 from edgenode.errors import EdgenodeError, UsageError
 
 __all__ = ["cmd_demo", "cmd_infer", "cmd_run", "cmd_status"]
@@ -217,17 +218,31 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return run(_infer(args))
 
 
-async def _find_node(args: argparse.Namespace) -> str:
+async def _find_nodes(args: argparse.Namespace) -> list[str]:
+    """Addresses of nodes to send requests to: every --peer, else every node mDNS finds."""
     from edgenode.mesh import Endpoint
     from edgenode.mesh.browse import browse
 
     if args.peer:
-        return str(Endpoint.parse(args.peer))
+        return list(dict.fromkeys(str(Endpoint.parse(p)) for p in args.peer))
     interfaces = args.interfaces.split(",") if args.interfaces else "all"
     found = await browse(interfaces=interfaces, timeout_s=args.wait)
     if not found:
         raise EdgenodeError("no edgenode cluster found on the network (try --peer HOST:PORT)")
-    return str(found[0])
+    return [str(e) for e in found]
+
+
+async def _first_status(client: ControlClient, seeds: list[str]) -> tuple[str, Any]:
+    """The first of ``seeds`` that answers a status call, and its status."""
+    from edgenode.errors import PeerUnavailable
+
+    errors = []
+    for address in seeds:
+        try:
+            return address, await client.status(address)
+        except PeerUnavailable as exc:
+            errors.append(str(exc))
+    raise PeerUnavailable("; ".join(errors))
 
 
 async def _infer(args: argparse.Namespace) -> int:
@@ -243,10 +258,12 @@ async def _infer(args: argparse.Namespace) -> int:
 
     files = collect_files([Path(p) for p in args.inputs])
     security = client_security(args)
-    address = await _find_node(args)
+    seeds = await _find_nodes(args)
     client = ControlClient(protocol=1, security=security)
     try:
-        status = await client.status(address)
+        address, status = await _first_status(client, seeds)
+        # Requests go to that node first, and to the other members when it goes away.
+        cluster = client.cluster([address, *seeds])
         if not status.plan.agreed_digest:
             raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")
         raw = await client.fetch_bytes(address, status.node.model_sha256, -1)
@@ -263,7 +280,7 @@ async def _infer(args: argparse.Namespace) -> int:
             )
             async with semaphore:
                 t0 = time.perf_counter()
-                outputs = await client.infer(address, inputs, timeout_s=args.timeout)
+                outputs = await cluster.infer(inputs, timeout_s=args.timeout)
                 latencies.append(time.perf_counter() - t0)
             results.append({"file": str(path), "outputs": outputs, "seconds": latencies[-1]})
             if len(files) > 1 and not args.quiet:

@@ -322,7 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
         "print the answer: top classes for classifiers, a summary of every other output.",
     )
     infer.add_argument("inputs", nargs="+", metavar="FILE", help="images, .npy/.npz, folders")
-    infer.add_argument("--peer", metavar="HOST:PORT", help="a node to send the requests to")
+    infer.add_argument(
+        "--peer",
+        action="append",
+        metavar="HOST:PORT",
+        help="a node to send the requests to (repeatable); when it goes away they go to "
+        "another node of its cluster",
+    )
     infer.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
     infer.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
     _add_security_arguments(infer)
