@@ -8,8 +8,10 @@ loopback, pinned speeds, `[limits] request_deadline_s = 10`), runs a load of cli
 answers are checked against the whole model run locally, and injects one fault: SIGKILL of
 the first, a middle, the final stage, of an idle or replica node, of an origin; SIGSTOP for
 3 s then SIGCONT of a stage; a restart under the same name; a node joining mid-load (the
-harness is tests/faults.py). Each request ends correct, wrong, failed with a status, or
-lost (no status before the client's 25 s deadline). Target: lost 0 and wrong 0.
+harness is tests/faults.py). The clients are the product's: a request whose origin goes
+away is re-sent to another node. Each request ends correct, wrong, failed with a status, or
+lost (no status before the client's 25 s deadline). Target: failed 0 for the origin kill,
+lost 0 and wrong 0 everywhere.
 
 Then the load run: 5 nodes, 16 concurrent clients round-robin over all nodes as origins,
 `--load-seconds` (or `--soak-minutes`) after a warm-up: throughput, p50/p99 latency,
@@ -347,8 +349,11 @@ def main() -> int:
             if results or errors
             else []
         ),
-        "- outcomes: correct = equals the local model (atol 1e-5); failed with error = ended "
-        "with a gRPC status (the node's, or UNAVAILABLE when the origin is gone); lost = no "
+        "- clients: the product's (`ClusterClient`): a request whose origin goes away is "
+        "re-sent to another node of the cluster before its deadline",
+        "- outcomes: correct = equals the local model (atol 1e-5), from its origin or another "
+        "node; failed with error = ended with a gRPC status (the node's, or the connection's "
+        "when no node was left to try); lost = no "
         f"answer and no status within the client's {2 * layout.deadline_s + 5:g} s deadline; "
         "wrong = an answer that differs. Target: lost 0, wrong 0",
         "",
@@ -358,6 +363,7 @@ def main() -> int:
         details = [
             f"- {r.scenario}: plan `{r.plan_before}` -> `{r.plan_after}`"
             + (f"; to the victim: {r.victim_counts.sent} sent, "
+               f"{r.victim_counts.failed_over} answered by another node, "
                f"failed {r.victim_counts.failed_text()}" if r.victim_counts else "")
             + "".join(f"; {code}: {text[:160]}" for code, text in
                       (r.counts.failure_examples.items() if r.counts else ()))
