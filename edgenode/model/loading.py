@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import re
@@ -16,6 +17,7 @@ import numpy as np
 
 from edgenode.errors import ModelError
 from edgenode.model import efficientnet_lite
+from edgenode.model.calibrate import calibrate_batchnorm
 from edgenode.model.graph import LayerGraph
 
 __all__ = ["APPLICATIONS", "application_names", "load_model", "model_sha256"]
@@ -82,17 +84,23 @@ def load_model(
     weights: str | None = None,
     input_shape: tuple[int, ...] | None = None,
     seed: int = DEFAULT_SEED,
+    logits: bool = False,
 ) -> Any:
     """A functional Keras model from a ``.keras`` path or an application name.
 
     ``weights``: ``None``/``"none"`` (random, seeded so every process builds the same
-    model), ``"imagenet"`` (downloaded by Keras where the machine can), or a path to
-    a weights file. ``input_shape`` without the batch dimension.
+    model, BatchNorm calibrated so its answers move with the input: see
+    ``edgenode.model.calibrate``), ``"imagenet"`` (downloaded by Keras where the machine
+    can), or a path to a weights file. ``input_shape`` without the batch dimension.
+    ``logits``: an application's classifier without its softmax
+    (``classifier_activation=None``), what comparisons should compare.
     """
     path = Path(spec)
     if path.suffix in (".keras", ".h5") or path.exists():
         if input_shape is not None:
             raise ModelError("--input-shape applies to keras.applications names, not to files")
+        if logits:
+            raise ModelError("logits applies to keras.applications names, not to files")
         return _load_file(path, weights)
     if _key(spec) == _key(efficientnet_lite.NAME):
         return _build_efficientnet_lite0(weights, input_shape, seed)
@@ -109,17 +117,29 @@ def load_model(
     mode = weights or "none"
     if mode.lower() in ("none", "imagenet"):
         mode = mode.lower()
+    options = _classifier_options(attr, builder, logits)
     keras.utils.set_random_seed(seed)
     if mode == "imagenet":
-        model = _build_imagenet(attr, builder, shape)
+        model = _build_imagenet(attr, builder, shape, options)
     else:
         try:
-            model = builder(input_shape=shape, weights=None)
+            model = builder(input_shape=shape, weights=None, **options)
         except ValueError as exc:
             raise ModelError(f"cannot build {attr} with input shape {shape}: {exc}") from exc
-    if mode not in ("none", "imagenet"):
+    if mode == "none":
+        calibrate_batchnorm(model, seed)
+    elif mode != "imagenet":
         _load_weights(model, Path(mode))
     return model
+
+
+def _classifier_options(attr: str, builder: Callable[..., Any], logits: bool) -> dict[str, Any]:
+    """Builder keywords that leave the softmax out, when ``logits`` is asked for."""
+    if not logits:
+        return {}
+    if "classifier_activation" not in inspect.signature(builder).parameters:
+        raise ModelError(f"{attr} cannot be built without its classifier activation (logits)")
+    return {"classifier_activation": None}
 
 
 def _build_efficientnet_lite0(
@@ -141,9 +161,11 @@ def _build_efficientnet_lite0(
     return model
 
 
-def _build_imagenet(attr: str, builder: Callable[..., Any], shape: tuple[int, ...]) -> Any:
+def _build_imagenet(
+    attr: str, builder: Callable[..., Any], shape: tuple[int, ...], options: dict[str, Any]
+) -> Any:
     try:
-        return builder(input_shape=shape, weights="imagenet")
+        return builder(input_shape=shape, weights="imagenet", **options)
     except ValueError as exc:
         raise ModelError(f"cannot build {attr} with input shape {shape}: {exc}") from exc
     except Exception as exc:  # keras.utils.get_file raises a bare Exception offline
