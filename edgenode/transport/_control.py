@@ -59,6 +59,7 @@ __all__ = [
     "peer_from_record",
     "record_of",
     "status_to_dict",
+    "view_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -398,16 +399,7 @@ class ControlClient:
 
     async def view(self, address: str) -> View:
         """What the node at ``address`` says about its cluster (ClusterClient's InferNodes)."""
-        status = await self.status(address)
-        members = {status.node.node_id: status.address or address}
-        for peer in status.peers:
-            if peer.addresses:
-                members[peer.node_id] = str(Endpoint(host=peer.addresses[0], port=peer.port))
-        return View(
-            node_id=status.node.node_id,
-            identity=f"{status.node.cluster}/{status.node.model_sha256[:12]}",
-            members=members,
-        )
+        return view_of(await self.status(address), address)
 
     def in_flight(self, address: str) -> int:
         """Requests sent to the node at ``address`` and not answered yet."""
@@ -456,6 +448,19 @@ class ControlClient:
         await asyncio.gather(*(s.aclose() for s in sessions))
         channels, self._channels = list(self._channels.values()), {}
         await asyncio.gather(*(c.close() for c in channels))
+
+
+def view_of(status: pb.NodeStatus, address: str) -> View:
+    """What a node's status (asked at ``address``) says about its cluster."""
+    members = {status.node.node_id: status.address or address}
+    for peer in status.peers:
+        if peer.addresses:
+            members[peer.node_id] = str(Endpoint(host=peer.addresses[0], port=peer.port))
+    return View(
+        node_id=status.node.node_id,
+        identity=f"{status.node.cluster}/{status.node.model_sha256[:12]}",
+        members=members,
+    )
 
 
 def status_to_dict(status: pb.NodeStatus) -> Mapping[str, Any]:

@@ -136,6 +136,7 @@ class ClusterClient:
         self._ids: dict[str, str] = {}  # address -> node id, from views
         self._identity = ""  # of the first node that answered a status call
         self._foreign: set[str] = set()  # addresses answering as another cluster's node
+        self._verified: set[str] = set()  # addresses that answered with this cluster's view
         self._down: dict[str, float] = {}  # address -> when it went away
         self._warned: set[tuple[str, Step]] = set()  # logged once, until the node answers
         self._refreshed_at = -math.inf
@@ -179,34 +180,51 @@ class ClusterClient:
             except EdgenodeError as exc:
                 logger.debug("no view of the cluster from %s: %s", address, exc)
                 continue
-            if self._identity and view.identity != self._identity:
-                self._foreign.add(address)
-                logger.warning(
-                    "%s answers as a node of another cluster or model (%s, expected %s): "
-                    "no requests go there",
-                    address,
-                    view.identity,
-                    self._identity,
-                )
-                continue
-            self._identity = view.identity
-            self._members = dict(view.members)
-            self._ids[address] = view.node_id
-            self._ids.update((a, node) for node, a in view.members.items())
-            self._refreshed_at = self._clock()
-            return True
+            if self.learn(address, view):
+                return True
         return False
+
+    def learn(self, address: str, view: View) -> bool:
+        """Take the view the node at ``address`` gave (False, and that node is no longer
+        tried, when it belongs to another cluster or serves another model)."""
+        if self._identity and view.identity != self._identity:
+            self._foreign.add(address)
+            logger.warning(
+                "%s answers as a node of another cluster or model (%s, expected %s): "
+                "no requests go there",
+                address,
+                view.identity,
+                self._identity,
+            )
+            return False
+        self._identity = view.identity
+        self._members = dict(view.members)
+        self._verified.add(address)
+        self._ids[address] = view.node_id
+        self._ids.update((a, node) for node, a in view.members.items())
+        self._refreshed_at = self._asked_at = self._clock()
+        return True
 
     def _candidates(self, origin: str | None, tried: set[str]) -> list[str]:
         """Addresses to try, best first: ``origin``, then the others from the one after it
         (so the requests of different origins fail over to different nodes); nodes gone
-        lately and addresses a node has left (it restarted elsewhere) come last."""
-        everyone = list(dict.fromkeys([*self._seeds, *sorted(self._members.values())]))
+        lately and addresses a node has left (it restarted elsewhere) come last. Once a
+        node told who the members are, a seed that is not one is left out: it may belong
+        to another cluster, which would answer with another model."""
+        members = set(self._members.values())
+        everyone = [
+            a
+            for a in dict.fromkeys([*self._seeds, *sorted(members)])
+            if not self._identity or a in members or a in self._verified
+        ]
         if origin is not None:
-            if origin in everyone:
-                at = everyone.index(origin)
+            # an origin that restarted elsewhere: start where that node is now
+            moved_to = self._members.get(self._ids.get(origin, ""), "")
+            anchor = origin if origin in everyone else moved_to
+            if anchor in everyone:
+                at = everyone.index(anchor)
                 everyone = everyone[at:] + everyone[:at]
-            else:
+            if origin not in everyone:
                 everyone.insert(0, origin)
         now = self._clock()
         first: list[str] = []
