@@ -254,7 +254,7 @@ async def _infer(args: argparse.Namespace) -> int:
     from edgenode.client import collect_files, family_of, is_class_vector, load_inputs, summarize
     from edgenode.client import top_k as top_classes
     from edgenode.model.manifest import Manifest
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport._control import ControlClient, view_of
 
     files = collect_files([Path(p) for p in args.inputs])
     security = client_security(args)
@@ -262,8 +262,10 @@ async def _infer(args: argparse.Namespace) -> int:
     client = ControlClient(protocol=1, security=security)
     try:
         address, status = await _first_status(client, seeds)
-        # Requests go to that node first, and to the other members when it goes away.
-        cluster = client.cluster([address, *seeds])
+        # Requests go to that node first, and to the other members its status lists when
+        # it goes away (nodes mDNS found may belong to other clusters: not those).
+        cluster = client.cluster([address, *(seeds if args.peer else [])])
+        cluster.learn(address, view_of(status, address))
         if not status.plan.agreed_digest:
             raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")
         raw = await client.fetch_bytes(address, status.node.model_sha256, -1)
