@@ -14,6 +14,7 @@ from edgenode._cli_common import EXIT_OK, say, setup_tensorflow
 from edgenode._table import format_table
 
 if TYPE_CHECKING:
+    from edgenode.runtime.parts import RunnerFactory
     from edgenode.transport import Security
     from edgenode.transport._control import ControlClient
 from edgenode.errors import EdgenodeError, UsageError
@@ -53,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         setup_tensorflow(args, threads=config.model.threads)
     tune_malloc()
     state_dir = Path(args.state_dir)
+    runners = _test_mutation(config.model.threads)
 
     def on_agreed(plan: ClusterPlan) -> None:
         # systemd (Type=notify) counts the node as started once it serves a plan.
@@ -70,10 +72,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_stop)
-        await Node(config, state_dir=state_dir).run(stop, on_agreed=on_agreed)
+        await Node(config, state_dir=state_dir, runner_factory=runners).run(
+            stop, on_agreed=on_agreed
+        )
 
     run(main())
     return EXIT_OK
+
+
+def _test_mutation(threads: int) -> RunnerFactory | None:
+    """TEST ONLY: mutation tests set EDGENODE_TEST_MUTATE=KIND@PART so that a node's part
+    answers wrong on purpose (edgenode/_mutate.py); None, the real runners, otherwise."""
+    import os
+
+    from edgenode._mutate import ENV_VAR, Mutation, mutating
+    from edgenode.backends import load_runner
+
+    text = os.environ.get(ENV_VAR)
+    if not text:
+        return None
+    return mutating(lambda spec, d: load_runner(spec, d, threads=threads), Mutation.parse(text))
 
 
 def _parts_label(status: Mapping[str, Any]) -> str:
@@ -254,7 +272,7 @@ async def _infer(args: argparse.Namespace) -> int:
     from edgenode.client import collect_files, family_of, is_class_vector, load_inputs, summarize
     from edgenode.client import top_k as top_classes
     from edgenode.model.manifest import Manifest
-    from edgenode.transport._control import ControlClient, view_of
+    from edgenode.transport._control import ControlClient
 
     files = collect_files([Path(p) for p in args.inputs])
     security = client_security(args)
@@ -262,10 +280,8 @@ async def _infer(args: argparse.Namespace) -> int:
     client = ControlClient(protocol=1, security=security)
     try:
         address, status = await _first_status(client, seeds)
-        # Requests go to that node first, and to the other members its status lists when
-        # it goes away (nodes mDNS found may belong to other clusters: not those).
-        cluster = client.cluster([address, *(seeds if args.peer else [])])
-        cluster.learn(address, view_of(status, address))
+        # Requests go to that node first, and to the other members when it goes away.
+        cluster = client.cluster([address, *seeds])
         if not status.plan.agreed_digest:
             raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")
         raw = await client.fetch_bytes(address, status.node.model_sha256, -1)

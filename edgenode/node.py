@@ -36,7 +36,7 @@ from edgenode.planning import ClusterPlan
 from edgenode.runtime.control import NodeControl
 from edgenode.runtime.metrics import MetricsServer, NodeMetrics
 from edgenode.runtime.negotiation import Negotiator, PlanState
-from edgenode.runtime.parts import PartHost
+from edgenode.runtime.parts import PartHost, RunnerFactory
 from edgenode.runtime.requests import Router
 from edgenode.runtime.selfbench import measure_speed, total_memory_bytes
 from edgenode.security import load_credentials
@@ -114,9 +114,13 @@ class _Running:
 class Node:
     """One edgenode node. ``await node.run(stop)`` serves until ``stop`` is set."""
 
-    def __init__(self, config: Config, *, state_dir: Path) -> None:
+    def __init__(
+        self, config: Config, *, state_dir: Path, runner_factory: RunnerFactory | None = None
+    ) -> None:
+        """``runner_factory``: how parts are loaded (default: by ``model.backend``)."""
         self._config = config
         self._state_dir = state_dir
+        self._runner_factory = runner_factory
         self._running: _Running | None = None
         self.metrics = NodeMetrics()
 
@@ -162,7 +166,12 @@ class Node:
             discovery = self._discovery(local, client)
             negotiator = Negotiator(discovery=discovery, manifest=manifest, peers=client)
             part_host = await stack.enter_async_context(
-                PartHost(manifest, directory, threads=config.model.threads)
+                PartHost(
+                    manifest,
+                    directory,
+                    threads=config.model.threads,
+                    factory=self._runner_factory,
+                )
             )
             control = NodeControl(
                 local=lambda: discovery.local,

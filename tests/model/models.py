@@ -146,6 +146,26 @@ def list_outputs() -> keras.Model:
     return keras.Model(x, [low, high, tail(high)])
 
 
+def twin_branches() -> keras.Model:
+    """Two branches of one shape into a Concatenate, whose order matters, and a
+    shape-keeping convolution: cut at ``TWIN_CUTS``, part 0 sends two same-shaped tensors
+    (they can be swapped) and part 2 can be skipped (its input has its output's shape)."""
+    x = keras.Input((8, 8, 3), name="image")
+    stem = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stem")(x)
+    left = keras.layers.Conv2D(4, 3, padding="same", name="left")(stem)
+    right = keras.layers.Conv2D(4, 1, name="right")(stem)
+    y = keras.layers.Concatenate(name="join")([left, right])
+    y = keras.layers.Conv2D(4, 1, name="mix")(y)
+    y = keras.layers.Conv2D(4, 3, padding="same", name="refine")(y)
+    y = keras.layers.ReLU(name="act")(y)
+    y = keras.layers.GlobalAveragePooling2D(name="pool")(y)
+    return keras.Model(x, keras.layers.Dense(5, name="logits")(y))
+
+
+# [stem left right] -> left, right -> [join mix] -> mix -> [refine act] -> act -> [pool logits]
+TWIN_CUTS = (3, 5, 7)
+
+
 def custom_block() -> keras.Model:
     """A custom layer with a conv inside."""
     x = keras.Input((16, 16, 3))
@@ -162,6 +182,7 @@ BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "named_outputs": named_outputs,
     "list_outputs": list_outputs,
     "custom_block": custom_block,
+    "twin_branches": twin_branches,
 }
 
 

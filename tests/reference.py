@@ -1,0 +1,90 @@
+"""The whole model's answers for several inputs, as a ReferenceSet every test compares against.
+
+No test compares an answer with a single reference: ``edgenode.verify.ReferenceSet``
+refuses references that do not move with their input, so every "equal" below could
+fail for a wrong answer (see tests/runtime/test_mutations.py, which makes them fail).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgenode.verify import ReferenceSet, Verdict
+
+KERAS_TOLERANCE = 1e-6  # Keras parts chained in one process: bit for bit in practice
+NODE_TOLERANCE = 1e-5  # the same Keras parts run by node processes
+LITERT_TOLERANCE = 1e-4  # LiteRT parts (another kernel library), small hand-built models
+
+
+class WholeModel:
+    """The whole model's value of any of its tensors, computed by Keras itself.
+
+    A Keras model over the original model's own symbolic tensors (no part of ours), so
+    it is an independent reference for what a part produces. Tensors inside an inlined
+    nested model are not reachable this way: ``reachable`` leaves them out.
+    """
+
+    def __init__(self, graph: Any, names: Iterable[str] | None = None) -> None:
+        import keras
+
+        self.graph = graph
+        functional = graph.functional
+        outer = {id(n) for nodes in functional._nodes_by_depth.values() for n in nodes}
+        symbolic: dict[str, Any] = dict(zip(graph.inputs, functional.inputs, strict=True))
+        for op in graph.ops:
+            if id(op.node) in outer:
+                symbolic.update(zip(op.outputs, keras.tree.flatten(op.node.outputs), strict=True))
+        self.reachable = tuple(n for n in graph.tensors if n in symbolic)
+        wanted = tuple(graph.outputs if names is None else names)
+        missing = [n for n in wanted if n not in symbolic]
+        if missing:
+            raise KeyError(f"not reachable from the model's own tensors: {missing}")
+        self.names = wanted
+        self._model = keras.Model(
+            inputs=list(functional.inputs), outputs={n: symbolic[n] for n in wanted}
+        )
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = [inputs[name] for name in self.graph.inputs]
+        out = self._model(feed if len(feed) > 1 else feed[0], training=False)
+        return {name: np.asarray(out[name]) for name in self.names}
+
+
+def answers(graph: Any, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The whole model's final outputs for each batch, keyed by tensor name."""
+    from edgenode.model.slicing import run_model
+
+    return [run_model(graph, batch) for batch in batches]
+
+
+def reference_set(
+    graph: Any,
+    batches: Sequence[Mapping[str, np.ndarray]],
+    *,
+    tolerance: float,
+    manifest: Any = None,
+) -> ReferenceSet:
+    """The whole model's final outputs for ``batches``: keyed by tensor name, or by the
+    model's own output names (what a cluster answers) when ``manifest`` is given."""
+    found = answers(graph, batches)
+    if manifest is not None:
+        found = [manifest.model.name_outputs(a) for a in found]
+    return ReferenceSet(found, tolerance=tolerance)
+
+
+def restrict(
+    values: Sequence[Mapping[str, np.ndarray]], names: Iterable[str]
+) -> list[dict[str, np.ndarray]]:
+    """Each mapping reduced to ``names``."""
+    kept = list(names)
+    return [{n: v[n] for n in kept} for v in values]
+
+
+def assert_answer(refs: ReferenceSet, index: int, got: Mapping[str, np.ndarray]) -> Verdict:
+    """Fail the test unless ``got`` is the answer for input ``index``."""
+    verdict = refs.check(index, {k: np.asarray(v) for k, v in got.items()})
+    assert verdict.ok, f"answer for input {index}: {verdict.detail}"
+    return verdict

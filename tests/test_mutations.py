@@ -1,0 +1,121 @@
+"""Mutation tests in a real 3-process cluster: wrong routings are reported wrong, right ones right.
+
+Each cluster is three `edgenode run` processes on 127.0.0.1 serving a split of a real
+Keras model. In the mutated clusters every node gets EDGENODE_TEST_MUTATE=KIND@PART
+(read by the CLI only, see edgenode/_mutate.py), so whichever node the plan gives that
+part breaks its outputs: two same-shaped tensors swapped, another request's tensors, a
+zeroed tensor, or the part skipped. The answers, sent one at a time, each go through
+``ReferenceSet.check`` against its own input's reference: the unmutated cluster is
+right every time, each mutated one wrong every time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgenode._mutate import ENV_VAR
+from edgenode.verify import ReferenceSet
+from tests.model import models
+from tests.nodes import NodeProcess, agreed_cluster
+from tests.reference import NODE_TOLERANCE, reference_set
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
+REQUESTS = 4
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory: pytest.TempPathFactory):
+    from edgenode.model.graph import build_graph
+    from edgenode.model.split import split_model
+
+    directory = tmp_path_factory.mktemp("twin")
+    model = models.build("twin_branches")
+    manifest = split_model(model, directory, cuts=models.TWIN_CUTS).manifest
+    batches = [models.sample_inputs(model, seed=seed, batch=1) for seed in range(REQUESTS)]
+    refs = reference_set(build_graph(model), batches, tolerance=NODE_TOLERANCE, manifest=manifest)
+    return directory, batches, refs
+
+
+def cluster_answers(
+    twin, tmp_path: Path, mutation: str | None
+) -> tuple[list[dict[str, np.ndarray]], list[NodeProcess]]:
+    """Three nodes (every one given ``mutation``), the answers to the inputs in order."""
+    from edgenode.transport import run
+    from edgenode.transport._control import ControlClient
+
+    directory, batches, _ = twin
+    config = tmp_path / "node.toml"
+    # Slow pinned speeds: compute outweighs hops, so the plan spreads the parts.
+    config.write_text(
+        f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
+    )
+    env = {ENV_VAR: mutation} if mutation else {}
+    nodes = [
+        NodeProcess(
+            name,
+            tmp_path,
+            "--config",
+            str(config),
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            str(directory),
+            "--interfaces",
+            "127.0.0.1",
+            "--state-dir",
+            str(tmp_path / name),
+            env=env,
+        )
+        for name in ("a", "b", "c")
+    ]
+
+    async def ask() -> list[dict[str, Any]]:
+        client = ControlClient(protocol=1)
+        try:  # one at a time: "other" hands each request the previous one's tensors
+            return [await client.infer(nodes[0].address, b, timeout_s=60) for b in batches]
+        finally:
+            await client.aclose()
+
+    try:
+        for node in nodes:
+            node.wait_serving()
+        found = agreed_cluster(nodes, {"a", "b", "c"})
+        assert sum(1 for st in found.values() if st["parts"]) >= 2, "the plan should spread"
+        return run(ask()), nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_the_unmutated_cluster_answers_right(twin, tmp_path: Path) -> None:
+    refs: ReferenceSet = twin[2]
+    answers, nodes = cluster_answers(twin, tmp_path, None)
+    for i, answer in enumerate(answers):
+        verdict = refs.check(i, answer)
+        assert verdict.ok, verdict.detail
+    assert not any("TEST ONLY" in node.log() for node in nodes)
+
+
+@pytest.mark.parametrize("mutation", ["swap@0", "other@1", "zero@1", "skip@2"])
+def test_a_mutated_cluster_is_caught(twin, tmp_path: Path, mutation: str) -> None:
+    refs: ReferenceSet = twin[2]
+    answers, nodes = cluster_answers(twin, tmp_path, mutation)
+    verdicts = [refs.check(i, answer) for i, answer in enumerate(answers)]
+    assert not any(v.ok for v in verdicts), [v.detail for v in verdicts]
+    if mutation.startswith("other"):
+        # An earlier request's answer, named as such. Which one depends on the plan: with
+        # replica pipelines each replica's part hands on its own previous request's
+        # tensors (and the first request through a part gets its warm-up's, nobody's).
+        assert all(v.matched is None or v.matched < i for i, v in enumerate(verdicts))
+        assert any(v.matched is not None for v in verdicts)
+    else:
+        assert all(v.matched is None for v in verdicts)
+    part = mutation.split("@")[1]
+    marked = [n for n in nodes if f"TEST ONLY: part {part} answers wrong" in n.log()]
+    assert marked  # whichever node loaded that part (before and after agreeing) broke it
