@@ -7,7 +7,7 @@ fail for a wrong answer (see tests/runtime/test_mutations.py, which makes them f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ class WholeModel:
 
     A Keras model over the original model's own symbolic tensors (no part of ours), so
     it is an independent reference for what a part produces. Tensors inside an inlined
-    nested model are not reachable this way: ``reachable`` leaves them out.
+    nested model are not reachable this way.
     """
 
     def __init__(self, graph: Any, names: Iterable[str] | None = None) -> None:
@@ -32,25 +32,81 @@ class WholeModel:
 
         self.graph = graph
         functional = graph.functional
-        outer = {id(n) for nodes in functional._nodes_by_depth.values() for n in nodes}
-        symbolic: dict[str, Any] = dict(zip(graph.inputs, functional.inputs, strict=True))
-        for op in graph.ops:
-            if id(op.node) in outer:
-                symbolic.update(zip(op.outputs, keras.tree.flatten(op.node.outputs), strict=True))
-        self.reachable = tuple(n for n in graph.tensors if n in symbolic)
+        symbolic = _symbolic(graph)
         wanted = tuple(graph.outputs if names is None else names)
         missing = [n for n in wanted if n not in symbolic]
         if missing:
             raise KeyError(f"not reachable from the model's own tensors: {missing}")
         self.names = wanted
+        inputs = list(functional.inputs)
         self._model = keras.Model(
-            inputs=list(functional.inputs), outputs={n: symbolic[n] for n in wanted}
+            inputs=inputs if len(inputs) > 1 else inputs[0],
+            outputs={n: symbolic[n] for n in wanted},
         )
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = [inputs[name] for name in self.graph.inputs]
         out = self._model(feed if len(feed) > 1 else feed[0], training=False)
         return {name: np.asarray(out[name]) for name in self.names}
+
+
+def _symbolic(graph: Any) -> dict[str, Any]:
+    """The model's own KerasTensor of every graph tensor outside inlined nested models."""
+    import keras
+
+    functional = graph.functional
+    outer = {id(n) for nodes in functional._nodes_by_depth.values() for n in nodes}
+    symbolic: dict[str, Any] = dict(zip(graph.inputs, functional.inputs, strict=True))
+    for op in graph.ops:
+        if id(op.node) in outer:
+            symbolic.update(zip(op.outputs, keras.tree.flatten(op.node.outputs), strict=True))
+    return symbolic
+
+
+class ModelTensors:
+    """The whole model's value of every tensor it shows, for several inputs: what each
+    part must hand on or return, the model's final outputs included."""
+
+    def __init__(self, graph: Any, batches: Sequence[Mapping[str, np.ndarray]]) -> None:
+        from edgenode.model.slicing import run_model
+
+        symbolic = _symbolic(graph)
+        produced = [n for n in graph.tensors if n in symbolic and graph.tensors[n].producer >= 0]
+        whole = WholeModel(graph, names=produced)
+        self.graph = graph
+        self.batches = [dict(b) for b in batches]
+        # run_model for the finals: an inlined nested model's output is not reachable
+        self.values = [{**whole(b), **run_model(graph, b)} for b in self.batches]
+        self.shown = set(self.values[0])
+
+    def boundary(self, parts: Sequence[Any]) -> list[str]:
+        """The tensors ``parts`` hand on or return, where the whole model shows them."""
+        names = dict.fromkeys([*(n for p in parts for n in p.outputs), *self.graph.outputs])
+        return [n for n in names if n in self.shown]
+
+    def references(self, names: Iterable[str], *, tolerance: float) -> ReferenceSet:
+        """A ReferenceSet of ``names`` over every input."""
+        return ReferenceSet(restrict(self.values, names), tolerance=tolerance)
+
+
+def check_chain(
+    tensors: ModelTensors,
+    parts: Sequence[Any],
+    *,
+    tolerance: float = KERAS_TOLERANCE,
+    run: Callable[[Mapping[str, np.ndarray], Sequence[str]], Mapping[str, np.ndarray]]
+    | None = None,
+) -> None:
+    """Fail unless chaining ``parts`` gives, for every input, every boundary tensor and
+    final output of the whole model. ``run(inputs, names)`` chains them (default: the
+    Keras parts in this process)."""
+    from edgenode.model.slicing import run_parts
+
+    names = tensors.boundary(parts)
+    refs = tensors.references(names, tolerance=tolerance)
+    for i, batch in enumerate(tensors.batches):
+        got = run(batch, names) if run else run_parts(parts, batch, outputs=names)
+        assert_answer(refs, i, got)
 
 
 def answers(graph: Any, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:

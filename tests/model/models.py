@@ -66,7 +66,7 @@ def fork_join() -> keras.Model:
     a = keras.layers.ReLU()(a)
     res = keras.layers.Add()([x, a])
     se = keras.layers.GlobalAveragePooling2D(keepdims=True)(res)
-    se = keras.layers.Conv2D(2, 1, activation="relu")(se)
+    se = keras.layers.Conv2D(2, 1, activation="relu", bias_initializer="ones")(se)  # alive
     se = keras.layers.Conv2D(4, 1, activation="sigmoid")(se)
     scaled = keras.layers.Multiply()([res, se])
     b1 = keras.layers.Conv2D(3, 1)(scaled)

@@ -1,4 +1,8 @@
-"""Parts chained together reproduce the whole model, for every way of cutting it."""
+"""Parts chained together reproduce the whole model, for every way of cutting it.
+
+Every tensor a part hands on or returns is compared with the whole model's tensor of
+that name, for two different inputs, through ``ReferenceSet`` (tests/reference.py).
+"""
 
 from __future__ import annotations
 
@@ -10,46 +14,34 @@ import pytest
 
 from edgenode.errors import ModelError
 from edgenode.model.graph import build_graph
-from edgenode.model.slicing import (
-    build_part,
-    cut_graph,
-    export_part,
-    max_abs_diff,
-    run_model,
-    run_parts,
-)
+from edgenode.model.slicing import build_part, cut_graph, export_part
 from tests.model import models
-
-EXACT = 1e-6
-LITERT_TOLERANCE = 1e-4
+from tests.reference import LITERT_TOLERANCE, ModelTensors, check_chain
 
 
-def _chain_diff(graph, cuts, inputs, expected) -> float:
-    outs = run_parts(cut_graph(graph, cuts), inputs, outputs=graph.outputs)
-    return max_abs_diff([expected[n] for n in graph.outputs], [outs[n] for n in graph.outputs])
+def _tensors(model, *, batch: int = 2) -> ModelTensors:
+    """The whole model's tensors for two different inputs."""
+    graph = build_graph(model)
+    return ModelTensors(graph, [models.sample_inputs(model, seed, batch) for seed in (0, 1)])
 
 
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))
 def test_every_single_cut_and_one_op_per_part_reproduce_the_model(name: str) -> None:
-    model = models.build(name)
-    graph = build_graph(model)
-    inputs = models.sample_inputs(model)
-    expected = run_model(graph, inputs)
+    tensors = _tensors(models.build(name))
+    graph = tensors.graph
     for cut in range(1, len(graph.ops)):
-        assert _chain_diff(graph, [cut], inputs, expected) <= EXACT, f"cut at {cut}"
-    assert _chain_diff(graph, list(range(1, len(graph.ops))), inputs, expected) <= EXACT
+        check_chain(tensors, cut_graph(graph, [cut]))
+    check_chain(tensors, cut_graph(graph, list(range(1, len(graph.ops)))))
 
 
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))
 def test_every_part_count(name: str) -> None:
-    model = models.build(name)
-    graph = build_graph(model)
-    inputs = models.sample_inputs(model)
-    expected = run_model(graph, inputs)
-    n = len(graph.ops)
+    tensors = _tensors(models.build(name))
+    n = len(tensors.graph.ops)
     for parts in range(1, min(8, n) + 1):
-        cuts = [round(n * i / parts) for i in range(1, parts)]
-        assert _chain_diff(graph, cuts, inputs, expected) <= EXACT, f"{parts} parts"
+        check_chain(
+            tensors, cut_graph(tensors.graph, [round(n * i / parts) for i in range(1, parts)])
+        )
 
 
 def test_cut_inside_fork_join_gives_parts_with_several_inputs() -> None:
@@ -74,58 +66,58 @@ def test_part_interfaces_are_named_dicts() -> None:
         assert set(part.model.output.keys()) == set(part.outputs)
 
 
+def chain(runners):
+    """``run`` for check_chain: ``runners`` (part -> callable on named inputs) in order."""
+
+    def run(inputs, names):
+        values: dict[str, np.ndarray] = dict(inputs)
+        for part, runner in runners:
+            result = runner({k: values[k] for k in part.inputs})
+            assert set(result) == set(part.outputs)
+            values.update({k: np.asarray(v) for k, v in result.items()})
+        return {name: values[name] for name in names}
+
+    return run
+
+
 def test_final_outputs_from_different_parts() -> None:
-    model = models.build("multi_io")
-    graph = build_graph(model)
-    inputs = models.sample_inputs(model)
-    expected = run_model(graph, inputs)
-    parts = cut_graph(graph, [3, 5])
-    values: dict[str, np.ndarray] = dict(inputs)
-    for part in parts:
-        values.update(
-            {k: np.asarray(v) for k, v in part.model({n: values[n] for n in part.inputs}).items()}
-        )
-    assert np.array_equal(values["early_head"], expected["early_head"])
-    assert np.array_equal(values["late_head"], expected["late_head"])
+    tensors = _tensors(models.build("multi_io"))
+    parts = cut_graph(tensors.graph, [3, 5])
+    assert {"early_head", "late_head"} <= set(tensors.boundary(parts))
+    check_chain(tensors, parts, run=chain([(p, p.model) for p in parts]))
 
 
 @pytest.mark.parametrize("name", sorted(models.BUILDERS))
 def test_parts_save_and_reload_as_keras(name: str, tmp_path: Path) -> None:
-    model = models.build(name)
-    graph = build_graph(model)
-    inputs = models.sample_inputs(model)
-    expected = run_model(graph, inputs)
-    n = len(graph.ops)
-    parts = cut_graph(graph, sorted({max(1, n // 3), max(1, 2 * n // 3)} - {n}))
-    values: dict[str, np.ndarray] = dict(inputs)
-    for part in parts:
-        path = export_part(part, tmp_path / f"part-{part.index}.keras", "keras")
-        loaded = keras.models.load_model(path)
-        result = loaded({k: values[k] for k in part.inputs}, training=False)
-        assert set(result) == set(part.outputs)
-        values.update({k: np.asarray(v) for k, v in result.items()})
-    got = [values[k] for k in graph.outputs]
-    assert max_abs_diff([expected[k] for k in graph.outputs], got) <= EXACT
+    tensors = _tensors(models.build(name))
+    n = len(tensors.graph.ops)
+    parts = cut_graph(tensors.graph, sorted({max(1, n // 3), max(1, 2 * n // 3)} - {n}))
+    loaded = [
+        (
+            part,
+            keras.models.load_model(
+                export_part(part, tmp_path / f"part-{part.index}.keras", "keras")
+            ),
+        )
+        for part in parts
+    ]
+    check_chain(tensors, parts, run=chain(loaded))
 
 
 @pytest.mark.parametrize("name", ["fork_join", "multi_io", "nested", "non_layer_ops"])
 def test_litert_parts_reproduce_the_model(name: str, tmp_path: Path) -> None:
     from edgenode.backends.litert import LiteRTPart
 
-    model = models.build(name)
-    graph = build_graph(model)
-    inputs = models.sample_inputs(model, batch=1)
-    expected = run_model(graph, inputs)
-    n = len(graph.ops)
-    parts = cut_graph(graph, [n // 3, 2 * n // 3])
-    values: dict[str, np.ndarray] = dict(inputs)
+    tensors = _tensors(models.build(name), batch=1)
+    n = len(tensors.graph.ops)
+    parts = cut_graph(tensors.graph, [n // 3, 2 * n // 3])
+    runners = []
     for part in parts:
         runner = LiteRTPart(export_part(part, tmp_path / f"part-{part.index}.tflite", "litert"))
         assert set(runner.inputs) == set(part.inputs)
         assert set(runner.outputs) == set(part.outputs)
-        values.update(runner({k: values[k] for k in part.inputs}))
-    got = [values[k] for k in graph.outputs]
-    assert max_abs_diff([expected[k] for k in graph.outputs], got) <= LITERT_TOLERANCE
+        runners.append((part, runner))
+    check_chain(tensors, parts, tolerance=LITERT_TOLERANCE, run=chain(runners))
 
 
 def test_invalid_cuts_are_refused() -> None:
