@@ -12,13 +12,14 @@ import pytest
 from edgenode.backends import load_runner
 from edgenode.errors import InferenceFailed, Overloaded, PeerUnavailable, PlanError
 from edgenode.model.graph import build_graph
-from edgenode.model.slicing import run_model
 from edgenode.model.split import split_model
 from edgenode.planning import Assignment, ClusterPlan
 from edgenode.runtime.parts import PartHost
 from edgenode.runtime.requests import RequestTimeout, Router
 from edgenode.transport import MemoryNetwork
+from edgenode.verify import ReferenceSet
 from tests.model import models
+from tests.reference import KERAS_TOLERANCE, assert_answer, reference_set
 
 pytestmark = pytest.mark.tf
 
@@ -128,24 +129,30 @@ STAGINGS = {
 }
 
 
+@pytest.fixture(scope="module")
+def batches(split) -> list[dict[str, np.ndarray]]:
+    """32 different inputs; ``refs`` holds the whole model's answer to each."""
+    return [models.sample_inputs(split[0], seed=s, batch=1) for s in range(32)]
+
+
+@pytest.fixture(scope="module")
+def refs(split, batches) -> ReferenceSet:
+    _, graph, manifest, _ = split
+    return reference_set(graph, batches, tolerance=KERAS_TOLERANCE, manifest=manifest)
+
+
 @pytest.mark.parametrize("staging", sorted(STAGINGS))
-async def test_distributed_answer_equals_the_whole_model(split, staging: str) -> None:
-    model, graph, manifest, _ = split
-    inputs = models.sample_inputs(model, batch=1)
-    expected = run_model(graph, inputs)
+async def test_distributed_answer_equals_the_whole_model(split, batches, refs, staging) -> None:
     async with cluster(split, STAGINGS[staging]) as routers:
-        out = await routers["origin"].infer(inputs)
-    assert_model_answer(out, expected, manifest)
+        out = await routers["origin"].infer(batches[0])
+    assert_answer(refs, 0, out)
 
 
-async def test_32_concurrent_requests_each_get_their_own_answer(split) -> None:
-    model, graph, manifest, _ = split
-    batches = [models.sample_inputs(model, seed=s, batch=1) for s in range(32)]
-    expected = [run_model(graph, b) for b in batches]
+async def test_32_concurrent_requests_each_get_their_own_answer(split, batches, refs) -> None:
     async with cluster(split, STAGINGS["four nodes"]) as routers:
         outs = await asyncio.gather(*(routers["origin"].infer(b) for b in batches))
-    for out, want in zip(outs, expected, strict=True):
-        assert_model_answer(out, want, manifest)
+    for i, out in enumerate(outs):
+        assert_answer(refs, i, out)
     assert routers["origin"].served == 32
 
 
@@ -197,17 +204,11 @@ async def until(predicate, what: str, timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.01)  # polling interval, not a wait for an event
 
 
-def assert_model_answer(out, want, manifest) -> None:
-    """``out``: an answer, keyed by the model's own output names; ``want``: run_model's."""
-    want = manifest.model.name_outputs(want)
-    assert set(out) == set(manifest.model.answer_names)
-    for name in manifest.model.answer_names:
-        np.testing.assert_allclose(out[name], want[name], rtol=0, atol=1e-5)
-
-
-async def test_a_stage_serving_another_plan_makes_the_origin_retry_until_they_agree(split) -> None:
-    model, graph, manifest, _ = split
-    inputs = models.sample_inputs(model, batch=1)
+async def test_a_stage_serving_another_plan_makes_the_origin_retry_until_they_agree(
+    split, batches, refs
+) -> None:
+    _, _, manifest, _ = split
+    inputs = batches[0]
     old = [("a", 0, 2), ("b", 2, 4)]
     new = plan_of(manifest, [("a", 0, 1), ("b", 1, 4)])
     async with cluster(split, old) as sim:
@@ -217,13 +218,13 @@ async def test_a_stage_serving_another_plan_makes_the_origin_retry_until_they_ag
         assert not request.done()
         await sim.switch(new, "b")
         out = await request
-    assert_model_answer(out, run_model(graph, inputs), manifest)
+    assert_answer(refs, 0, out)
     assert sim["origin"].served == 1
 
 
-async def test_a_plan_change_resends_the_requests_a_lost_node_held(split) -> None:
-    model, graph, manifest, _ = split
-    batches = [models.sample_inputs(model, seed=s, batch=1) for s in range(4)]
+async def test_a_plan_change_resends_the_requests_a_lost_node_held(split, batches, refs) -> None:
+    _, _, manifest, _ = split
+    batches = batches[:4]
     async with cluster(split, STAGINGS["four nodes"]) as sim:
         sim["b"]._transport.inbox.close()  # b takes tensors and never answers: it is lost
         requests = [asyncio.create_task(sim["origin"].infer(b)) for b in batches]
@@ -232,23 +233,21 @@ async def test_a_plan_change_resends_the_requests_a_lost_node_held(split) -> Non
         await sim.switch(new)  # b was dropped
         assert all(j.plan == new.digest for j in sim["c"]._joins.values())  # old ones freed
         outs = await asyncio.gather(*requests)  # long before the 10 s deadline would pass
-    for out, batch in zip(outs, batches, strict=True):
-        assert_model_answer(out, run_model(graph, batch), manifest)
+    for i, out in enumerate(outs):
+        assert_answer(refs, i, out)
     assert sim["origin"].retried == 4 and sim["origin"].served == 4
 
 
-async def test_replicas_share_requests_and_survive_losing_a_node(split) -> None:
-    model, graph, manifest, _ = split
-    batches = [models.sample_inputs(model, seed=s, batch=1) for s in range(16)]
-    expected = [run_model(graph, b) for b in batches]
+async def test_replicas_share_requests_and_survive_losing_a_node(split, batches, refs) -> None:
+    batches = batches[:16]
     stages = [("a", 0, 2, 0), ("b", 2, 4, 0), ("c", 0, 4, 1)]
     async with cluster(split, stages) as sim:
         outs = await asyncio.gather(*(sim["origin"].infer(b) for b in batches))
         assert sim.runs["a"] > 0 and sim.runs["c"] > 0  # both pipelines served requests
         await sim.kill("b")  # replica 0 is broken; the plan has not changed yet
         outs += await asyncio.gather(*(sim["origin"].infer(b) for b in batches))
-    for out, want in zip(outs, expected * 2, strict=True):
-        assert_model_answer(out, want, manifest)
+    for i, out in enumerate(outs):
+        assert_answer(refs, i % 16, out)
     assert sim["origin"].retried > 0 and sim["origin"].served == 32
 
 
@@ -298,9 +297,11 @@ async def test_a_flood_is_queued_up_to_a_bound_then_refused(split) -> None:
     assert origin.refused == 1 and origin.failed == 4 and origin.open_requests == 0
 
 
-async def test_drain_waits_for_requests_started_here_and_refuses_new_ones(split) -> None:
-    model, graph, manifest, _ = split
-    inputs = models.sample_inputs(model, batch=1)
+async def test_drain_waits_for_requests_started_here_and_refuses_new_ones(
+    split, batches, refs
+) -> None:
+    _, _, manifest, _ = split
+    inputs = batches[0]
     async with cluster(split, STAGINGS["four nodes"]) as sim:
         origin = sim["origin"]
         sim["b"]._transport.inbox.close()  # the request cannot finish...
@@ -313,7 +314,7 @@ async def test_drain_waits_for_requests_started_here_and_refuses_new_ones(split)
         assert not draining.done()
         await sim.switch(plan_of(manifest, [("a", 0, 2), ("c", 2, 4)]))  # ...until b is gone
         assert await draining == 0
-        assert_model_answer(running.result(), run_model(graph, inputs), manifest)
+        assert_answer(refs, 0, running.result())
         stuck = sim["a"]  # a's requests go through b, still in the old plan for a
         sim.plans["a"] = plan_of(manifest, STAGINGS["four nodes"])
         held = asyncio.create_task(stuck.infer(inputs))
