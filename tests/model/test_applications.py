@@ -1,4 +1,9 @@
-"""keras.applications models cut every way still give exactly the whole model's answer."""
+"""keras.applications models cut every way still give exactly the whole model's answer.
+
+The models are built with calibrated random weights and without their softmax (logits:
+random-weight softmax outputs barely move with the input), and every tensor a part hands
+on is compared with the whole model's, for two photos, through ``ReferenceSet``.
+"""
 
 from __future__ import annotations
 
@@ -7,64 +12,75 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgenode.client import family_of, load_inputs
 from edgenode.model.cost import graph_stats
 from edgenode.model.graph import build_graph
 from edgenode.model.loading import load_model
-from edgenode.model.slicing import cut_graph, export_part, max_abs_diff, run_model, run_parts
+from edgenode.model.slicing import cut_graph, export_part
 from edgenode.model.split import choose_cuts
+from tests.reference import ModelTensors, check_chain
 
 pytestmark = pytest.mark.slow
 
-EXACT = 1e-6
-LITERT_TOLERANCE = 1e-4
+IMAGES = Path(__file__).parents[2] / "edgenode" / "data" / "images"
+# LiteRT's kernels round differently: measured up to 6.4e-3 on EfficientNetB0 logits of
+# magnitude 143 (4.5e-5 relative), 8e-4 inside ResNet50; every pair of references must
+# still differ by 50x this (the smallest spread measured: 1.9).
+LITERT_TOLERANCE = 2e-2
+LITERT_MARGIN = 50.0
 APPLICATIONS = ["MobileNetV3Large", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121"]
 
 
 @pytest.fixture(scope="module", params=APPLICATIONS)
-def app(request):
-    model = load_model(request.param)
-    graph = build_graph(model)
-    rng = np.random.default_rng(1)
-    shape = graph.tensors[graph.inputs[0]].shape[1:]
-    inputs = {graph.inputs[0]: rng.uniform(0, 255, size=(1, *shape)).astype("float32")}
-    return graph, inputs, run_model(graph, inputs)
+def app(request) -> ModelTensors:
+    graph = build_graph(load_model(request.param, logits=True))
+    spec = graph.tensors[graph.inputs[0]]
+    photos = [
+        load_inputs(IMAGES / name, [spec], preprocess=family_of(graph.name))
+        for name in ("cat.jpg", "coffee.jpg")
+    ]
+    return ModelTensors(graph, photos)
 
 
-def _diff(graph, cuts, inputs, expected) -> float:
-    outs = run_parts(cut_graph(graph, cuts), inputs, outputs=graph.outputs)
-    return max_abs_diff([expected[n] for n in graph.outputs], [outs[n] for n in graph.outputs])
-
-
-def test_balanced_and_arbitrary_cuts_for_1_to_8_parts(app) -> None:
-    graph, inputs, expected = app
+def test_balanced_and_arbitrary_cuts_for_1_to_8_parts(app: ModelTensors) -> None:
+    graph = app.graph
     stats = graph_stats(graph)
     rng = np.random.default_rng(7)
     n = len(graph.ops)
     for parts in range(1, 9):
         balanced = choose_cuts(graph, stats, parts=parts, method="balanced")
         assert len(balanced) == parts - 1
-        assert _diff(graph, balanced, inputs, expected) <= EXACT, f"balanced {parts}"
+        check_chain(app, cut_graph(graph, balanced))
         arbitrary = sorted(rng.choice(np.arange(1, n), size=parts - 1, replace=False).tolist())
-        assert _diff(graph, arbitrary, inputs, expected) <= EXACT, f"cuts {arbitrary}"
+        check_chain(app, cut_graph(graph, arbitrary))
 
 
-def test_one_operation_per_part(app) -> None:
-    graph, inputs, expected = app
-    assert _diff(graph, list(range(1, len(graph.ops))), inputs, expected) <= EXACT
+def test_one_operation_per_part(app: ModelTensors) -> None:
+    parts = cut_graph(app.graph, list(range(1, len(app.graph.ops))))
+    assert len(app.boundary(parts)) == len(app.graph.ops)  # every tensor of the model
+    check_chain(app, parts)
 
 
-def test_litert_parts(app, tmp_path: Path) -> None:
+def test_litert_parts(app: ModelTensors, tmp_path: Path) -> None:
     from edgenode.backends.litert import LiteRTPart
 
-    graph, inputs, expected = app
+    graph = app.graph
     stats = graph_stats(graph)
-    values = dict(inputs)
-    widest = 0
-    for part in cut_graph(graph, choose_cuts(graph, stats, parts=4, method="even")):
-        runner = LiteRTPart(export_part(part, tmp_path / f"p{part.index}.tflite", "litert"))
-        values.update(runner({k: values[k] for k in part.inputs}))
-        widest = max(widest, len(part.inputs))
-    got = [values[n] for n in graph.outputs]
-    assert max_abs_diff([expected[n] for n in graph.outputs], got) <= LITERT_TOLERANCE
-    if graph.name.startswith(("DenseNet", "ResNet")):
-        assert widest > 1  # cuts inside blocks: multi-input LiteRT parts
+    parts = cut_graph(graph, choose_cuts(graph, stats, parts=4, method="even"))
+    runners = [
+        (part, LiteRTPart(export_part(part, tmp_path / f"p{part.index}.tflite", "litert")))
+        for part in parts
+    ]
+
+    def run(inputs, names):
+        values = dict(inputs)
+        for part, runner in runners:
+            values.update(runner({k: values[k] for k in part.inputs}))
+        return {name: values[name] for name in names}
+
+    refs = app.references(app.boundary(parts), tolerance=LITERT_TOLERANCE, margin=LITERT_MARGIN)
+    for i, batch in enumerate(app.batches):
+        verdict = refs.check(i, run(batch, app.boundary(parts)))
+        assert verdict.ok, verdict.detail
+    if graph.name.startswith(("densenet", "resnet")):
+        assert max(len(p.inputs) for p in parts) > 1  # cuts inside blocks: multi-input parts
