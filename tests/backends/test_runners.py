@@ -11,30 +11,34 @@ from edgenode.backends import check_inputs, load_runner
 from edgenode.errors import ModelError
 from edgenode.model.graph import build_graph
 from edgenode.model.manifest import TensorSpec
-from edgenode.model.slicing import run_model
 from edgenode.model.split import split_model
 from tests.model import models
+from tests.reference import KERAS_TOLERANCE, LITERT_TOLERANCE, ModelTensors, assert_answer
 
 pytestmark = pytest.mark.tf
 
 
-@pytest.mark.parametrize(("fmt", "tolerance"), [("keras", 1e-6), ("litert", 1e-4)])
+@pytest.mark.parametrize(
+    ("fmt", "tolerance"), [("keras", KERAS_TOLERANCE), ("litert", LITERT_TOLERANCE)]
+)
 def test_runners_chain_to_the_model(fmt: str, tolerance: float, tmp_path: Path) -> None:
     model = models.build("multi_io")
     manifest = split_model(model, tmp_path, cuts=[2, 5], fmt=fmt).manifest
     graph = build_graph(model)
-    inputs = models.sample_inputs(model, batch=1)
-    expected = run_model(graph, inputs)
-    values = dict(inputs)
-    for spec in manifest.parts:
-        runner = load_runner(spec, tmp_path)
-        feed = {t.name: values[t.name] for t in spec.inputs}
-        check_inputs(spec.inputs, feed)
-        out = runner(feed)
-        assert set(out) == {o.name for o in spec.outputs}
-        values.update(out)
-    for name in graph.outputs:
-        np.testing.assert_allclose(values[name], expected[name], rtol=0, atol=tolerance)
+    tensors = ModelTensors(graph, [models.sample_inputs(model, s, batch=1) for s in (0, 1)])
+    runners = [(spec, load_runner(spec, tmp_path)) for spec in manifest.parts]
+    produced = dict.fromkeys(o.name for p in manifest.parts for o in p.outputs)
+    names = [n for n in produced if n in tensors.shown]
+    refs = tensors.references(names, tolerance=tolerance)  # every tensor a runner hands on
+    for i, inputs in enumerate(tensors.batches):
+        values = dict(inputs)
+        for spec, runner in runners:
+            feed = {t.name: values[t.name] for t in spec.inputs}
+            check_inputs(spec.inputs, feed)
+            out = runner(feed)
+            assert set(out) == {o.name for o in spec.outputs}
+            values.update(out)
+        assert_answer(refs, i, {n: values[n] for n in names})
 
 
 def test_keras_runner_takes_any_batch_size(tmp_path: Path) -> None:
