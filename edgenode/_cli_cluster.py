@@ -272,7 +272,7 @@ async def _infer(args: argparse.Namespace) -> int:
     from edgenode.client import collect_files, family_of, is_class_vector, load_inputs, summarize
     from edgenode.client import top_k as top_classes
     from edgenode.model.manifest import Manifest
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport._control import ControlClient, view_of
 
     files = collect_files([Path(p) for p in args.inputs])
     security = client_security(args)
@@ -280,8 +280,10 @@ async def _infer(args: argparse.Namespace) -> int:
     client = ControlClient(protocol=1, security=security)
     try:
         address, status = await _first_status(client, seeds)
-        # Requests go to that node first, and to the other members when it goes away.
-        cluster = client.cluster([address, *seeds])
+        # Requests go to that node first, and to the other members its status lists when
+        # it goes away (nodes mDNS found may belong to other clusters: not those).
+        cluster = client.cluster([address, *(seeds if args.peer else [])])
+        cluster.learn(address, view_of(status, address))
         if not status.plan.agreed_digest:
             raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")
         raw = await client.fetch_bytes(address, status.node.model_sha256, -1)
@@ -362,6 +364,11 @@ async def _infer(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# The demo's largest accepted difference from the local model: trained logits (~10) in
+# float32 round differently in a node's one-thread traced parts (measured <= 1.2e-5).
+DEMO_TOLERANCE = 1e-4
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
@@ -370,38 +377,60 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edgenode.model.split import split_model
     from edgenode.transport import run
 
-    image = (
-        Path(args.image) if args.image else Path(__file__).parent / "data" / "images" / "cat.jpg"
-    )
+    images = [Path(p) for p in args.image] if args.image else _sample_images()
+    for image in images:
+        if not image.is_file():
+            raise UsageError(f"--image {image}: no such file")
+    from edgenode.model.efficientnet_lite import NAME as LITE0
+
+    lite0 = args.model.lower().replace("_", "").replace("-", "") == LITE0.lower()
+    weights = args.weights or ("imagenet" if lite0 else "none")
     workdir = Path(tempfile.mkdtemp(prefix="edgenode-demo-"))
     try:
-        say(args, f"building {args.model} (random weights, seed 0) and cutting it into "
-                   f"{args.parts} parts")  # fmt: skip
-        model = load_model(args.model)
+        what = "ImageNet weights" if weights == "imagenet" else f"weights {weights}"
+        if weights == "none":
+            what = f"random weights, seed {args.seed}"
+        say(args, f"building {args.model} ({what}) and cutting it into {args.parts} parts")
+        model = load_model(args.model, weights=weights, seed=args.seed, logits=True)
         split_model(model, workdir / "parts", parts=args.parts)
-        return run(_demo(args, model, workdir, image))
+        return run(_demo(args, model, workdir, images))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-async def _demo(args: argparse.Namespace, model: Any, workdir: Path, image: Path) -> int:
+def _sample_images() -> list[Path]:
+    folder = Path(__file__).parent / "data" / "images"
+    return sorted(folder.glob("*.jpg"))
+
+
+async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: list[Path]) -> int:
     import asyncio
     import statistics
 
-    import numpy as np
-
     from edgenode.client import family_of, is_class_vector, load_inputs, top_k
-    from edgenode.demo import local_cluster, wait_agreed
+    from edgenode.demo import infer_within, local_cluster, request_deadline, wait_agreed, warm_up
     from edgenode.model.manifest import load_manifest
     from edgenode.model.profile import time_model
     from edgenode.security import new_cluster, write_private
     from edgenode.transport import Security
     from edgenode.transport._control import ControlClient
+    from edgenode.verify import ReferenceSet
 
     manifest = load_manifest(workdir / "parts")
-    inputs = await asyncio.to_thread(
-        load_inputs, image, manifest.model.inputs, preprocess=family_of(manifest.model.name)
-    )
+    family = family_of(manifest.model.name)
+    batches = [
+        await asyncio.to_thread(load_inputs, image, manifest.model.inputs, preprocess=family)
+        for image in images
+    ]
+    names = list(manifest.model.answer_names)
+    local_s = []
+    references = []
+    for batch in batches:
+        flat, seconds = await asyncio.to_thread(time_model, model, batch, args.requests)
+        references.append(dict(zip(names, flat, strict=True)))
+        local_s.append(seconds)
+    # With one image, or images the model cannot tell apart, "equal" would prove nothing.
+    check = ReferenceSet(references, tolerance=DEMO_TOLERANCE) if len(batches) > 1 else None
 
     def progress(message: str) -> None:
         say(args, message)
@@ -416,38 +445,58 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, image: Path
         client = ControlClient(protocol=1, security=Security(credential))
         try:
             statuses = await wait_agreed(client, nodes)
-            progress("the nodes agreed on a plan; sending the image")
+            progress("the nodes agreed on a plan and loaded their parts; warming up")
             origin = nodes[0].address
-            outputs = await client.infer(origin, inputs, timeout_s=60)
+            answers, warm_s = await warm_up(client, nodes, origin, batches)
+            deadline_s = request_deadline(warm_s)
+            progress(f"timing {args.requests} requests per image (deadline {deadline_s:.1f} s)")
             times = []
-            for _ in range(args.requests):
-                t0 = time.perf_counter()
-                await client.infer(origin, inputs, timeout_s=60)
-                times.append(time.perf_counter() - t0)
+            for batch in batches:
+                for _ in range(args.requests):
+                    _, seconds = await infer_within(client, nodes, origin, batch, deadline_s)
+                    times.append(seconds)
             statuses = await wait_agreed(client, nodes)
         finally:
             await client.aclose()
-    local, local_s = await asyncio.to_thread(time_model, model, inputs, args.requests)
-    local_out, local_ms = local[0], local_s * 1e3
-    name = manifest.model.outputs[0]
-    diff = float(np.max(np.abs(np.asarray(outputs[name], np.float64) - local_out)))
-    distributed_ms = statistics.median(times) * 1e3
-    print(f"{image.name} through {len(nodes)} nodes:")
-    value = outputs[name]
-    if is_class_vector(value):
-        for rank, (index, label, p) in enumerate(top_k(value, 5), 1):
-            print(f"  {rank}. {label.replace('_', ' '):<28} {p:.4f}  (class {index})")
+
+    worst = 0.0
+    wrong = []
+    for i, (image, answer) in enumerate(zip(images, answers, strict=True)):
+        if check is not None:
+            verdict = check.check(i, answer)
+            worst = max(worst, verdict.diff)
+            if not verdict.ok:
+                wrong.append(f"{image.name}: {verdict.detail}")
+        else:
+            from edgenode.verify import max_abs_diff
+
+            worst = max(worst, max_abs_diff(references[i], answer))
+        print(f"{'' if i == 0 else chr(10)}{image.name} through {len(nodes)} nodes:")
+        for name in names:
+            value = answer[name]
+            if is_class_vector(value):
+                for rank, (index, label, p) in enumerate(top_k(value, args.top), 1):
+                    print(f"  {rank}. {label.replace('_', ' '):<28} {p:.4f}  (class {index})")
+            else:
+                from edgenode.client import summarize
+
+                print(f"  {summarize(name, value)}")
     print("\nplan:")
     rows = []
     for st in statuses:
         rows.append([st["node"]["node_id"], st["address"], _parts_label(st),
                      st["plan"]["agreed_digest"][:12]])  # fmt: skip
     print(format_table(["node", "address", "parts", "plan"], rows))
+    local_ms = statistics.median(local_s) * 1e3
+    distributed_ms = statistics.median(times) * 1e3
+    outputs = ", ".join(names)
+    spread = f", the images' own {outputs} differ by >= {check.spread():.3g}" if check else ""
     print(
         f"\nlocal whole model {local_ms:.1f} ms, distributed {distributed_ms:.1f} ms "
-        f"({distributed_ms / local_ms:.2f}x, median of {args.requests}); max abs diff "
-        f"vs local {diff:.3g}"
+        f"({distributed_ms / local_ms:.2f}x, median of {len(times)}); max abs diff "
+        f"vs local {worst:.3g} over {outputs} ({len(images)} images{spread})"
     )
-    if diff > 1e-5:
-        raise EdgenodeError(f"the distributed answer differs from the local one by {diff:.3g}")
+    if wrong or worst > DEMO_TOLERANCE:
+        detail = "; ".join(wrong) or f"max abs diff {worst:.3g}"
+        raise EdgenodeError(f"the distributed answer differs from the local one: {detail}")
     return EXIT_OK

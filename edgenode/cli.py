@@ -357,15 +357,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="start a local cluster, classify an image through it, stop it",
-        description="Start N nodes on 127.0.0.1, wait until they agree, run one image "
-        "through the cluster, compare with the whole model run locally, and stop.",
+        help="start a local cluster, classify sample photos through it, stop it",
+        description="Cut the model, start N nodes on 127.0.0.1, wait until they agree and "
+        "have loaded their parts, send the sample photos (a cat, an espresso, a rocket) "
+        "through the cluster, print each one's top classes, compare every answer with the "
+        "whole model run locally (logits), time both, and stop the nodes.",
     )
     demo.add_argument("--nodes", type=_positive_int, default=3, help="how many (default 3)")
-    demo.add_argument("--model", default="MobileNetV3Large", help="keras.applications name")
+    demo.add_argument(
+        "--model",
+        default="EfficientNetLite0",
+        help="EfficientNetLite0 (default: ImageNet-trained, installed with edgenode[keras]) "
+        "or a keras.applications name",
+    )
+    demo.add_argument(
+        "--weights",
+        metavar="none|imagenet|PATH",
+        help="default: imagenet for EfficientNetLite0 (no download: the weights come "
+        "with edgenode[keras]), none (random, seeded) for other models",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
     demo.add_argument("--parts", type=_positive_int, default=8, help="parts to cut it into")
-    demo.add_argument("--image", help="an image (default: a cat shipped with edgenode)")
-    demo.add_argument("--requests", type=_positive_int, default=20, help="timed requests")
+    demo.add_argument(
+        "--image",
+        action="append",
+        metavar="FILE",
+        help="an image; repeat for more (default: the three photos shipped with edgenode)",
+    )
+    demo.add_argument("--top", type=_positive_int, default=3, help="classes shown per image")
+    demo.add_argument("--requests", type=_positive_int, default=20, help="timed requests per image")
     demo.set_defaults(needs_tensorflow=True, func=cmd_demo)
     return parser
 

@@ -1,8 +1,12 @@
-"""`edgenode demo`: a local cluster on 127.0.0.1, one inference, a timing comparison.
+"""`edgenode demo`: a local cluster on 127.0.0.1, sample photos through it, a timing.
 
 Cuts the model, starts N `edgenode run` processes that find each other over mDNS on
-the loopback interface, waits until they agree on a plan, sends an image through the
-cluster, checks the answer against the whole model run locally, and stops the nodes.
+the loopback interface, waits until they agree on a plan and every node has loaded its
+parts, warms the cluster up with each photo, then times requests under a deadline that
+follows the warm-up's measured speed; the CLI checks every answer against the whole
+model run locally and stops the nodes. When a request misses its deadline, the error
+names the slowest node and part (from the nodes' own run-time statistics) or the nodes
+that stopped answering.
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ from typing import Any
 from edgenode.errors import EdgenodeError
 from edgenode.transport._control import ControlClient, status_to_dict
 
-__all__ = ["LocalNode", "local_cluster", "wait_agreed"]
+__all__ = ["LocalNode", "diagnose", "infer_within", "local_cluster", "request_deadline",
+           "wait_agreed", "warm_up"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0
 AGREE_TIMEOUT_S = 60.0
 POLL_INTERVAL_S = 0.1
+# The first request through a node traces its parts (Keras) or loads them: slow, once.
+WARM_UP_TIMEOUT_S = 120.0
+# A warmed-up request gets this many times the slowest warm-up latency, and never less
+# than MIN_REQUEST_TIMEOUT_S: a loaded 2-core machine can stall a process for seconds.
+DEADLINE_FACTOR = 20.0
+MIN_REQUEST_TIMEOUT_S = 5.0
 _SERVING = re.compile(rb"serving on (\S+:\d+)")
 
 
@@ -106,23 +117,114 @@ async def local_cluster(
                 await node.process.wait()
 
 
+def assigned_parts(status: dict[str, Any]) -> set[int]:
+    """The parts the agreed plan in ``status`` gives to the node that sent it."""
+    me = status["node"]["node_id"]
+    return {
+        part
+        for a in status["plan"]["assignments"]
+        if a["node_id"] == me
+        for part in range(a["start"], a["stop"])
+    }
+
+
+def _unready(status: dict[str, Any], names: set[str]) -> str:
+    """Why a node is not ready to serve ("" when it is)."""
+    plan = status["plan"]
+    who = status["node"]["name"] or status["node"]["node_id"]
+    if not plan["agreed_digest"] or plan["agreed_digest"] != plan["computed_digest"]:
+        return f"{who} has not agreed on a plan"
+    if set(plan["members"]) != names:
+        return f"{who} counts {len(plan['members'])} of {len(names)} nodes"
+    missing = assigned_parts(status) - set(status["parts"])
+    if missing:
+        return f"{who} is still loading parts {sorted(missing)}"
+    return ""
+
+
 async def wait_agreed(client: ControlClient, nodes: list[LocalNode]) -> list[dict[str, Any]]:
-    """Statuses once every node serves the same agreed plan over all of them."""
+    """Statuses once every node serves the same agreed plan over all of them and has
+    loaded the parts it gives it."""
     names = {n.name for n in nodes}
     deadline = time.monotonic() + AGREE_TIMEOUT_S
     while True:
-        statuses = []
+        statuses, waiting = [], []
         for node in nodes:
-            with contextlib.suppress(EdgenodeError):
+            try:
                 statuses.append(dict(status_to_dict(await client.status(node.address))))
+            except EdgenodeError:
+                waiting.append(f"{node.name} does not answer")
+        waiting += [why for s in statuses if (why := _unready(s, names))]
         digests = {s["plan"]["agreed_digest"] for s in statuses}
-        settled = all(
-            s["plan"]["agreed_digest"] == s["plan"]["computed_digest"]
-            and set(s["plan"]["members"]) == names
-            for s in statuses
-        )
-        if len(statuses) == len(nodes) and len(digests) == 1 and "" not in digests and settled:
+        if len(digests) > 1:
+            waiting.append(f"{len(digests)} different plans")
+        if not waiting:
             return sorted(statuses, key=lambda s: s["node"]["node_id"])
         if time.monotonic() > deadline:
-            raise EdgenodeError(f"the nodes did not agree on a plan within {AGREE_TIMEOUT_S:g} s")
+            raise EdgenodeError(
+                f"the nodes were not ready within {AGREE_TIMEOUT_S:g} s: {'; '.join(waiting)}"
+            )
         await asyncio.sleep(POLL_INTERVAL_S)
+
+
+async def diagnose(client: ControlClient, nodes: list[LocalNode]) -> str:
+    """Which node and part were slowest (by their own p90 run time), and which nodes did
+    not answer: for the error of a request that missed its deadline."""
+    slowest: tuple[float, str] | None = None
+    silent = []
+    for node in nodes:
+        try:
+            status = status_to_dict(await client.status(node.address))
+        except EdgenodeError:
+            silent.append(node.name)
+            continue
+        for stage in status["stages"]:
+            p90 = float(stage["p90_s"])
+            if slowest is None or p90 > slowest[0]:
+                slowest = (p90, f"{node.name} part {stage['part']} (p90 {p90 * 1e3:.1f} ms)")
+    found = []
+    if silent:
+        found.append(f"not answering: {', '.join(silent)}")
+    if slowest is not None:
+        found.append(f"slowest: {slowest[1]}")
+    return "; ".join(found) or "no node has run a part yet"
+
+
+def request_deadline(warm_up_s: list[float]) -> float:
+    """The deadline of a warmed-up request, from the warm-up's measured latencies."""
+    return max(MIN_REQUEST_TIMEOUT_S, DEADLINE_FACTOR * max(warm_up_s))
+
+
+async def infer_within(
+    client: ControlClient,
+    nodes: list[LocalNode],
+    origin: str,
+    inputs: dict[str, Any],
+    timeout_s: float,
+) -> tuple[dict[str, Any], float]:
+    """One request's outputs and latency; an error naming the slow node/part when it
+    misses ``timeout_s``."""
+    t0 = time.perf_counter()
+    try:
+        outputs = await client.infer(origin, inputs, timeout_s=timeout_s)
+    except EdgenodeError as exc:
+        raise EdgenodeError(f"{exc}; {await diagnose(client, nodes)}") from None
+    return outputs, time.perf_counter() - t0
+
+
+async def warm_up(
+    client: ControlClient,
+    nodes: list[LocalNode],
+    origin: str,
+    batches: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[float]]:
+    """Every batch through the cluster twice (the first pass traces or loads the parts):
+    the second pass's answers and latencies."""
+    for batch in batches:
+        await infer_within(client, nodes, origin, batch, WARM_UP_TIMEOUT_S)
+    answers, latencies = [], []
+    for batch in batches:
+        outputs, seconds = await infer_within(client, nodes, origin, batch, WARM_UP_TIMEOUT_S)
+        answers.append(outputs)
+        latencies.append(seconds)
+    return answers, latencies

@@ -148,9 +148,11 @@ def _build_efficientnet_lite0(
     mode = weights or "none"
     keras.utils.set_random_seed(seed)
     model = efficientnet_lite.build_efficientnet_lite0(input_shape)
-    if mode.lower() == "imagenet":
+    if mode.lower() == "none":
+        calibrate_batchnorm(model, seed)
+    elif mode.lower() == "imagenet":
         efficientnet_lite.load_torch_weights(model, efficientnet_lite.pretrained_weights_path())
-    elif mode.lower() != "none":
+    else:
         path = Path(mode)
         if path.suffix == ".pth":
             if not path.is_file():
