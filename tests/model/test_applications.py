@@ -29,11 +29,14 @@ IMAGES = Path(__file__).parents[2] / "edgenode" / "data" / "images"
 LITERT_TOLERANCE = 2e-2
 LITERT_MARGIN = 50.0
 APPLICATIONS = ["MobileNetV3Large", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121"]
+# (name, weights): the applications with calibrated random weights, and the trained Lite0.
+MODELS = [*((name, "none") for name in APPLICATIONS), ("EfficientNetLite0", "imagenet")]
 
 
-@pytest.fixture(scope="module", params=APPLICATIONS)
+@pytest.fixture(scope="module", params=MODELS, ids=[name for name, _ in MODELS])
 def app(request) -> ModelTensors:
-    graph = build_graph(load_model(request.param, logits=True))
+    name, weights = request.param
+    graph = build_graph(load_model(name, weights=weights, logits=True))
     spec = graph.tensors[graph.inputs[0]]
     photos = [
         load_inputs(IMAGES / name, [spec], preprocess=family_of(graph.name))
