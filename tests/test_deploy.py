@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from tests.nodes import NodeProcess, agreed_cluster
+from tests.reference import LITERT_TOLERANCE, assert_answer, reference_set
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "deploy" / "edgenode.service"
@@ -152,7 +152,6 @@ def no_tensorflow(tmp_path: Path) -> dict[str, str]:
 def _check_answers(
     splits: dict[str, Any], address: str, atol: float, key: Path | None = None
 ) -> None:
-    from edgenode.model.slicing import run_model
     from edgenode.transport import run
     from edgenode.transport._control import ControlClient
     from tests.model import models
@@ -173,10 +172,9 @@ def _check_answers(
         finally:
             await client.aclose()
 
-    for out, batch in zip(run(go()), batches, strict=True):
-        want = splits["manifest"].model.name_outputs(run_model(splits["graph"], batch))
-        for name in splits["manifest"].model.answer_names:
-            np.testing.assert_allclose(out[name], want[name], rtol=0, atol=atol)
+    refs = reference_set(splits["graph"], batches, tolerance=atol, manifest=splits["manifest"])
+    for i, out in enumerate(run(go())):
+        assert_answer(refs, i, out)
 
 
 class _NotifySocket:
@@ -247,7 +245,9 @@ def test_the_units_command_with_the_installed_config_serves_securely_without_ten
         assert "STATUS=serving plan" in ready and "parts 0-3" in ready
         address = re.search(r"serving on (\S+:\d+)", (tmp_path / "node.log").read_text())
         assert address is not None
-        _check_answers(splits, address.group(1), atol=1e-4, key=installed / "etc" / "cluster.pem")
+        _check_answers(
+            splits, address.group(1), atol=LITERT_TOLERANCE, key=installed / "etc" / "cluster.pem"
+        )
         process.send_signal(signal.SIGTERM)
         notify_socket.wait_for("STOPPING=1", 30.0, process)
         assert process.wait(30) == 0
@@ -283,7 +283,7 @@ def test_keras_and_litert_nodes_share_a_cluster(
         found = agreed_cluster(nodes, {"k", "l"})
         assert found["k"]["parts"] and found["l"]["parts"]  # both backends run parts
         for node in nodes:
-            _check_answers(splits, node.address, atol=1e-4)
+            _check_answers(splits, node.address, atol=LITERT_TOLERANCE)
     finally:
         for node in nodes:
             node.stop()

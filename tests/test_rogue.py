@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 
 from edgenode.security import issue_member, new_cluster, write_private
 from edgenode.transport import Security, run
 from edgenode.transport._options import CHANNEL_OPTIONS
 from tests.nodes import NodeProcess, agreed_cluster, statuses, wait_until
+from tests.reference import KERAS_TOLERANCE, assert_answer, reference_set
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -113,22 +113,24 @@ def _ask(address: str, security: Security, method: str) -> grpc.StatusCode:
 
 
 def _infer(address: str, security: Security, split: dict[str, Any], seed: int) -> None:
-    from edgenode.model.slicing import run_model
+    """Two requests (inputs ``seed`` and ``seed + 10``); each gets its own input's answer."""
     from edgenode.transport._control import ControlClient
     from tests.model import models
 
-    inputs = models.sample_inputs(split["model"], seed=seed, batch=1)
+    batches = [models.sample_inputs(split["model"], seed=s, batch=1) for s in (seed, seed + 10)]
 
-    async def go() -> dict[str, Any]:
+    async def go() -> list[dict[str, Any]]:
         client = ControlClient(protocol=1, security=security)
         try:
-            return await client.infer(address, inputs, timeout_s=60)
+            return [await client.infer(address, b, timeout_s=60) for b in batches]
         finally:
             await client.aclose()
 
-    out, want = run(go()), split["manifest"].model.name_outputs(run_model(split["graph"], inputs))
-    for name in split["manifest"].model.answer_names:
-        np.testing.assert_allclose(out[name], want[name], rtol=0, atol=1e-5)
+    refs = reference_set(
+        split["graph"], batches, tolerance=KERAS_TOLERANCE, manifest=split["manifest"]
+    )
+    for i, out in enumerate(run(go())):
+        assert_answer(refs, i, out)
 
 
 def test_a_rogue_node_with_another_key_cannot_join_or_make_members_replan(keys, members) -> None:
