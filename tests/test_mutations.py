@@ -119,3 +119,21 @@ def test_a_mutated_cluster_is_caught(twin, tmp_path: Path, mutation: str) -> Non
     part = mutation.split("@")[1]
     marked = [n for n in nodes if f"TEST ONLY: part {part} answers wrong" in n.log()]
     assert marked  # whichever node loaded that part (before and after agreeing) broke it
+
+
+def test_a_bad_mutation_is_a_one_line_error(twin, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "edgenode.cli", "run", "--insecure", "--name", "x",
+         "--listen", "127.0.0.1:0", "--model", str(twin[0]), "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, ENV_VAR: "flip@1"},
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "edgenode: error: EDGENODE_TEST_MUTATE: expected KIND@PART with KIND one of "
+        "swap, other, zero, skip, got 'flip@1'"
+    )
