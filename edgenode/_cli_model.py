@@ -64,11 +64,18 @@ def cmd_split(args: argparse.Namespace) -> int:
             f"link, {manifest.link.latency_s * 1e3:g} ms per hop"
         )
     if args.verify and args.format == "keras":
-        diff = verify_chain(result)
-        print(f"chained parts vs whole model: max abs diff {diff:.3g}")
-        if diff > args.tolerance:
+        check = verify_chain(result, tolerance=args.tolerance)
+        print(
+            f"chained parts vs whole model: max abs diff {check.diff:.3g} on 2 random inputs "
+            f"(whose outputs differ by {check.spread:.3g})"
+        )
+        if not check.moves:
+            say(args, "warning: the model's outputs barely move with its input (random "
+                      "weights?), so this check would also pass for a wrong chain")  # fmt: skip
+        if check.diff > args.tolerance:
             raise EdgenodeError(
-                f"chained parts differ from the whole model by {diff:.3g} (> {args.tolerance})"
+                f"chained parts differ from the whole model by {check.diff:.3g} "
+                f"(> {args.tolerance})"
             )
     return EXIT_OK
 

@@ -28,7 +28,6 @@ __all__ = [
     "build_part",
     "cut_graph",
     "export_part",
-    "max_abs_diff",
     "run_model",
     "run_parts",
 ]
@@ -130,14 +129,3 @@ def run_parts(
         result = part.model(feed, training=False)
         values.update({name: np.asarray(t) for name, t in result.items()})
     return {name: values[name] for name in outputs}
-
-
-def max_abs_diff(expected: Sequence[np.ndarray], actual: Sequence[np.ndarray]) -> float:
-    """Largest absolute element difference over paired arrays (inf on a shape mismatch)."""
-    worst = 0.0
-    for a, b in zip(expected, actual, strict=True):
-        if np.shape(a) != np.shape(b):
-            return float("inf")
-        if np.size(a):
-            worst = max(worst, float(np.max(np.abs(np.asarray(a, np.float64) - b))))
-    return worst

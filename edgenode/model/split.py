@@ -28,10 +28,18 @@ from edgenode.model.manifest import (
     TensorSpec,
     file_sha256,
 )
-from edgenode.model.slicing import SUFFIX, Part, cut_graph, export_part, max_abs_diff, run_parts
+from edgenode.model.slicing import SUFFIX, Part, cut_graph, export_part, run_parts
 from edgenode.planning import CostGraph, OpCost, TensorCost, equal_cuts, narrow_cuts, plan_parts
 
-__all__ = ["CUT_METHODS", "SplitResult", "choose_cuts", "cost_graph", "split_model", "verify_chain"]
+__all__ = [
+    "CUT_METHODS",
+    "ChainCheck",
+    "SplitResult",
+    "choose_cuts",
+    "cost_graph",
+    "split_model",
+    "verify_chain",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -232,17 +240,43 @@ def _replace_directory(staging: Path, out: Path) -> None:
         new.replace(out / new.name)
 
 
-def verify_chain(result: SplitResult, *, seed: int = 0) -> float:
-    """Max abs difference between chained parts and the whole model on random input."""
+@dataclass(frozen=True, slots=True)
+class ChainCheck:
+    """Chained parts against the whole model, on inputs the check could tell apart."""
+
+    diff: float  # largest max abs diff over the inputs and the final outputs
+    spread: float  # smallest max abs diff between two inputs' whole-model outputs
+    moves: bool  # whether the outputs move with the input by far more than the tolerance
+
+
+def verify_chain(
+    result: SplitResult, *, tolerance: float, seed: int = 0, inputs: int = 2
+) -> ChainCheck:
+    """Chained parts against the whole model on ``inputs`` random inputs (edgenode.verify
+    decides). ``moves`` is False when the model answers (nearly) the same whatever the
+    input: then "equal" would also hold for a wrong chain, and the caller should say so."""
+    from edgenode.errors import VacuousReference
+    from edgenode.model.slicing import run_model
+    from edgenode.verify import ReferenceSet, max_abs_diff
+
     graph = result.graph
     rng = np.random.default_rng(seed)
-    inputs = {}
-    for name in graph.inputs:
-        t = graph.tensors[name]
-        shape = tuple(d if d is not None else 1 for d in t.shape)
-        inputs[name] = rng.uniform(-1.0, 1.0, size=shape).astype(t.dtype)
-    from edgenode.model.slicing import run_model
-
-    expected = run_model(graph, inputs)
-    outs = run_parts(result.parts, inputs, outputs=graph.outputs)
-    return max_abs_diff([expected[n] for n in graph.outputs], [outs[n] for n in graph.outputs])
+    batches = []
+    for _ in range(inputs):
+        batch = {}
+        for name in graph.inputs:
+            t = graph.tensors[name]
+            shape = tuple(d if d is not None else 1 for d in t.shape)
+            batch[name] = rng.uniform(-1.0, 1.0, size=shape).astype(t.dtype)
+        batches.append(batch)
+    references = [
+        {n: v for n, v in run_model(graph, b).items() if n in graph.outputs} for b in batches
+    ]
+    answers = [run_parts(result.parts, b, outputs=graph.outputs) for b in batches]
+    diff = max(max_abs_diff(r, a) for r, a in zip(references, answers, strict=True))
+    try:
+        spread = ReferenceSet(references, tolerance=tolerance).spread()
+    except VacuousReference:
+        pairs = [(a, b) for i, a in enumerate(references) for b in references[i + 1 :]]
+        return ChainCheck(diff, min(max_abs_diff(a, b) for a, b in pairs), moves=False)
+    return ChainCheck(diff, spread, moves=True)
