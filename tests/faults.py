@@ -5,15 +5,25 @@
   ``add``, agreement checks with a diagnostic on timeout, roles read from the agreed plan,
   RSS per node and a scan of the node logs for tracebacks and errors.
 - ``Load``: K client coroutines on their own event loop in a background thread, each sending
-  one request at a time round-robin over a set of origin addresses, each request drawn from
-  a pool of inputs whose outputs were computed locally once. Each client is the product's
-  (its own ``ControlClient`` and ``ClusterClient`` over the origins): a request whose origin
-  goes away is re-sent to another node, and the status code of every node that did not
-  answer it is kept. Every request ends as exactly one of:
+  one request at a time round-robin over a set of origin addresses. Each client is the
+  product's (its own ``ControlClient`` and ``ClusterClient`` over the origins): a request
+  whose origin goes away is re-sent to another node, and the status code of every node
+  that did not answer it is kept.
+- ``Pool``: the distinct inputs requests are drawn from, and a ``ReferenceSet`` of the whole
+  model's answers to them, computed locally once. Each answer is checked against its own
+  input's reference (``ReferenceSet.check``: the same code the other tests use, which refuses
+  references that do not move with their input). Inputs are handed out round-robin and an
+  input in flight is skipped, so two requests in flight never share an input; with a pool
+  of at least ``POOL_PER_CLIENT`` (4) inputs per client an input comes back only after
+  about three other requests per client have started, so a tensor a
+  node mixes in from another request, even one held up by a fault for seconds, belongs to
+  another input: it makes the answer wrong, and a whole answer of another request is named
+  (``Record.matched``). Every request ends as exactly one of:
 
-  * correct: the answer equals the local model's (atol 1e-5), possibly from another node
-    than its origin (``Record.failovers`` counts the nodes that did not answer it first);
-  * wrong: an answer that differs (or that cannot be decoded);
+  * correct: ``ReferenceSet.check`` accepts it (its diff is kept), possibly from another
+    node than its origin (``Record.failovers`` counts the nodes that did not answer it first);
+  * wrong: an answer that differs (or that cannot be decoded); ``Record.matched`` names the
+    pool input whose reference it equals, if any (a crossed answer);
   * failed: ended with a status (the node's error, or the connection's when no node was
     left to try), kept with the last node's code and the client's one-line error;
   * lost: no answer and no status before the client's own deadline (longer than the nodes'
@@ -42,23 +52,24 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgenode.verify import ReferenceSet, Verdict
 from tests.nodes import START_DEADLINE_S, NodeProcess, statuses, wait_until
 
 __all__ = [
     "FLAP_ROUNDS",
+    "POOL_PER_CLIENT",
     "SCENARIOS",
     "Cluster",
     "Counts",
     "Layout",
     "Load",
+    "Pool",
     "Record",
     "Roles",
-    "Sample",
     "Scenario",
     "ScenarioResult",
-    "compare",
     "format_result",
-    "make_samples",
+    "make_pool",
     "multi_io_layout",
     "run_named",
     "run_scenario",
@@ -72,7 +83,7 @@ AGREE_DEADLINE_S = 30.0  # a cluster that has not re-agreed by then is stuck
 # it dead (two unanswered asks): some may drop it while others still count it in, and the
 # thawed victim finds its own asks timed out. Every round, the views must converge again.
 FLAP_ROUNDS = ((0.5, 1.6), (0.5, 2.1), (0.5, 1.8), (0.5, 2.3))
-ATOL = 1e-5
+POOL_PER_CLIENT = 4  # distinct inputs per client in a load's pool (see the module docstring)
 _PROBLEM = re.compile(
     r"\b(ERROR|CRITICAL)\b|unanswered|Exception in callback|exception was never|"
     r"never awaited|\w+Warning:"
@@ -87,37 +98,31 @@ Outcome = Literal["correct", "wrong", "failed", "lost"]
 
 
 @dataclass(frozen=True)
-class Sample:
-    """One request's inputs and the whole model's outputs for them, computed locally."""
+class Pool:
+    """Distinct inputs for requests, and the whole model's answers to them computed locally."""
 
-    inputs: Mapping[str, np.ndarray]
-    expected: Mapping[str, np.ndarray]
+    inputs: tuple[Mapping[str, np.ndarray], ...]
+    references: ReferenceSet
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def check(self, index: int, got: Mapping[str, Any]) -> Verdict:
+        """Whether ``got`` is the answer for input ``index`` (and whose it is, if not)."""
+        return self.references.check(index, {k: np.asarray(v) for k, v in got.items()})
 
 
-def make_samples(graph: Any, batches: Sequence[Mapping[str, np.ndarray]]) -> list[Sample]:
-    """Samples for ``batches``, answers from ``edgenode.model.slicing.run_model(graph, ...)``
-    keyed as a cluster answers: by the model's own output names."""
+def make_pool(graph: Any, batches: Sequence[Mapping[str, np.ndarray]], *, tolerance: float) -> Pool:
+    """A pool of ``batches``, answers from ``edgenode.model.slicing.run_model(graph, ...)``
+    keyed as a cluster answers: by the model's own output names. Raises VacuousReference
+    when two answers are not ``DEFAULT_MARGIN`` tolerances apart."""
     from edgenode.model.slicing import run_model
 
     def answer(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {n: values[t] for t, n in zip(graph.outputs, graph.output_names, strict=True)}
 
-    return [Sample(dict(b), answer(run_model(graph, b))) for b in batches]
-
-
-def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> str:
-    """What differs between ``got`` and ``want`` (names, shapes, values at atol 1e-5); empty
-    when they are equal."""
-    if set(got) != set(want):
-        return f"outputs {sorted(got)}, expected {sorted(want)}"
-    for name, value in want.items():
-        answer = np.asarray(got[name])
-        if answer.shape != value.shape:
-            return f"{name}: shape {answer.shape}, expected {value.shape}"
-        if not np.allclose(answer, value, rtol=0, atol=ATOL):
-            diff = float(np.max(np.abs(answer.astype(np.float64) - value)))
-            return f"{name}: max abs diff {diff:.3g}"
-    return ""
+    answers = [answer(run_model(graph, b)) for b in batches]
+    return Pool(tuple(dict(b) for b in batches), ReferenceSet(answers, tolerance=tolerance))
 
 
 # -- the cluster -----------------------------------------------------------------------------
@@ -212,7 +217,8 @@ class Cluster:
 
     ``speeds`` maps each node name to its pinned ``speed_gflops`` (pinned: the plan then
     depends on the layout, not on benchmark noise). Every node start gets its own log file
-    (``workdir/run<k>/<name>.log``), so a restarted node's earlier log is kept.
+    (``workdir/run<k>/<name>.log``), so a restarted node's earlier log is kept. ``env``:
+    environment variables for every node process (e.g. ``EDGENODE_TEST_MUTATE``).
     """
 
     def __init__(
@@ -224,8 +230,10 @@ class Cluster:
         deadline_s: float = NODE_DEADLINE_S,
         max_inflight: int | None = None,
         name: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self._env = dict(env or {})
         self.workdir = workdir
         self.deadline_s = deadline_s
         self.cluster_name = name or f"faults-{uuid.uuid4().hex[:12]}"
@@ -307,6 +315,7 @@ class Cluster:
             "127.0.0.1",
             "--state-dir",
             str(self.workdir / "state" / name),
+            env=self._env,
         )
         self.nodes[name] = node
         self.history.append(node)
@@ -512,10 +521,13 @@ class Record:
     details: str = ""
     answered_by: str = ""  # the node that answered (not the target when it failed over)
     failovers: int = 0  # nodes that did not answer it before one did (or before it failed)
+    diff: float = math.nan  # max abs diff of an answer from its own input's reference
+    matched: int | None = None  # a wrong answer equals this other pool input's reference
 
 
 class Load:
-    """``clients`` coroutines, one request each at a time, round-robin over ``targets``.
+    """``clients`` coroutines, one request each at a time, round-robin over ``targets``,
+    inputs round-robin over ``pool`` skipping those in flight (see the module docstring).
 
     Runs on its own event loop in a background thread between ``start()`` and ``stop()``
     (or as a context manager). A client pauses ``failure_pause_s`` after a failure, so a
@@ -525,21 +537,28 @@ class Load:
     def __init__(
         self,
         targets: Sequence[str],
-        samples: Sequence[Sample],
+        pool: Pool,
         *,
         clients: int = 8,
         deadline_s: float = 2 * NODE_DEADLINE_S + 5.0,
         failure_pause_s: float = 0.1,
     ) -> None:
-        if not targets or not samples or clients < 1:
-            raise ValueError("a load needs targets, samples and at least one client")
+        if not targets or clients < 1:
+            raise ValueError("a load needs targets and at least one client")
+        if len(pool) < POOL_PER_CLIENT * clients:
+            raise ValueError(
+                f"{clients} clients need a pool of at least {POOL_PER_CLIENT * clients} "
+                f"inputs, got {len(pool)}"
+            )
         self.targets = tuple(targets)
-        self.samples = list(samples)
+        self.pool = pool
         self.clients = clients
         self.deadline_s = deadline_s
         self.failure_pause_s = failure_pause_s
         self._records: list[Record] = []
         self._inflight = 0
+        self._busy: set[int] = set()  # pool inputs of the requests in flight
+        self._cursor = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -610,10 +629,18 @@ class Load:
             for index in range(self.clients):
                 group.create_task(self._client(index))
 
+    def _take(self) -> int:
+        """The next pool input round-robin that no request in flight uses."""
+        while True:  # ends: the pool holds more inputs than there are clients
+            sample = self._cursor % len(self.pool)
+            self._cursor += 1
+            if sample not in self._busy:
+                self._busy.add(sample)
+                return sample
+
     async def _client(self, index: int) -> None:
         from edgenode.transport._control import ControlClient
 
-        rng = np.random.default_rng(index)
         turn = index
         # a client of its own per coroutine (own connections): the clients are independent
         async with ControlClient(protocol=1) as client:
@@ -621,12 +648,13 @@ class Load:
             while not self._stop.is_set():
                 target = self.targets[turn % len(self.targets)]
                 turn += 1
-                sample = int(rng.integers(len(self.samples)))
+                sample = self._take()  # one event loop: no other client runs meanwhile
                 self._inflight += 1
                 try:
                     record = await self._one(index, cluster, target, sample)
                 finally:
                     self._inflight -= 1
+                    self._busy.discard(sample)
                 self._records.append(record)
                 if record.outcome == "failed":
                     await asyncio.sleep(self.failure_pause_s)
@@ -644,15 +672,22 @@ class Load:
             # the client's own deadline, and a guard above it should the client not keep it
             async with asyncio.timeout(self.deadline_s + 5.0):
                 answer = await cluster.request(
-                    self.samples[sample].inputs, timeout_s=self.deadline_s, origin=target
+                    self.pool.inputs[sample], timeout_s=self.deadline_s, origin=target
                 )
         except TimeoutError:
             return record("lost", "CLIENT_TIMEOUT", "the client did not keep its deadline")
         failovers = len(answer.refusals)
         if answer.outputs is not None:
-            difference = compare(answer.outputs, self.samples[sample].expected)
-            outcome: Outcome = "wrong" if difference else "correct"
-            return record(outcome, "", difference, answered_by=answer.address, failovers=failovers)
+            verdict = self.pool.check(sample, answer.outputs)
+            return record(
+                "correct" if verdict.ok else "wrong",
+                "",
+                verdict.detail,
+                answered_by=answer.address,
+                failovers=failovers,
+                diff=verdict.diff,
+                matched=verdict.matched,
+            )
         last = answer.refusals[-1] if answer.refusals else None
         if answer.timed_out:
             return record("lost", "DEADLINE_EXCEEDED", str(answer.error), failovers=failovers)
@@ -686,10 +721,18 @@ class Counts:
     failure_examples: Mapping[str, str]  # one details text per code
     wrong_examples: tuple[str, ...]
     failed_over: int = 0  # answered correctly by another node than the first one tried
+    wrong_matched: int = 0  # wrong answers equal to another pool input's reference
+    max_diff: float = math.nan  # largest diff of a correct answer from its reference
 
     @property
     def failed_total(self) -> int:
         return sum(self.failed.values())
+
+    def wrong_text(self) -> str:
+        """'0', or 'N (K equal another request's answer)'."""
+        if not self.wrong:
+            return "0"
+        return f"{self.wrong} ({self.wrong_matched} equal another request's answer)"
 
     def failed_text(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(self.failed.items())) or "-"
@@ -703,6 +746,7 @@ def summarize(records: Sequence[Record]) -> Counts:
         if r.outcome in ("failed", "lost") and r.code not in examples:
             examples[r.code] = f"{r.target}: {r.details}"
     latencies = [r.latency_s for r in records if r.outcome == "correct"]
+    diffs = [r.diff for r in records if r.outcome == "correct"]
     return Counts(
         sent=len(records),
         correct=sum(r.outcome == "correct" for r in records),
@@ -717,6 +761,8 @@ def summarize(records: Sequence[Record]) -> Counts:
         failure_examples=examples,
         wrong_examples=tuple(r.details for r in records if r.outcome == "wrong")[:5],
         failed_over=sum(r.outcome == "correct" and r.failovers > 0 for r in records),
+        wrong_matched=sum(r.outcome == "wrong" and r.matched is not None for r in records),
+        max_diff=max(diffs, default=math.nan),
     )
 
 
@@ -732,6 +778,7 @@ class Layout:
     speeds: Mapping[str, float]  # name -> pinned speed_gflops
     extra: tuple[str, float]
     deadline_s: float = NODE_DEADLINE_S
+    env: Mapping[str, str] = field(default_factory=dict)  # for every node process
 
 
 @dataclass(frozen=True)
@@ -892,7 +939,7 @@ def run_scenario(
 def run_named(
     key: str,
     layout: Layout,
-    samples: Sequence[Sample],
+    pool: Pool,
     workdir: Path,
     *,
     clients: int = 8,
@@ -906,7 +953,9 @@ def run_named(
     if scenario.with_extra:
         speeds[layout.extra[0]] = layout.extra[1]
     began = time.monotonic()
-    cluster = Cluster(layout.model_dir, workdir, speeds, deadline_s=layout.deadline_s)
+    cluster = Cluster(
+        layout.model_dir, workdir, speeds, deadline_s=layout.deadline_s, env=layout.env
+    )
     with cluster:
         roles = cluster.roles()
         result.plan_before = roles.summary()
@@ -920,7 +969,7 @@ def run_named(
         result.origins = tuple(origins)
         load = Load(
             [cluster.address(n) for n in origins],
-            samples,
+            pool,
             clients=clients,
             deadline_s=2 * layout.deadline_s + 5.0,
         )
@@ -951,8 +1000,9 @@ def format_result(result: ScenarioResult, *, warnings: int = 0) -> str:
     lines = [
         f"{result.scenario}: {result.title}: victim {result.victim} ({result.victim_role}); "
         f"plan {result.plan_before} -> {result.plan_after}; origins {', '.join(result.origins)}",
-        f"  sent {c.sent} correct {c.correct} (failed over {c.failed_over}) wrong {c.wrong} "
-        f"failed {c.failed_text()} lost {c.lost} unclear {c.unclear}; "
+        f"  sent {c.sent} correct {c.correct} (failed over {c.failed_over}, largest diff "
+        f"{c.max_diff:.3g}) wrong {c.wrong_text()} failed {c.failed_text()} lost {c.lost} "
+        f"unclear {c.unclear}; "
         f"fault {result.fault_s:.2f} s, re-agreed "
         f"{result.agreed_after_s:.2f} s after it; "
         f"p50 {c.p50_s * 1e3:.1f} ms p99 {c.p99_s * 1e3:.1f} ms; {result.seconds:.1f} s",
@@ -965,13 +1015,13 @@ def format_result(result: ScenarioResult, *, warnings: int = 0) -> str:
         v = result.victim_counts
         lines.append(
             f"  sent to the victim: {v.sent}: correct {v.correct} (failed over "
-            f"{v.failed_over}) failed {v.failed_text()} lost {v.lost} wrong {v.wrong}"
+            f"{v.failed_over}) failed {v.failed_text()} lost {v.lost} wrong {v.wrong_text()}"
         )
     if result.counts_after is not None:
         a = result.counts_after
         lines.append(
             f"  after re-agreement: sent {a.sent} correct {a.correct} failed "
-            f"{a.failed_text()} lost {a.lost} wrong {a.wrong}"
+            f"{a.failed_text()} lost {a.lost} wrong {a.wrong_text()}"
         )
     lines += [f"  {code}: {text[:300]}" for code, text in c.failure_examples.items()]
     lines += [f"  wrong: {text}" for text in c.wrong_examples]
