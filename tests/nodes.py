@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,8 @@ from edgenode.transport import run
 from edgenode.transport._control import ControlClient, status_to_dict
 
 START_DEADLINE_S = 90.0
+# Pinned so slow that compute outweighs every hop: the plan spreads the parts over all nodes.
+SLOW_GFLOPS = 0.000001
 _SERVING = re.compile(r"serving on (\S+:\d+)")
 
 
@@ -141,3 +145,55 @@ def agreed_cluster(
         return found
 
     return wait_until(check, START_DEADLINE_S, f"agreement among {sorted(members)}")
+
+
+def node_config(workdir: Path, *, speed_gflops: float = SLOW_GFLOPS, extra: str = "") -> Path:
+    """A node.toml for a test cluster of its own: pinned speeds (the plan does not depend
+    on benchmark noise), a unique cluster name, and ``extra`` TOML."""
+    config = workdir / "node.toml"
+    config.write_text(
+        f"[node]\nspeed_gflops = {speed_gflops}\n"
+        f'[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n{extra}'
+    )
+    return config
+
+
+def start_nodes(
+    directory: Path,
+    workdir: Path,
+    names: Sequence[str],
+    *,
+    config: Path,
+    env: dict[str, str] | None = None,
+) -> list[NodeProcess]:
+    """One `edgenode run` per name, serving the split in ``directory`` on 127.0.0.1
+    (started, not yet waited for)."""
+    args = ["--config", str(config), "--listen", "127.0.0.1:0", "--model", str(directory),
+            "--interfaces", "127.0.0.1"]  # fmt: skip
+    return [
+        NodeProcess(name, workdir, *args, "--state-dir", str(workdir / name), env=env)
+        for name in names
+    ]
+
+
+@contextlib.contextmanager
+def running_cluster(
+    directory: Path,
+    workdir: Path,
+    names: Sequence[str] = ("a", "b", "c"),
+    *,
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[list[NodeProcess], dict[str, dict[str, Any]]]]:
+    """Nodes serving one agreed plan over all of them, with their statuses; every node is
+    continued (if a test froze it) and stopped on exit."""
+    nodes = start_nodes(directory, workdir, names, config=config or node_config(workdir), env=env)
+    try:
+        for node in nodes:
+            node.wait_serving()
+        yield nodes, agreed_cluster(nodes, set(names))
+    finally:
+        for node in nodes:
+            if node.process.poll() is None:
+                node.signal(signal.SIGCONT)
+            node.stop()

@@ -7,14 +7,13 @@ import asyncio
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgenode.verify import ReferenceSet
-from tests.nodes import NodeProcess, agreed_cluster
+from tests.nodes import running_cluster
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -40,37 +39,10 @@ def nodes(named, tmp_path_factory: pytest.TempPathFactory):
     """Three nodes serving it, started once: these tests only send requests."""
     _, _, directory = named
     tmp_path = tmp_path_factory.mktemp("named-nodes")
-    config = tmp_path / "node.toml"
-    # Slow pinned speeds: compute outweighs hops, so the finals come from several nodes.
-    config.write_text(
-        f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
-    )
-    started = [
-        NodeProcess(
-            name,
-            tmp_path,
-            "--config",
-            str(config),
-            "--listen",
-            "127.0.0.1:0",
-            "--model",
-            str(directory),
-            "--interfaces",
-            "127.0.0.1",
-            "--state-dir",
-            str(tmp_path / name),
-        )
-        for name in ("a", "b", "c")
-    ]
-    try:
-        for node in started:
-            node.wait_serving()
-        found = agreed_cluster(started, {"a", "b", "c"})
+    # slow pinned speeds: the finals come from several nodes
+    with running_cluster(directory, tmp_path) as (started, found):
         assert len([st for st in found.values() if st["parts"]]) >= 2
         yield started
-    finally:
-        for node in started:
-            node.stop()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

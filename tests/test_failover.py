@@ -16,14 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.nodes import NodeProcess, agreed_cluster, wait_until
+from tests.nodes import NodeProcess, running_cluster, wait_until
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -53,28 +52,8 @@ def multi_io(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def nodes(multi_io, tmp_path: Path):
-    directory = multi_io[0]
-    config = tmp_path / "node.toml"
-    config.write_text(
-        f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
-    )
-    started = [
-        NodeProcess(
-            name, tmp_path, "--config", str(config), "--listen", "127.0.0.1:0",
-            "--model", str(directory), "--interfaces", "127.0.0.1",
-            "--state-dir", str(tmp_path / name),
-        )
-        for name in ("a", "b", "c")
-    ]  # fmt: skip
-    try:
-        for node in started:
-            node.wait_serving()
-        found = agreed_cluster(started, {"a", "b", "c"})
+    with running_cluster(multi_io[0], tmp_path) as (started, found):
         yield started, found
-    finally:
-        for node in started:
-            node.signal(signal.SIGCONT)
-            node.stop()
 
 
 def _roles(started: list[NodeProcess], found: dict[str, dict[str, Any]]):

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,7 +57,14 @@ from edgenode.transport.codec import (
     wire_dtypes,
 )
 from edgenode.verify import ReferenceSet
-from tests.nodes import NodeProcess, agreed_cluster, statuses, wait_until
+from tests.nodes import (
+    NodeProcess,
+    agreed_cluster,
+    node_config,
+    running_cluster,
+    statuses,
+    wait_until,
+)
 from tests.reference import KERAS_TOLERANCE, assert_answer, reference_set
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
@@ -122,33 +128,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     normal = [case for pair in zip(*by_size, strict=True) for case in pair]  # batch 1, 2, 1...
 
     work = tmp_path_factory.mktemp("fuzz-nodes")
-    config = work / "node.toml"
-    # Slow pinned speeds: compute outweighs hops, so the plan uses both nodes.
-    config.write_text(
-        f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "fuzz-{uuid.uuid4().hex[:12]}"\n'
-        f"[limits]\nmax_tensor_bytes = {LIMIT_BYTES}\n"
-    )
-    nodes = [
-        NodeProcess(
-            name,
-            work,
-            "--config",
-            str(config),
-            "--listen",
-            "127.0.0.1:0",
-            "--model",
-            str(directory),
-            "--interfaces",
-            "127.0.0.1",
-            "--state-dir",
-            str(work / name),
-        )
-        for name in NAMES
-    ]
-    try:
-        for node in nodes:
-            node.wait_serving()
-        found = agreed_cluster(nodes, set(NAMES))
+    # slow pinned speeds: the plan uses both nodes
+    config = node_config(work, extra=f"[limits]\nmax_tensor_bytes = {LIMIT_BYTES}\n")
+    with running_cluster(directory, work, NAMES, config=config) as (nodes, found):
         plan = found[NAMES[0]]["plan"]
         owners = {
             part: a["node_id"] for a in plan["assignments"] for part in range(a["start"], a["stop"])
@@ -166,9 +148,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             owners=owners,
             normal=normal,
         )
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 class Harness:

@@ -12,14 +12,13 @@ import json
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.nodes import NodeProcess, agreed_cluster
+from tests.nodes import agreed_cluster, node_config, running_cluster, start_nodes
 from tests.reference import KERAS_TOLERANCE, assert_answer, reference_set
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
@@ -40,38 +39,10 @@ def multi_io(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def nodes(multi_io, tmp_path: Path):
     _, _, _, directory = multi_io
-    config = tmp_path / "node.toml"
-    # Slow pinned speeds: compute outweighs hops, so the plan uses every node.
-    config.write_text(
-        f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
-    )
-    started = [
-        NodeProcess(
-            name,
-            tmp_path,
-            "--config",
-            str(config),
-            "--listen",
-            "127.0.0.1:0",
-            "--model",
-            str(directory),
-            "--interfaces",
-            "127.0.0.1",
-            "--state-dir",
-            str(tmp_path / name),
-        )
-        for name in ("a", "b", "c")
-    ]
-    try:
-        for node in started:
-            node.wait_serving()
-        found = agreed_cluster(started, {"a", "b", "c"})
+    with running_cluster(directory, tmp_path) as (started, found):
         owners = [st for st in found.values() if st["parts"]]
         assert len(owners) >= 2, "the plan should spread the parts over several nodes"
         yield started
-    finally:
-        for node in started:
-            node.stop()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -176,32 +147,10 @@ def test_mobilenet_v3_large_on_n_nodes(mobilenet, tmp_path: Path, count: int) ->
     from edgenode.transport._control import ControlClient
 
     graph, manifest, directory = mobilenet
-    config = tmp_path / "node.toml"
     # equal pinned speeds: the plan depends on the model, not on benchmark noise
-    config.write_text(
-        f'[node]\nspeed_gflops = 20.0\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
-    )
-    started = [
-        NodeProcess(
-            f"n{i}",
-            tmp_path,
-            "--config",
-            str(config),
-            "--listen",
-            "127.0.0.1:0",
-            "--model",
-            str(directory),
-            "--interfaces",
-            "127.0.0.1",
-            "--state-dir",
-            str(tmp_path / f"s{i}"),
-        )
-        for i in range(count)
-    ]
-    try:
-        for node in started:
-            node.wait_serving()
-        found = agreed_cluster(started, {n.name for n in started})
+    config = node_config(tmp_path, speed_gflops=20.0)
+    names = [f"n{i}" for i in range(count)]
+    with running_cluster(directory, tmp_path, names, config=config) as (started, found):
         owners = [st for st in found.values() if st["parts"]]
         assert len(owners) == count  # equal speeds, 8 parts: every node gets some
         pictures = calibration_batch((224, 224, 3), 100 + count, count=33)  # photo-like
@@ -225,9 +174,6 @@ def test_mobilenet_v3_large_on_n_nodes(mobilenet, tmp_path: Path, count: int) ->
         refs = reference_set(graph, batches, tolerance=MOBILENET_TOLERANCE, manifest=manifest)
         for i, out in enumerate(outs):
             assert_answer(refs, i, out)  # logits: the softmax of random weights barely moves
-    finally:
-        for node in started:
-            node.stop()
 
 
 def test_a_flood_is_refused_with_resource_exhausted_and_nothing_is_lost(
@@ -239,18 +185,8 @@ def test_a_flood_is_refused_with_resource_exhausted_and_nothing_is_lost(
     from tests.model import models
 
     model, graph, manifest, directory = multi_io
-    config = tmp_path / "node.toml"
-    config.write_text(
-        "[node]\nspeed_gflops = 0.000001\n[limits]\nmax_inflight_requests = 2\n"
-        f'[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
-    )
-    args = ["--config", str(config), "--listen", "127.0.0.1:0", "--model", str(directory)]
-    started = [
-        NodeProcess(
-            name, tmp_path, *args, "--interfaces", "127.0.0.1", "--state-dir", str(tmp_path / name)
-        )
-        for name in ("a", "b")
-    ]
+    config = node_config(tmp_path, extra="[limits]\nmax_inflight_requests = 2\n")
+    started = start_nodes(directory, tmp_path, ("a", "b"), config=config)
     batches = [models.sample_inputs(model, seed=s, batch=1) for s in range(16)]
 
     async def flood() -> list[Any]:

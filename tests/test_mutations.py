@@ -11,7 +11,6 @@ right every time, each mutated one wrong every time.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import pytest
 from edgenode._mutate import ENV_VAR
 from edgenode.verify import ReferenceSet
 from tests.model import models
-from tests.nodes import NodeProcess, agreed_cluster
+from tests.nodes import NodeProcess, running_cluster
 from tests.reference import NODE_TOLERANCE, reference_set
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
@@ -50,47 +49,18 @@ def cluster_answers(
     from edgenode.transport._control import ControlClient
 
     directory, batches, _ = twin
-    config = tmp_path / "node.toml"
-    # Slow pinned speeds: compute outweighs hops, so the plan spreads the parts.
-    config.write_text(
-        f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
-    )
     env = {ENV_VAR: mutation} if mutation else {}
-    nodes = [
-        NodeProcess(
-            name,
-            tmp_path,
-            "--config",
-            str(config),
-            "--listen",
-            "127.0.0.1:0",
-            "--model",
-            str(directory),
-            "--interfaces",
-            "127.0.0.1",
-            "--state-dir",
-            str(tmp_path / name),
-            env=env,
-        )
-        for name in ("a", "b", "c")
-    ]
 
-    async def ask() -> list[dict[str, Any]]:
+    async def ask(nodes: list[NodeProcess]) -> list[dict[str, Any]]:
         client = ControlClient(protocol=1)
         try:  # one at a time: "other" hands each request the previous one's tensors
             return [await client.infer(nodes[0].address, b, timeout_s=60) for b in batches]
         finally:
             await client.aclose()
 
-    try:
-        for node in nodes:
-            node.wait_serving()
-        found = agreed_cluster(nodes, {"a", "b", "c"})
+    with running_cluster(directory, tmp_path, env=env) as (nodes, found):
         assert sum(1 for st in found.values() if st["parts"]) >= 2, "the plan should spread"
-        return run(ask()), nodes
-    finally:
-        for node in nodes:
-            node.stop()
+        return run(ask(nodes)), nodes
 
 
 def test_the_unmutated_cluster_answers_right(twin, tmp_path: Path) -> None:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.model.test_efficientnet_lite import EXPECTED, IMAGES
-from tests.nodes import NodeProcess, agreed_cluster
+from tests.nodes import node_config, running_cluster
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -54,30 +53,14 @@ def test_pretrained_lite0_through_three_nodes(fmt: str, references, tmp_path: Pa
     out = _cli("split", "--model", "EfficientNetLite0", "--weights", "imagenet", "--parts", "5",
                "--format", fmt, "--out", str(parts))  # fmt: skip
     assert out.returncode == 0, out.stderr
-    config = tmp_path / "node.toml"
-    config.write_text(
-        f'[node]\nspeed_gflops = 0.5\n[cluster]\nname = "test-{uuid.uuid4().hex[:12]}"\n'
-        f'[model]\nbackend = "{fmt}"\n'
-    )
-    args = ["--config", str(config), "--listen", "127.0.0.1:0", "--model", str(parts),
-            "--interfaces", "127.0.0.1"]  # fmt: skip
-    nodes = [
-        NodeProcess(name, tmp_path, *args, "--state-dir", str(tmp_path / name))
-        for name in ("a", "b", "c")
-    ]
-    try:
-        for node in nodes:
-            node.wait_serving()
-        found = agreed_cluster(nodes, {"a", "b", "c"})
+    config = node_config(tmp_path, speed_gflops=0.5, extra=f'[model]\nbackend = "{fmt}"\n')
+    with running_cluster(parts, tmp_path, config=config) as (nodes, found):
         assert sum(1 for st in found.values() if st["parts"]) >= 2
         saved = tmp_path / "answers.npz"
         photos = [str(IMAGES / name) for name in EXPECTED]
         out = _cli("infer", *photos, "--peer", nodes[0].address, "--insecure", "--json",
                    "--top", "5", "--save-outputs", str(saved))  # fmt: skip
         assert out.returncode == 0, out.stderr
-    finally:
-        for node in nodes:
-            node.stop()
     report = json.loads(out.stdout)["results"]
     for entry, (name, wanted) in zip(report, EXPECTED.items(), strict=True):
         assert Path(entry["file"]).name == name
