@@ -245,6 +245,7 @@ def scenario_rows(results: list[ScenarioResult], errors: dict[str, str]) -> list
 def load_lines(run: LoadRun) -> list[str]:
     c = run.counts
     errors = c.failed_total + c.lost + c.wrong
+    crossed = f"; {c.wrong_matched} equal another request's answer" if c.wrong else ""
     lines = [
         f"- {len(run.nodes)} nodes, plan `{run.plan}`; {run.clients} clients, one request "
         "at a time each, round-robin over every node as origin; "
@@ -254,10 +255,12 @@ def load_lines(run: LoadRun) -> list[str]:
         "| errors (failed / lost / wrong) | slowest 10 s interval req/s |",
         "| ---: | ---: | ---: | ---: | ---: | --- | ---: |",
         f"| {run.throughput:.1f} | {_ms(c.p50_s)} | {_ms(c.p99_s)} | {c.sent} | {c.correct} "
-        f"| {errors} ({c.failed_total} / {c.lost} / {c.wrong_text()}) "
+        f"| {errors} ({c.failed_total} / {c.lost} / {c.wrong}{crossed}) "
         f"| {min(run.intervals, default=math.nan):.1f} |",
         "",
-        f"Largest max abs diff of a correct answer from its reference: {c.max_diff:.3g}.",
+        f"Largest max abs diff of a correct answer from its reference: {c.max_diff:.3g}."
+        if c.correct
+        else "No correct answer.",
         "",
         f"| node | role | RSS after warm-up MiB | RSS at end MiB | max MiB | growth % "
         f"| < {RSS_GROWTH_TARGET:g}% |",
