@@ -348,6 +348,7 @@ def main() -> int:
     command = shlex.join([".venv/bin/python", "benchmarks/resilience.py", *sys.argv[1:]])
 
     began = time.monotonic()
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="edgenode-resilience-"))
     layout, pool, what = prepare(args, work)
@@ -385,7 +386,8 @@ def main() -> int:
         "",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}",
-        f"- command: `{command}` ({time.monotonic() - began:.0f} s); load average "
+        f"- command: `{command}` (started {started}, {time.monotonic() - began:.0f} s); "
+        "load average "
         f"{load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
         "(1 minute; this run's own nodes count, and so does anything else running)",
         f"- model: {what}; nodes on 127.0.0.1 (mDNS on loopback), pinned speed_gflops "
