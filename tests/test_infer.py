@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.nodes import agreed_cluster, node_config, running_cluster, start_nodes
-from tests.reference import KERAS_TOLERANCE, assert_answer, reference_set
+from tests.reference import APPLICATION_TOLERANCE, KERAS_TOLERANCE, assert_answer, reference_set
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -123,11 +123,6 @@ def test_no_cluster_is_a_clear_error(tmp_path: Path) -> None:
     assert len(out.stderr.strip().splitlines()) == 1 and "127.0.0.1:9" in out.stderr
 
 
-# Logits of magnitude ~10 from traced one-thread parts in node processes against the
-# eager whole model here.
-MOBILENET_TOLERANCE = 1e-4
-
-
 @pytest.fixture(scope="module")
 def mobilenet(tmp_path_factory: pytest.TempPathFactory):
     from edgenode.model.graph import build_graph
@@ -171,7 +166,7 @@ def test_mobilenet_v3_large_on_n_nodes(mobilenet, tmp_path: Path, count: int) ->
                 await client.aclose()
 
         outs = run(go())
-        refs = reference_set(graph, batches, tolerance=MOBILENET_TOLERANCE, manifest=manifest)
+        refs = reference_set(graph, batches, tolerance=APPLICATION_TOLERANCE, manifest=manifest)
         for i, out in enumerate(outs):
             assert_answer(refs, i, out)  # logits: the softmax of random weights barely moves
 

@@ -13,12 +13,13 @@ import pytest
 
 from tests.model.test_efficientnet_lite import EXPECTED, IMAGES
 from tests.nodes import node_config, running_cluster
+from tests.reference import APPLICATION_TOLERANCE
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 # Logits of magnitude ~10 in float32: a node's traced function with one thread rounds
 # differently from the eager whole model (measured up to 1.2e-5, LiteRT alike).
-TOLERANCE = {"keras": 1e-4, "litert": 1e-4}
+TOLERANCE = {"keras": APPLICATION_TOLERANCE, "litert": APPLICATION_TOLERANCE}
 
 
 @pytest.fixture(scope="module")
