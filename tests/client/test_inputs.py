@@ -163,8 +163,12 @@ def test_unknown_family() -> None:
         load_inputs(IMAGES / "cat.jpg", spec(), preprocess="vit")
 
 
+# Families named after a keras.applications module (efficientnet_lite is edgenode's own).
+KERAS_FAMILIES = sorted(f for f, mode in PREPROCESS_FAMILIES.items() if mode != "center_crop")
+
+
 @pytest.mark.tf
-@pytest.mark.parametrize("family", sorted(PREPROCESS_FAMILIES))
+@pytest.mark.parametrize("family", KERAS_FAMILIES)
 def test_preprocessing_equals_keras(family: str) -> None:
     raw = load_inputs(IMAGES / "cat.jpg", spec(), preprocess=None)["image"]
     ours = load_inputs(IMAGES / "cat.jpg", spec(), preprocess=family)["image"]
@@ -175,6 +179,25 @@ def test_preprocessing_equals_keras(family: str) -> None:
         np.testing.assert_array_equal(ours, raw)
     else:
         assert not np.allclose(ours, raw)
+
+
+def test_efficientnet_lite_gets_tensorflows_evaluation_crop() -> None:
+    """The centre 224/(224+32) of the shorter side, as tensorflow/tpu's
+    _decode_and_center_crop computes it, resized bicubic; pixels otherwise unchanged."""
+    ours = load_inputs(IMAGES / "rocket.jpg", spec(), preprocess="efficientnet_lite")["image"]
+    with Image.open(IMAGES / "rocket.jpg") as image:
+        rgb = image.convert("RGB")
+        height, width = rgb.height, rgb.width
+        crop = int(224 / (224 + 32) * min(height, width))
+        top, left = ((height - crop) + 1) // 2, ((width - crop) + 1) // 2
+        window = rgb.crop((left, top, left + crop, top + crop))
+        expected = np.asarray(window.resize((224, 224), Image.Resampling.BICUBIC), np.float32)
+    assert (width, height) == (640, 427)  # not square: the crop matters
+    np.testing.assert_array_equal(ours[0], expected)
+    plain = load_inputs(IMAGES / "rocket.jpg", spec(), preprocess=None)["image"]
+    assert not np.array_equal(ours, plain)
+    assert family_of("EfficientNetLite0") == "efficientnet_lite"
+    assert family_of("EfficientNetB0") == "efficientnet"
 
 
 @pytest.mark.tf
