@@ -11,13 +11,14 @@ import sys
 from collections.abc import Sequence
 
 from edgenode import __version__
-from edgenode._cli_cluster import DEFAULT_KEY, cmd_demo, cmd_infer, cmd_keygen, cmd_run, cmd_status
+from edgenode._cli_cluster import DEFAULT_KEY, cmd_infer, cmd_keygen, cmd_run, cmd_status
 from edgenode._cli_common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     setup_tensorflow,
 )
+from edgenode._cli_demo import cmd_demo
 from edgenode._cli_model import cmd_plan, cmd_profile, cmd_split
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
 

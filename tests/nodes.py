@@ -23,6 +23,16 @@ SLOW_GFLOPS = 0.000001
 _SERVING = re.compile(r"serving on (\S+:\d+)")
 
 
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """`edgenode ARGS --insecure` (the clusters of these tests are insecure), its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgenode.cli", *args, "--insecure"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def wait_until(predicate: Callable[[], Any], deadline_s: float, what: str) -> Any:
     """Poll ``predicate`` until it returns something truthy; AssertionError at the deadline."""
     end = time.monotonic() + deadline_s

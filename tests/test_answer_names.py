@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgenode.verify import ReferenceSet
+from tests.nodes import cli as _cli
 from tests.nodes import running_cluster
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
@@ -43,15 +42,6 @@ def nodes(named, tmp_path_factory: pytest.TempPathFactory):
     with running_cluster(directory, tmp_path) as (started, found):
         assert len([st for st in found.values() if st["parts"]]) >= 2
         yield started
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edgenode.cli", *args, "--insecure"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def _cases(model, tmp_path: Path) -> list[tuple[Path, dict[str, np.ndarray]]]:

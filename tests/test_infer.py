@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.nodes import agreed_cluster, node_config, running_cluster, start_nodes
+from tests.nodes import cli as _cli
 from tests.reference import APPLICATION_TOLERANCE, KERAS_TOLERANCE, assert_answer, reference_set
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
@@ -43,16 +42,6 @@ def nodes(multi_io, tmp_path: Path):
         owners = [st for st in found.values() if st["parts"]]
         assert len(owners) >= 2, "the plan should spread the parts over several nodes"
         yield started
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """`edgenode ARGS --insecure`: the clusters of these tests are insecure."""
-    return subprocess.run(
-        [sys.executable, "-m", "edgenode.cli", *args, "--insecure"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_cli_answer_equals_the_local_model(multi_io, nodes, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "NAME",
     "PRETRAINED_PACKAGE",
     "build_efficientnet_lite0",
+    "is_named",
     "load_torch_weights",
     "pretrained_weights_path",
 ]
@@ -108,6 +110,11 @@ def _blocks() -> list[_Block]:
                 )
             )
     return blocks
+
+
+def is_named(spec: str) -> bool:
+    """Whether a model name means this model, in any spelling (efficientnet_lite0, ...)."""
+    return re.sub(r"[^a-z0-9]", "", spec.lower()) == NAME.lower()
 
 
 def _bn(name: str) -> keras.layers.BatchNormalization:

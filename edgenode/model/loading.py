@@ -102,7 +102,7 @@ def load_model(
         if logits:
             raise ModelError("logits applies to keras.applications names, not to files")
         return _load_file(path, weights)
-    if _key(spec) == _key(efficientnet_lite.NAME):
+    if efficientnet_lite.is_named(spec):
         return _build_efficientnet_lite0(weights, input_shape, seed)
     found = _resolve_application(spec)
     if found is None:
