@@ -1,4 +1,4 @@
-"""Commands on a cluster: run, status, infer, keygen (argv is parsed in edgenode.cli)."""
+"""Commands on a cluster: run, status, infer (argv is parsed in edgenode.cli)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgenode._cli_common import EXIT_OK, say, setup_tensorflow
+from edgenode._cli_common import EXIT_OK, setup_tensorflow
 from edgenode._table import format_table
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from edgenode.transport._control import ControlClient
 from edgenode.errors import EdgenodeError, UsageError
 
-__all__ = ["DEFAULT_KEY", "cmd_infer", "cmd_keygen", "cmd_run", "cmd_status", "parts_label"]
+__all__ = ["DEFAULT_KEY", "cmd_infer", "cmd_run", "cmd_status", "parts_label"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -133,31 +133,6 @@ def client_security(args: argparse.Namespace) -> Security:
             f"EDGENODE_KEY, or install {DEFAULT_KEY}; --insecure for an insecure cluster"
         )
     return Security(load_credentials(Path(key)))
-
-
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from edgenode.security import issue_member, new_cluster, write_private
-
-    out = Path(args.out)
-    target = out / "cluster.pem"
-    if target.exists():
-        raise UsageError(f"{target} exists: refusing to overwrite a cluster key")
-    if args.ca:
-        try:
-            ca = Path(args.ca).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"--ca {args.ca}: {exc.strerror or exc}") from None
-        member = issue_member(ca, days=args.days, member=args.member)
-    else:
-        if args.days < 1:
-            raise UsageError("--days must be at least 1 for a new cluster")
-        ca, member = new_cluster(args.cluster, days=args.days)
-        write_private(out / "ca.pem", ca)
-        say(args, f"wrote {out / 'ca.pem'}: the cluster CA; keep it off the devices")
-    write_private(target, member.bundle())
-    say(args, f"wrote {target}: copy it to every node and set security.key to its path")
-    print(target)
-    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:

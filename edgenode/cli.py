@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from edgenode import __version__
-from edgenode._cli_cluster import DEFAULT_KEY, cmd_infer, cmd_keygen, cmd_run, cmd_status
+from edgenode._cli_cluster import DEFAULT_KEY, cmd_infer, cmd_run, cmd_status
 from edgenode._cli_common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -19,6 +19,7 @@ from edgenode._cli_common import (
     setup_tensorflow,
 )
 from edgenode._cli_demo import cmd_demo
+from edgenode._cli_keygen import cmd_keygen
 from edgenode._cli_model import cmd_plan, cmd_profile, cmd_split
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
 
@@ -345,14 +346,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="create a cluster key (CA and member credential)",
         description="Create a cluster CA (OUT/ca.pem: keep it off the devices) and a member "
         "credential (OUT/cluster.pem: copy it to every device and point security.key at it). "
-        "With --ca, issue another member credential from an existing CA.",
+        "With --ca, issue another member credential from an existing CA. Key files are "
+        "written 0600; a new OUT is created 0700, an existing OUT that its group or others "
+        "can open is left as it is, with a warning (not with --quiet). Existing key files are "
+        "never replaced without --force.",
     )
     keygen.add_argument("--out", required=True, metavar="DIR", help="output directory")
     keygen.add_argument("--cluster", default="edgenode", help="cluster name in the certificates")
-    keygen.add_argument("--ca", metavar="CA.PEM", help="issue from this CA instead of a new one")
+    keygen.add_argument(
+        "--ca",
+        metavar="CA.PEM",
+        help="issue from this CA (the ca.pem of an earlier keygen, valid now), not a new one",
+    )
     keygen.add_argument("--member", default="member", help="member name in its certificate")
     keygen.add_argument(
-        "--days", type=int, default=3650, help="validity of the credential (default 3650)"
+        "--days",
+        type=int,
+        metavar="N",
+        help="validity of the credential in days, at least 1 (default 3650)",
+    )
+    keygen.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing OUT/cluster.pem (and OUT/ca.pem without --ca: the old CA "
+        "is lost, so it can issue no more credentials)",
     )
     keygen.set_defaults(func=cmd_keygen)
 

@@ -25,6 +25,7 @@ No secret is ever sent: certificates are public, private keys never leave the fi
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import os
 import threading
@@ -35,9 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgenode.errors import ConfigError, PermissionDenied, Unauthenticated
@@ -60,6 +62,7 @@ TOKEN_MAX_AGE_S = 300.0  # a token older (or newer: clock skew) than this is ref
 TOKEN_REFRESH_S = 60.0  # a caller signs a new token this often
 DEFAULT_DAYS = 3650
 _CACHE_SIZE = 1024
+_PRIVATE_MODE = 0o600  # key files: read and write by their owner only
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,10 +150,11 @@ def issue_member(
     now: dt.datetime | None = None,
 ) -> Credentials:
     """A member credential signed by the CA in ``ca_bundle`` (valid ``days`` from ``now``;
-    a negative number gives an expired one, for tests)."""
-    ca_key, ca_cert = _read_ca(ca_bundle)
-    cluster = _cluster_of(ca_cert)
+    a negative number gives an expired one, for tests); ConfigError when ``ca_bundle`` is
+    not a CA valid at ``now``."""
     start = now or _now()
+    ca_key, ca_cert = _read_ca(ca_bundle, start)
+    cluster = _cluster_of(ca_cert)
     key = ec.generate_private_key(ec.SECP256R1())
     end = start + dt.timedelta(days=days)
     cert = (
@@ -186,25 +190,89 @@ def _cluster_of(cert: x509.Certificate) -> str:
     return str(names[0].value) if names else ""
 
 
-def _read_ca(bundle: bytes) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _read_ca(
+    bundle: bytes, now: dt.datetime
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The key and certificate of a cluster CA valid at ``now``; ConfigError saying why
+    ``bundle`` is not one."""
+    if b"PRIVATE KEY-----" not in bundle:
+        raise ConfigError(
+            "not a cluster CA: no private key in it (use the ca.pem written by edgenode keygen)"
+        )
     try:
         key = serialization.load_pem_private_key(bundle, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ConfigError(
+            "not a cluster CA: its private key is unreadable (encrypted, damaged or unknown type)"
+        ) from None
+    try:
         cert = x509.load_pem_x509_certificate(bundle)
-    except ValueError as exc:
-        raise ConfigError(f"not a cluster CA file (key and certificate): {exc}") from None
+    except ValueError:
+        raise ConfigError("not a cluster CA: no readable certificate in it") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError("the CA key is not an EC key made by edgenode keygen")
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ConfigError(
+            "not a cluster CA: its certificate has no basicConstraints CA=true (a member "
+            "credential such as cluster.pem cannot issue others)"
+        )
+    try:
+        signs = cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        signs = True  # no KeyUsage extension: no restriction
+    if not signs:
+        raise ConfigError("not a cluster CA: its key usage does not allow signing certificates")
+    if _public_der(key.public_key()) != _public_der(cert.public_key()):
+        raise ConfigError("not a cluster CA: the private key does not belong to its certificate")
+    if cert.not_valid_after_utc < now:
+        raise ConfigError(f"the CA expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    if now < cert.not_valid_before_utc:
+        raise ConfigError(
+            f"the CA is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
+            "(check the clock)"
+        )
     return key, cert
 
 
+def _public_der(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` readable by its owner only, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    partial.replace(path)
+    """Write ``data`` to ``path`` readable by its owner only, atomically (OSError on failure)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = f".{path.name}.partial"
+    # Every step is relative to one open directory, so a directory swapped underneath
+    # cannot redirect a later step.
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # A stale temporary may have a wide mode or be a symlink planted by someone else:
+        # unlink removes the link itself, and O_EXCL | O_NOFOLLOW refuse anything that
+        # reappears at that name instead of opening it.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial, dir_fd=directory)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(partial, flags, _PRIVATE_MODE, dir_fd=directory)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), _PRIVATE_MODE)  # exactly 0600, whatever the umask
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())  # the bytes are on disk before the name points at them
+            os.replace(partial, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(partial, dir_fd=directory)
+            raise
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
 
 
 def load_credentials(path: Path, *, now: dt.datetime | None = None) -> Credentials:

@@ -1,14 +1,12 @@
-"""Cluster credentials and call tokens (edgenode/security.py), and `edgenode keygen`."""
+"""Cluster credentials and call tokens (edgenode/security.py); keygen: tests/test_keygen.py."""
 
 from __future__ import annotations
 
-import datetime as dt
 import stat
 from pathlib import Path
 
 import pytest
 
-from edgenode.cli import main
 from edgenode.errors import ConfigError, PermissionDenied, Unauthenticated
 from edgenode.security import (
     TOKEN_MAX_AGE_S,
@@ -109,21 +107,3 @@ def test_credential_files_round_trip_and_bad_ones_name_the_problem(cluster, tmp_
         with pytest.raises(ConfigError, match=message):
             load_credentials(file)
         assert name
-
-
-def test_keygen_creates_a_cluster_and_issues_members(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "keys"
-    assert main(["--quiet", "keygen", "--out", str(out), "--cluster", "home"]) == 0
-    first = load_credentials(out / "cluster.pem")
-    assert first.cluster == "home"
-    assert first.not_after > dt.datetime.now(dt.UTC) + dt.timedelta(days=3000)
-    assert main(["--quiet", "keygen", "--out", str(out)]) == 2  # never overwrites a key
-    assert "exists" in capsys.readouterr().err
-    more = tmp_path / "pi-2"
-    argv = ["--quiet", "keygen", "--out", str(more), "--ca", str(out / "ca.pem")]
-    assert main([*argv, "--member", "pi-2", "--days", "30"]) == 0
-    second = load_credentials(more / "cluster.pem")
-    assert (second.member, second.ca_pem) == ("pi-2", first.ca_pem)
-    assert not (more / "ca.pem").exists()  # the CA stays where it was
-    TokenVerifier(first.ca_pem).check(TokenSigner(second).token())  # same cluster
-    assert main(["--quiet", "keygen", "--out", str(tmp_path / "x"), "--ca", str(more)]) == 2
