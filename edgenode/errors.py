@@ -6,6 +6,7 @@ __all__ = [
     "ChecksumMismatch",
     "ConfigError",
     "DiscoveryError",
+    "DuplicateNodeId",
     "DuplicateTensor",
     "EdgenodeError",
     "IncompleteTensor",
@@ -37,6 +38,10 @@ class UsageError(EdgenodeError):
 
 class ConfigError(EdgenodeError):
     """A configuration file or value is invalid; the message names the key."""
+
+
+class DuplicateNodeId(ConfigError):
+    """Another live node of the cluster uses this node's id (two devices given one name)."""
 
 
 class ModelError(EdgenodeError):

@@ -14,7 +14,8 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,22 @@ def node_security(config: Config) -> Security:
         "security.key: no cluster credential; create one with `edgenode keygen` and set "
         "security.key, or set security.insecure = true (or --insecure) for development"
     )
+
+
+@contextlib.asynccontextmanager
+async def _first_error() -> AsyncIterator[None]:
+    """Raise the first EdgenodeError out of the node's task group as itself, so that the CLI
+    prints it in one line (e.g. DuplicateNodeId); anything else stays a group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        matched, _ = group.split(EdgenodeError)
+        if matched is None:
+            raise
+        first: BaseException = matched
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from group
 
 
 def _newly_agreed(served: ClusterPlan | None, state: PlanState) -> bool:
@@ -182,6 +199,7 @@ class Node:
                 peers=lambda: tuple(negotiator.membership.alive),
                 manifest=manifest,
                 directory=directory,
+                left=negotiator.peer_left,
             )
             control_ref.append(control)
 
@@ -230,7 +248,7 @@ class Node:
                 config.model.threads,
                 speed / 1e9,
             )
-            async with asyncio.TaskGroup() as group:
+            async with _first_error(), asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(negotiator.run()),
                     group.create_task(router.run()),
@@ -250,6 +268,7 @@ class Node:
                 if unanswered := await router.drain(deadline):
                     logger.warning("stopping with %d requests unanswered", unanswered)
                 logger.info("stopping: goodbye to the cluster")
+                await negotiator.leave()
                 for task in tasks:
                     task.cancel()
         self._running = None
@@ -310,6 +329,7 @@ class Node:
             model_sha256=manifest.identity,
             capacity=Capacity(speed=speed, memory_bytes=total_memory_bytes()),
             incarnation=new_incarnation(),
+            started_ms=time.time_ns() // 1_000_000,
         )
 
     def _discovery(self, local: PeerInfo, client: ControlClient) -> Discovery:

@@ -1109,8 +1109,13 @@ def test_control_rpcs_refuse_undecodable_requests_cleanly(harness: Harness) -> N
 
     @settings(max_examples=30, deadline=None, derandomize=True, database=None)
     @given(
-        method=st.sampled_from(["Hello", "GetPlan", "GetStatus", "FetchFile"]),
-        request=st.binary(max_size=64),
+        method=st.sampled_from(["Hello", "Leave", "GetPlan", "GetStatus", "FetchFile"]),
+        request=st.binary(max_size=64)
+        | st.builds(  # well-formed goodbyes of members, of strangers, of invalid ids
+            lambda node, inc: pb.LeaveRequest(node_id=node, incarnation=inc).SerializeToString(),
+            st.sampled_from([*NAMES, "stranger", "Not An Id", ""]),
+            st.integers(0, 2**64 - 1),
+        ),
         target=st.integers(0, len(NAMES) - 1),
     )
     def fuzz(method: str, request: bytes, target: int) -> None:
@@ -1127,6 +1132,9 @@ def test_control_rpcs_refuse_undecodable_requests_cleanly(harness: Harness) -> N
             assert node.process.poll() is None, f"node {node.name} died"
     for name, text in _new_log(cluster, logs).items():
         assert "Traceback" not in text, f"node {name} logged a traceback:\n{text[-3000:]}"
+    # No goodbye in another run's name evicted anyone (Leave names the caller's own run).
+    found = agreed_cluster(cluster.nodes, set(NAMES))
+    assert {status["plan"]["agreed_digest"] for status in found.values()} == {cluster.digest}
 
 
 def _stage_count(address: str, node: str, part: int) -> int:

@@ -108,6 +108,33 @@ def test_sigterm_says_goodbye_and_the_others_replan(cluster, split_dir, tmp_path
     assert nodes[2].stop() == 0
     assert "stopped" in nodes[2].log()
     agreed_cluster(nodes[:2], {"a", "b"})
+    for node in nodes[:2]:  # told over gRPC (Leave): not found dead, not taken from mDNS alone
+        assert "peer c left the cluster" in node.log()
+        assert "marked dead" not in node.log()
+
+
+def test_a_second_node_with_a_members_id_stops_with_one_line(cluster, split_dir, tmp_path) -> None:
+    nodes = [_start(cluster, tmp_path, name, split_dir) for name in ("a", "b")]
+    for node in nodes:
+        node.wait_serving()
+    before = agreed_cluster(nodes, {"a", "b"})
+    twin_dir = tmp_path / "twin"
+    twin_dir.mkdir()
+    twin = _start(cluster, twin_dir, "a", split_dir)  # another device given the name "a"
+    assert twin.process.wait(timeout=120) == 2
+    log = twin.log()
+    errors = [line for line in log.splitlines() if line.startswith("edgenode: error:")]
+    assert errors == [
+        f"edgenode: error: node id 'a' is already used by the node at {nodes[0].address} "
+        f"(running since {errors[0].split('running since ')[1].split(')')[0]}): give this node "
+        "another node.id (or node.name)"
+    ], log
+    assert "Traceback" not in log
+    after = agreed_cluster(nodes, {"a", "b"})
+    for name in ("a", "b"):
+        assert after[name]["plan"]["agreed_digest"] == before[name]["plan"]["agreed_digest"]
+        assert after[name]["address"] == before[name]["address"]
+    assert "it started later and should stop" in nodes[0].log()
 
 
 def test_a_killed_node_is_detected_and_the_others_replan(cluster, split_dir, tmp_path) -> None:

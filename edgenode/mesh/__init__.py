@@ -15,6 +15,7 @@ from edgenode.mesh._peer import (
     PeerInfo,
     incompatibility,
     new_incarnation,
+    valid_node_id,
 )
 from edgenode.mesh._protocols import Discovery, Prober
 from edgenode.mesh._table import PeerEvents
@@ -63,4 +64,5 @@ __all__ = [
     "incompatibility",
     "local_addresses",
     "new_incarnation",
+    "valid_node_id",
 ]

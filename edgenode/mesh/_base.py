@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Self
 
 from edgenode.errors import UsageError
-from edgenode.mesh._peer import NodeId, PeerInfo, incompatibility
+from edgenode.mesh._peer import NodeId, PeerInfo, incompatibility, other_cluster
 from edgenode.mesh._table import PeerEvents, PeerTable
 
 __all__ = ["DiscoveryBase", "OnceLog", "check_same_member"]
@@ -117,14 +117,20 @@ class DiscoveryBase:
         if reason is None:
             self._table.upsert(info)
             return True
-        if info.node_id == self._local.node_id and info.incarnation != self._local.incarnation:
+        if (
+            info.node_id == self._local.node_id
+            and info.incarnation != self._local.incarnation
+            and other_cluster(self._local, info) is None
+        ):
             self._ignored.log(
                 (source, "duplicate id"),
-                logging.WARNING,
-                "another node (%s) announces our node id %s; node ids must be unique",
-                source,
+                logging.INFO,
+                "a record at %s claims our node id %s (run %x): asking who answers there",
+                info.endpoint,
                 info.node_id,
+                info.incarnation,
             )
+            self._table.twin(info)
         else:
             level = logging.DEBUG if info.node_id == self._local.node_id else logging.INFO
             self._ignored.log(

@@ -23,6 +23,8 @@ __all__ = [
     "PeerInfo",
     "incompatibility",
     "new_incarnation",
+    "other_cluster",
+    "valid_node_id",
 ]
 
 NodeId = NewType("NodeId", str)
@@ -38,6 +40,11 @@ _MAX_PROTOCOL = 65535
 _NODE_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _MAX_HOST_CHARS = 253
+
+
+def valid_node_id(text: str) -> bool:
+    """True when ``text`` is a well-formed node id (see NODE_ID_MAX_CHARS)."""
+    return len(text) <= NODE_ID_MAX_CHARS and _NODE_ID_RE.fullmatch(text) is not None
 
 
 def new_incarnation() -> int:
@@ -123,9 +130,12 @@ class PeerInfo:
     model_sha256: str  # lower-case hex digest of the model the cluster serves
     capacity: Capacity
     incarnation: int  # differs between runs of the same node, see new_incarnation()
+    # When this run started (Unix ms); 0 when unknown. Only the control plane's Hello carries
+    # it (not mDNS): of two live runs claiming one node id, the one that started later yields.
+    started_ms: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.node_id) > NODE_ID_MAX_CHARS or not _NODE_ID_RE.fullmatch(self.node_id):
+        if not valid_node_id(self.node_id):
             raise UsageError(
                 f"node id must be 1-{NODE_ID_MAX_CHARS} characters of a-z, 0-9 and '-' "
                 f"(not first or last), got {self.node_id!r}"
@@ -146,6 +156,8 @@ class PeerInfo:
             )
         if not 0 <= self.incarnation <= MAX_INCARNATION:
             raise UsageError(f"incarnation must fit in 64 bits, got {self.incarnation}")
+        if not 0 <= self.started_ms <= MAX_INCARNATION:
+            raise UsageError(f"started_ms must fit in 64 bits, got {self.started_ms}")
 
     @property
     def host(self) -> str:
@@ -157,11 +169,24 @@ class PeerInfo:
         """The preferred gRPC endpoint."""
         return Endpoint(host=self.host, port=self.port)
 
+    def same_run(self, other: PeerInfo) -> bool:
+        """True when ``other`` describes this very run of this node (same id, incarnation)."""
+        return self.node_id == other.node_id and self.incarnation == other.incarnation
+
+    def reachable_at(self, endpoint: Endpoint) -> bool:
+        """True when ``endpoint`` is one of this record's addresses with its port."""
+        return endpoint.port == self.port and endpoint.host in self.addresses
+
 
 def incompatibility(local: PeerInfo, peer: PeerInfo) -> str | None:
     """Why `local` must not join `peer` in one cluster, or None when it can."""
     if peer.node_id == local.node_id:
         return "own node id"
+    return other_cluster(local, peer)
+
+
+def other_cluster(local: PeerInfo, peer: PeerInfo) -> str | None:
+    """How `peer` belongs to another cluster than `local` (name, protocol or model), or None."""
     if peer.cluster != local.cluster:
         return f"other cluster {peer.cluster!r} (ours is {local.cluster!r})"
     if peer.protocol != local.protocol:
@@ -177,6 +202,9 @@ class PeerEventKind(enum.Enum):
     JOINED = "joined"  # a new run of a node (a new node id, or a new incarnation)
     UPDATED = "updated"  # same run, changed record (capacity, name, addresses, port)
     LEFT = "left"  # said goodbye, stopped answering probes, or was replaced by a new run
+    # A record that claims this node's own id for another run: two devices given one name,
+    # a restart's stale record, or a forgery. Published to subscribers only, never a peer.
+    TWIN = "twin"
 
 
 @dataclass(frozen=True, slots=True)

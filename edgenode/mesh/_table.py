@@ -42,6 +42,11 @@ class PeerEvents:
             raise StopAsyncIteration
         return event
 
+    @property
+    def queued(self) -> int:
+        """How many events wait to be taken."""
+        return self._queue.qsize()
+
     def pending(self) -> list[PeerEvent]:
         """Take the events already queued, without waiting."""
         taken: list[PeerEvent] = []
@@ -115,6 +120,11 @@ class PeerTable:
             self._publish(PeerEvent(PeerEventKind.JOINED, info))
         else:
             self._publish(PeerEvent(PeerEventKind.UPDATED, info))
+
+    def twin(self, info: PeerInfo) -> None:
+        """Publish TWIN for a record claiming the local node's id (not kept in the table)."""
+        if not self._closed:
+            self._publish(PeerEvent(PeerEventKind.TWIN, info))
 
     def remove(self, node_id: NodeId) -> None:
         """Forget a peer, publishing LEFT if it was known."""

@@ -36,10 +36,6 @@ def _with(peers: tuple[PeerInfo, ...], info: PeerInfo) -> tuple[PeerInfo, ...]:
     return tuple(sorted((*_without(peers, info.node_id), info), key=lambda p: p.node_id))
 
 
-def _same_run(a: PeerInfo, b: PeerInfo) -> bool:
-    return a.node_id == b.node_id and a.incarnation == b.incarnation
-
-
 def _check_sorted(what: str, peers: tuple[PeerInfo, ...]) -> None:
     ids = [p.node_id for p in peers]
     if ids != sorted(set(ids)):
@@ -97,6 +93,10 @@ class Membership:
             return self.local
         return _find(self.alive, node_id)
 
+    def record(self, node_id: NodeId) -> PeerInfo | None:
+        """The record of a peer this node counts, alive or marked dead, if any."""
+        return _find(self.alive, node_id) or _find(self.dead, node_id)
+
     def is_dead(self, node_id: NodeId) -> bool:
         """True when the peer was marked dead and no new run of it has appeared since."""
         return _find(self.dead, node_id) is not None
@@ -107,8 +107,8 @@ class Membership:
         if peer.node_id == self.local.node_id:
             return self
         if event.kind is PeerEventKind.LEFT:
-            alive = tuple(p for p in self.alive if not _same_run(p, peer))
-            dead = tuple(p for p in self.dead if not _same_run(p, peer))
+            alive = tuple(p for p in self.alive if not p.same_run(peer))
+            dead = tuple(p for p in self.dead if not p.same_run(peer))
             return self._replace(alive, dead)
         corpse = _find(self.dead, peer.node_id)
         if corpse is not None and corpse.incarnation == peer.incarnation:

@@ -1,9 +1,9 @@
 """The control plane's domain side: what a node answers about itself.
 
 The gRPC adapter (edgenode/transport/_control.py) only translates these to and
-from messages: Hello (who are you), GetPlan (the digest this node computed, used
-to confirm agreement), GetStatus (for `edgenode status`) and FetchFile (part
-files and the manifest, for nodes that lack them).
+from messages: Hello (who are you), Leave (a peer's goodbye), GetPlan (the digest
+this node computed, used to confirm agreement), GetStatus (for `edgenode status`)
+and FetchFile (part files and the manifest, for nodes that lack them).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgenode.errors import ModelError
-from edgenode.mesh import PeerInfo
+from edgenode.mesh import NodeId, PeerInfo
 from edgenode.model.manifest import MANIFEST_NAME, Manifest
 from edgenode.runtime.negotiation import PlanState
 
@@ -83,6 +83,7 @@ class NodeControl:
     peers: Callable[[], tuple[PeerInfo, ...]]
     manifest: Manifest
     directory: Path
+    left: Callable[[NodeId, int], None] = lambda node_id, incarnation: None  # a peer's Leave
     clock: Callable[[], float] = time.monotonic
     started_s: float = field(default=0.0)
     _stages: dict[int, _Stage] = field(default_factory=dict)

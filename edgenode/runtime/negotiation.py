@@ -16,10 +16,12 @@ its timeout says that this process was paused (SIGSTOP, a suspended VM, a starve
 not that the peer is gone: the peer's answer can wait in the socket behind the expired
 timer. Such failures do not count against the peer.
 
-A discovery record counts only once the node behind it has confirmed it over the
-control plane (Hello, over authenticated TLS when the cluster has a key): anyone on
-the LAN can publish an mDNS record, and an outsider's record must not make members
-re-plan. Records that cannot be confirmed are retried with backoff and logged once.
+Discovery events are only hints (edgenode/mesh/vetting.py): anyone on the LAN can
+publish, change or withdraw an mDNS record, so a node joins, moves, restarts or leaves
+the membership only once it has proved it over the control plane (Hello, over
+authenticated TLS when the cluster has a key), and the planner's inputs (capacity,
+model identity) come from those answers. A stopping node tells its peers with Leave
+before its mDNS goodbye, so a graceful leave re-plans at once.
 """
 
 from __future__ import annotations
@@ -36,12 +38,12 @@ from edgenode.errors import EdgenodeError, PeerUnavailable, PlanError
 from edgenode.mesh import (
     Debounce,
     Discovery,
+    Endpoint,
     Membership,
     NodeId,
-    PeerEvent,
-    PeerEventKind,
     PeerInfo,
 )
+from edgenode.mesh.vetting import CHECK_MAX_BACKOFF_S, Vetting
 from edgenode.model.manifest import Manifest
 from edgenode.planning import ClusterPlan, Link, Member, plan_cluster
 
@@ -65,7 +67,7 @@ CHECK_INTERVAL_S = 0.5  # once agreed, members are asked again this often (liven
 ASK_TIMEOUT_S = 0.5  # a peer slower than this to answer counts as unreachable
 DEAD_AFTER_FAILURES = 2  # consecutive unreachable answers before a peer is marked dead
 PAUSE_SLACK_S = 1.0  # an ask failing this long after its timeout straddled a pause of ours
-CONFIRM_MAX_BACKOFF_S = 1.0  # a new record is asked again at least this often
+LEAVE_TIMEOUT_S = 0.5  # a stopping node waits this long at most for peers to hear its Leave
 REVIVE_FIRST_S = 1.0  # a dead peer is asked again after this long...
 REVIVE_MAX_S = 30.0  # ...doubling up to this
 
@@ -77,9 +79,13 @@ class PlanPeers(Protocol):
         """The digest ``peer`` computed ("" when none); PeerUnavailable if unreachable."""
         ...
 
-    async def confirm(self, peer: PeerInfo) -> None:
-        """Return when the node at ``peer``'s address is that very run of that node (its
-        Hello answer matches the record); EdgenodeError saying why not otherwise."""
+    async def hello(self, endpoint: Endpoint) -> PeerInfo:
+        """The record of the node answering at ``endpoint`` (authenticated in a secure
+        cluster); EdgenodeError when nobody, or no member, answers there."""
+        ...
+
+    async def leave(self, peer: PeerInfo, local: PeerInfo) -> None:
+        """Tell ``peer`` that this run (``local``) leaves the cluster; EdgenodeError if not."""
         ...
 
 
@@ -115,6 +121,7 @@ class Negotiator:
         dead_after_failures: int = DEAD_AFTER_FAILURES,
         revive_first_s: float = REVIVE_FIRST_S,
         revive_max_s: float = REVIVE_MAX_S,
+        check_max_backoff_s: float = CHECK_MAX_BACKOFF_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._discovery = discovery
@@ -131,11 +138,15 @@ class Negotiator:
         self._revive_first_s = revive_first_s
         self._revive_max_s = revive_max_s
         self._revive: dict[NodeId, tuple[float, float]] = {}  # dead peer -> (next ask, backoff)
-        self._confirmed: set[tuple[NodeId, int]] = set()  # (node, incarnation) seen to answer
-        self._confirming: dict[NodeId, asyncio.Task[None]] = {}
-        self._latest: dict[NodeId, PeerEvent] = {}  # newest event of a record being confirmed
         self._clock = clock
         self._membership = Membership.of(discovery.local)
+        self._vetting = Vetting(
+            greeter=peers,
+            membership=lambda: self._membership,
+            update=self._set_membership,
+            timeout_s=ask_timeout_s * 2,
+            max_backoff_s=check_max_backoff_s,
+        )
         self._failures: dict[NodeId, int] = {}
         self._resumed_at = float("-inf")  # when the last pause of this process was noticed
         self._wake = asyncio.Event()
@@ -161,6 +172,24 @@ class Negotiator:
         """Drop a peer the transport found dead; re-plan without it."""
         self._set_membership(self._membership.mark_dead(node_id, incarnation))
 
+    def peer_left(self, node_id: NodeId, incarnation: int) -> None:
+        """A peer said goodbye over the authenticated control plane (its Leave call)."""
+        self._vetting.left(node_id, incarnation)
+
+    async def leave(self, timeout_s: float = LEAVE_TIMEOUT_S) -> None:
+        """Tell every live peer that this node leaves (before the mDNS goodbye, which peers
+        only take as a hint), waiting ``timeout_s`` at most; failures are logged."""
+        local = self._membership.local
+
+        async def tell(peer: PeerInfo) -> None:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._peers.leave(peer, local)
+            except (EdgenodeError, TimeoutError) as exc:
+                logger.info("could not tell %s that this node leaves: %s", peer.node_id, exc)
+
+        await asyncio.gather(*(tell(p) for p in self._membership.alive))
+
     async def wait(self, predicate: Callable[[PlanState], bool], timeout_s: float) -> PlanState:
         """The first state satisfying ``predicate``; TimeoutError after ``timeout_s``."""
         async with asyncio.timeout(timeout_s), self._changed:
@@ -178,57 +207,7 @@ class Negotiator:
     # -- internals -------------------------------------------------------------------------
 
     async def _consume_events(self) -> None:
-        event: PeerEvent
-        try:
-            async for event in self._discovery.events():
-                peer = event.peer
-                if event.kind is PeerEventKind.LEFT:
-                    self._latest.pop(peer.node_id, None)
-                    task = self._confirming.pop(peer.node_id, None)
-                    if task is not None:
-                        task.cancel()
-                    self._set_membership(self._membership.apply(event))
-                elif (peer.node_id, peer.incarnation) in self._confirmed:
-                    self._set_membership(self._membership.apply(event))
-                else:
-                    self._latest[peer.node_id] = event
-                    if peer.node_id not in self._confirming:
-                        task = asyncio.create_task(self._confirm_record(peer.node_id))
-                        self._confirming[peer.node_id] = task
-        finally:
-            for task in self._confirming.values():
-                task.cancel()
-
-    async def _confirm_record(self, node_id: NodeId) -> None:
-        """Ask the node behind a new record who it is, with backoff, until it confirms."""
-        backoff = self._confirm_interval_s
-        logged = False
-        try:
-            while (event := self._latest.get(node_id)) is not None:
-                peer = event.peer
-                try:
-                    async with asyncio.timeout(self._ask_timeout_s * 2):
-                        await self._peers.confirm(peer)
-                except (EdgenodeError, TimeoutError) as exc:
-                    if not logged:
-                        logger.warning(
-                            "ignoring the record of %s at %s until it is confirmed: %s",
-                            node_id, peer.endpoint, exc or "no answer",
-                        )  # fmt: skip
-                        logged = True
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, CONFIRM_MAX_BACKOFF_S)
-                    continue
-                if self._latest.get(node_id) is not event:
-                    continue  # the record changed meanwhile: confirm the new one
-                del self._latest[node_id]
-                self._confirmed.add((peer.node_id, peer.incarnation))
-                if logged:
-                    logger.info("record of %s confirmed", node_id)
-                self._set_membership(self._membership.apply(event))
-                return
-        finally:
-            self._confirming.pop(node_id, None)
+        await self._vetting.run(self._discovery.events())
 
     def _set_membership(self, membership: Membership) -> None:
         if membership.members == self._membership.members:

@@ -1,4 +1,4 @@
-"""gRPC adapter of the control plane: Hello, GetPlan, GetStatus, FetchFile.
+"""gRPC adapter of the control plane: Hello, Leave, GetPlan, GetStatus, FetchFile.
 
 Server side: handlers that decode a request, call one NodeControl method, encode the
 reply. Client side: ``ControlClient``, one channel per peer address, which implements
@@ -23,13 +23,12 @@ from google.protobuf.message import DecodeError
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
 from edgenode.errors import (
     EdgenodeError,
-    InvalidPeerRecord,
     ModelError,
     PeerUnavailable,
     TransportError,
     UsageError,
 )
-from edgenode.mesh import Capacity, Endpoint, PeerInfo
+from edgenode.mesh import Capacity, Endpoint, NodeId, PeerInfo, valid_node_id
 from edgenode.runtime.control import NodeControl, NodeStatus
 from edgenode.runtime.negotiation import PlanState
 from edgenode.runtime.requests import Router
@@ -86,13 +85,12 @@ def record_of(info: PeerInfo) -> pb.NodeRecord:
         speed=info.capacity.speed,
         memory_bytes=info.capacity.memory_bytes,
         incarnation=info.incarnation,
+        started_ms=info.started_ms,
     )
 
 
 def peer_from_record(record: pb.NodeRecord) -> PeerInfo:
     """A wire record as a validated PeerInfo (UsageError if malformed)."""
-    from edgenode.mesh import NodeId
-
     return PeerInfo(
         node_id=NodeId(record.node_id),
         name=record.name,
@@ -103,6 +101,7 @@ def peer_from_record(record: pb.NodeRecord) -> PeerInfo:
         model_sha256=record.model_sha256,
         capacity=Capacity(speed=record.speed, memory_bytes=record.memory_bytes),
         incarnation=record.incarnation,
+        started_ms=record.started_ms,
     )
 
 
@@ -170,6 +169,13 @@ def control_handlers(
     async def hello(request: pb.HelloRequest, context: Any) -> pb.NodeRecord:
         return record_of(control().local())
 
+    async def leave(request: pb.LeaveRequest, context: Any) -> pb.LeaveReply:
+        node_id = request.node_id
+        if not valid_node_id(node_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid node id {node_id!r}")
+        control().left(NodeId(node_id), request.incarnation)
+        return pb.LeaveReply()
+
     async def get_plan(request: pb.PlanRequest, context: Any) -> pb.PlanReply:
         return _plan_reply(control().plan())
 
@@ -214,6 +220,7 @@ def control_handlers(
 
     handlers = {
         "Hello": unary(hello, pb.HelloRequest, pb.NodeRecord),
+        "Leave": unary(leave, pb.LeaveRequest, pb.LeaveReply),
         "GetPlan": unary(get_plan, pb.PlanRequest, pb.PlanReply),
         "GetStatus": unary(get_status, pb.StatusRequest, pb.NodeStatus),
         "FetchFile": grpc.unary_stream_rpc_method_handler(
@@ -272,15 +279,10 @@ class ControlClient:
         except EdgenodeError as exc:
             raise PeerUnavailable(f"{endpoint} sent an invalid record: {exc}") from None
 
-    async def confirm(self, peer: PeerInfo) -> None:
-        """Check that ``peer``'s address answers as that run of that node (negotiation's
-        PlanPeers): over TLS, also that it holds a credential of this cluster."""
-        found = await self.hello(peer.endpoint)
-        if (found.node_id, found.incarnation) != (peer.node_id, peer.incarnation):
-            raise InvalidPeerRecord(
-                f"{peer.endpoint} answers as {found.node_id} (run {found.incarnation:x}), "
-                f"not as the record's {peer.node_id} (run {peer.incarnation:x})"
-            )
+    async def leave(self, peer: PeerInfo, local: PeerInfo) -> None:
+        """Tell ``peer`` that the run ``local`` leaves the cluster (negotiation's PlanPeers)."""
+        request = pb.LeaveRequest(node_id=local.node_id, incarnation=local.incarnation)
+        await self._unary(str(peer.endpoint), "Leave", request, pb.LeaveReply)
 
     async def plan_digest(self, peer: PeerInfo) -> str:
         """The digest ``peer`` computed (negotiation's PlanPeers)."""

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from edgenode.mesh import (
     ZeroconfDiscovery,
     encode_txt,
     local_addresses,
+    new_incarnation,
 )
 
 from .conftest import LOOPBACK, eventually, next_event
@@ -252,3 +254,20 @@ async def test_separate_processes(zc_backend, children):
         membership = membership.apply(await next_event(events))
     assert membership.get(ids[1]).incarnation == reborn["incarnation"] != old_incarnation
     await children[-1].expect(event="joined", node_id=parent_info.node_id)
+
+
+async def test_a_record_claiming_our_id_is_a_twin_event_never_a_peer(zc_backend) -> None:
+    """Two devices given one name: each hears the other's record as a TWIN, which the
+    vetting checks (edgenode/mesh/vetting.py); neither lists it among its peers."""
+    a_info = zc_backend.info(0)
+    a = await zc_backend.start(a_info)
+    events = a.events()
+    twin = replace(a_info, port=a_info.port + 100, incarnation=new_incarnation())
+    await zc_backend.start(twin)
+    event = await next_event(events)
+    assert (event.kind, event.peer.port, event.peer.incarnation) == (
+        PeerEventKind.TWIN,
+        twin.port,
+        twin.incarnation,
+    )
+    assert a.peers() == {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from edgenode.errors import PeerUnavailable
-from edgenode.mesh import Capacity, InMemoryNetwork, PeerInfo
+from edgenode.mesh import Capacity, Endpoint, InMemoryNetwork, PeerInfo
 from edgenode.model.manifest import Manifest
 from edgenode.runtime.negotiation import Negotiator
 
@@ -61,20 +61,30 @@ def peer_info(node_id: str, port: int, manifest: Manifest, speed: float = 1e9) -
 
 
 class InMemoryPlanPeers:
-    """PlanPeers over a dict of live negotiators; a missing or crashed node is unavailable."""
+    """PlanPeers over a dict of live negotiators; a missing or crashed node is unavailable.
+
+    Hello at an endpoint answers with the record of the negotiator listening there (its
+    discovery's local record), like a node's control plane."""
 
     def __init__(self) -> None:
         self.negotiators: dict[str, Negotiator] = {}
         self.down: set[str] = set()
-        self.asked: Counter[str] = Counter()
-        self.impostors: set[str] = set()  # records whose node cannot prove membership
+        self.asked: Counter[str] = Counter()  # by node id asked for its plan
+        self.greeted: Counter[Endpoint] = Counter()  # Hello calls by endpoint
 
-    async def confirm(self, peer: PeerInfo) -> None:
-        self.asked[peer.node_id] += 1
-        if peer.node_id in self.impostors:
-            raise PeerUnavailable(f"{peer.node_id}: TLS handshake failed")
-        if peer.node_id not in self.negotiators or peer.node_id in self.down:
+    async def hello(self, endpoint: Endpoint) -> PeerInfo:
+        self.greeted[endpoint] += 1
+        for node_id, negotiator in self.negotiators.items():
+            local = negotiator.membership.local
+            if local.reachable_at(endpoint) and node_id not in self.down:
+                return local
+        raise PeerUnavailable(f"nobody answers at {endpoint}")
+
+    async def leave(self, peer: PeerInfo, local: PeerInfo) -> None:
+        negotiator = self.negotiators.get(peer.node_id)
+        if negotiator is None or peer.node_id in self.down:
             raise PeerUnavailable(f"{peer.node_id} does not answer")
+        negotiator.peer_left(local.node_id, local.incarnation)
 
     async def plan_digest(self, peer: PeerInfo) -> str:
         self.asked[peer.node_id] += 1

@@ -72,6 +72,7 @@ def test_generated_module_imports_from_the_installed_package() -> None:
         "Infer",
         "InferSession",
         "Hello",
+        "Leave",
         "GetPlan",
         "GetStatus",
         "FetchFile",

@@ -48,7 +48,7 @@ class HelloRequest(_message.Message):
     def __init__(self, protocol: _Optional[int] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("node_id", "name", "addresses", "port", "protocol", "cluster", "model_sha256", "speed", "memory_bytes", "incarnation")
+    __slots__ = ("node_id", "name", "addresses", "port", "protocol", "cluster", "model_sha256", "speed", "memory_bytes", "incarnation", "started_ms")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class NodeRecord(_message.Message):
     SPEED_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -69,7 +70,20 @@ class NodeRecord(_message.Message):
     speed: float
     memory_bytes: int
     incarnation: int
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., port: _Optional[int] = ..., protocol: _Optional[int] = ..., cluster: _Optional[str] = ..., model_sha256: _Optional[str] = ..., speed: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
+    started_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., port: _Optional[int] = ..., protocol: _Optional[int] = ..., cluster: _Optional[str] = ..., model_sha256: _Optional[str] = ..., speed: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., incarnation: _Optional[int] = ..., started_ms: _Optional[int] = ...) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ("node_id", "incarnation")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    incarnation: int
+    def __init__(self, node_id: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
+
+class LeaveReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class PlanRequest(_message.Message):
     __slots__ = ()
