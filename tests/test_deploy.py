@@ -55,6 +55,10 @@ def test_the_unit_declares_what_the_deployment_needs() -> None:
     from edgenode.config import Config
 
     assert stop > Config().limits.request_deadline_s + 5  # the drain fits in the stop timeout
+    from edgenode.cli import EXIT_USAGE
+
+    # A configuration error (bad node.toml, a duplicate node id) is not restarted in a loop.
+    assert re.search(rf"^RestartPreventExitStatus={EXIT_USAGE}$", text, re.M)
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
