@@ -14,6 +14,7 @@ from edgenode._cli_common import EXIT_OK, setup_tensorflow
 from edgenode._table import format_table
 
 if TYPE_CHECKING:
+    from edgenode.mesh import PeerInfo
     from edgenode.runtime.parts import RunnerFactory
     from edgenode.transport import Security
     from edgenode.transport._control import ControlClient
@@ -170,20 +171,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 async def _collect_status(args: argparse.Namespace) -> list[dict[str, Any]]:
     from edgenode.errors import PeerUnavailable
     from edgenode.mesh import Endpoint
-    from edgenode.mesh.browse import browse
     from edgenode.transport._control import ControlClient, status_to_dict
 
-    if args.peer:
-        seeds = [str(Endpoint.parse(p)) for p in args.peer]
-    else:
-        interfaces = args.interfaces.split(",") if args.interfaces else "all"
-        seeds = [str(e) for e in await browse(interfaces=interfaces, timeout_s=args.wait)]
-        if not seeds:
-            raise EdgenodeError("no edgenode found on the network (try --peer HOST:PORT)")
     client = ControlClient(protocol=1, security=client_security(args))
     statuses: dict[str, dict[str, Any]] = {}
     try:
-        queue = list(seeds)
+        queue = list(await _find_nodes(args, client))
         errors = []
         while queue:
             address = queue.pop(0)
@@ -211,18 +204,40 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return run(_infer(args))
 
 
-async def _find_nodes(args: argparse.Namespace) -> list[str]:
-    """Addresses of nodes to send requests to: every --peer, else every node mDNS finds."""
+async def _find_nodes(
+    args: argparse.Namespace, client: ControlClient
+) -> dict[str, PeerInfo | None]:
+    """Nodes to ask, by address: every --peer (None: not asked who it is), else every node
+    mDNS finds (of --cluster if given) that answers Hello as its record says, as it answered."""
+    from edgenode.errors import PeerUnavailable
     from edgenode.mesh import Endpoint
-    from edgenode.mesh.browse import browse
+    from edgenode.mesh.browse import find_members
 
     if args.peer:
-        return list(dict.fromkeys(str(Endpoint.parse(p)) for p in args.peer))
+        return dict.fromkeys(str(Endpoint.parse(p)) for p in args.peer)
+
+    # gRPC's reasons, as a reader of the one-line error needs them.
+    reasons = (
+        ("WRONG_VERSION_NUMBER", "TLS handshake failed: it does not speak TLS (try --insecure)"),
+        ("handshake", "TLS handshake failed"),
+        ("Connection refused", "connection refused"),
+        ("Socket closed", "connection closed (a node with TLS? pass --key)"),
+        ("timed out", "no answer"),
+    )
+
+    async def hello(endpoint: Endpoint) -> PeerInfo:
+        try:
+            return await client.hello(endpoint)
+        except PeerUnavailable as exc:
+            text = str(exc)
+            short = next((r for needle, r in reasons if needle.lower() in text.lower()), None)
+            raise PeerUnavailable(f"{endpoint}: {short}" if short else text) from None
+
     interfaces = args.interfaces.split(",") if args.interfaces else "all"
-    found = await browse(interfaces=interfaces, timeout_s=args.wait)
-    if not found:
-        raise EdgenodeError("no edgenode cluster found on the network (try --peer HOST:PORT)")
-    return [str(e) for e in found]
+    found = await find_members(
+        hello, cluster=args.cluster, interfaces=interfaces, browse_s=args.wait
+    )
+    return {str(m.endpoint): m for m in found}
 
 
 async def _first_status(client: ControlClient, seeds: list[str]) -> tuple[str, Any]:
@@ -251,13 +266,16 @@ async def _infer(args: argparse.Namespace) -> int:
 
     files = collect_files([Path(p) for p in args.inputs])
     security = client_security(args)
-    seeds = await _find_nodes(args)
     client = ControlClient(protocol=1, security=security)
     try:
-        address, status = await _first_status(client, seeds)
+        nodes = await _find_nodes(args, client)
+        address, status = await _first_status(client, list(nodes))
         # Requests go to that node first, and to the other members its status lists when
-        # it goes away (nodes mDNS found may belong to other clusters: not those).
-        cluster = client.cluster([address, *(seeds if args.peer else [])])
+        # it goes away; of the nodes mDNS found, to those that answered Hello as nodes of
+        # its cluster and model (others may belong to other clusters).
+        same = (status.node.cluster, status.node.model_sha256)
+        seeds = [a for a, n in nodes.items() if n is None or (n.cluster, n.model_sha256) == same]
+        cluster = client.cluster([address, *seeds])
         cluster.learn(address, view_of(status, address))
         if not status.plan.agreed_digest:
             raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")

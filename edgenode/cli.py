@@ -313,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--peer", action="append", metavar="HOST:PORT", help="a node to ask")
     status.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
     status.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
+    # Not the cluster name in the --key credential: nothing ties it to cluster.name, and
+    # with a key only nodes holding a credential of the same CA answer anyway.
+    cluster_help = (
+        "without --peer, only nodes whose mDNS records name this cluster (cluster.name in "
+        "their node.toml); default: any node that answers as its record says"
+    )
+    status.add_argument("--cluster", metavar="NAME", help=cluster_help)
     _add_security_arguments(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
@@ -333,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
     infer.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
+    infer.add_argument("--cluster", metavar="NAME", help=cluster_help)
     _add_security_arguments(infer)
     infer.add_argument("--top", type=_positive_int, default=5, help="classes to show")
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
