@@ -28,6 +28,7 @@ from edgenode.cli import build_parser
 from edgenode.errors import DiscoveryError
 from edgenode.mesh import SERVICE_TYPE, Capacity, NodeId, PeerInfo, encode_txt, new_incarnation
 from edgenode.mesh.browse import browse
+from edgenode.mesh.discovery import host_label, instance_name
 from edgenode.security import new_cluster, write_private
 from edgenode.transport import GrpcTransport, Security, TransportConfig
 from edgenode.transport._control import ControlClient, control_handlers
@@ -93,10 +94,10 @@ async def publish() -> AsyncIterator[Callable[..., Any]]:
     async def announce(info: PeerInfo, text: bytes | None = None) -> None:
         service = AsyncServiceInfo(
             SERVICE_TYPE,
-            f"{info.node_id}.{SERVICE_TYPE}",
+            instance_name(info.node_id, info.cluster),
             port=info.port,
             properties=encode_txt(info) if text is None else text,
-            server=f"{info.node_id}.local.",
+            server=f"{host_label(info.node_id, info.cluster)}.local.",
             parsed_addresses=[LOOPBACK],
         )
         registered = await aiozc.async_register_service(service, cooperating_responders=True)

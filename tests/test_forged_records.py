@@ -51,6 +51,7 @@ class Cluster:
     # Node ids: new for every start, so no other test's nodes (which may run at the same
     # time on this loopback, as "a", "b", ...) share an instance name with ours.
     ids: tuple[str, ...] = ()
+    name: str = ""  # the cluster's name, new for every start
     nodes: list[NodeProcess] = dataclasses.field(default_factory=list)
     baseline: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     dirty: bool = True  # a case ran and did not show it left the cluster as it found it
@@ -91,9 +92,10 @@ class Cluster:
         run.mkdir()
         suffix = uuid.uuid4().hex[:8]
         self.ids = (f"n1-{suffix}", f"n2-{suffix}")
+        self.name = f"test-{suffix}"
         config = run / "node.toml"
         config.write_text(
-            f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "test-{suffix}"\n'
+            f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "{self.name}"\n'
             f'[security]\nkey = "{self.key_file}"\n'
         )
         args = ["--config", str(config), "--listen", "127.0.0.1:0",
@@ -253,7 +255,7 @@ def test_a_forged_record_changes_nothing(
 ) -> None:
     cluster = fresh
     # The record the target announces, read over mDNS, is the one its status reports.
-    true = forger.lookup(cluster.target)
+    true = forger.lookup(cluster.target, cluster.name)
     me = cluster.baseline[cluster.target]["node"]
     assert (true.port, true.addresses) == (me["port"], tuple(me["addresses"]))
     assert true.fields["id"] == cluster.target

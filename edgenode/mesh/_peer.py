@@ -29,8 +29,8 @@ __all__ = [
 
 NodeId = NewType("NodeId", str)
 
-# The node id is also the mDNS instance label and part of the host label "edgenode-<id>"
-# (at most 63 bytes), and DNS names compare case-insensitively: lower case only.
+# The node id is part of the mDNS instance and host label "<id>-<cluster tag>" (at most 63
+# bytes with the 9 of the tag), and DNS names compare case-insensitively: lower case only.
 NODE_ID_MAX_CHARS = 48
 TEXT_MAX_BYTES = 63  # node name and cluster name, UTF-8
 MAX_INCARNATION = 2**64 - 1

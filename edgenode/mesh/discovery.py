@@ -1,7 +1,10 @@
 """Discovery over mDNS/DNS-SD with python-zeroconf's asyncio API.
 
-Every node registers `<node id>._edgenode._tcp.local.` (SRV: gRPC port, A/AAAA: addresses,
-TXT: see _txt) and browses the same type. Registration skips the ~1 s name probe
+Every node registers `<node id>-<cluster tag>._edgenode._tcp.local.` on the host name
+`<node id>-<cluster tag>.local.` (SRV: gRPC port, A/AAAA: addresses, TXT: see _txt), where
+the tag is 8 hex digits of the cluster name's SHA-256: nodes of two clusters may share a
+node id (every cluster has its "pi-1") without their records or addresses mixing in each
+other's caches. It browses the same type. Registration skips the ~1 s name probe
 (cooperating responders: node ids are unique by construction) and questions are multicast (QM),
 which is what makes several processes on one host find each other in ~0-200 ms; QU questions
 get unicast answers that another process bound to port 5353 may receive instead.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 from collections.abc import Iterator, Sequence
@@ -41,6 +45,9 @@ __all__ = [
     "SERVICE_TYPE",
     "Interfaces",
     "ZeroconfDiscovery",
+    "cluster_tag",
+    "host_label",
+    "instance_name",
     "local_addresses",
 ]
 
@@ -109,8 +116,19 @@ def _zeroconf_errors(action: str) -> Iterator[None]:
         raise DiscoveryError(f"cannot {action}: {str(e) or type(e).__name__}") from e
 
 
-def _instance_name(node_id: NodeId) -> str:
-    return f"{node_id}.{SERVICE_TYPE}"
+def cluster_tag(cluster: str) -> str:
+    """8 hex digits naming a cluster in DNS labels (see the module docstring)."""
+    return hashlib.sha256(cluster.encode()).hexdigest()[:8]
+
+
+def host_label(node_id: NodeId, cluster: str) -> str:
+    """The DNS label of a node: instance name and host name (at most 48 + 9 bytes)."""
+    return f"{node_id}-{cluster_tag(cluster)}"
+
+
+def instance_name(node_id: NodeId, cluster: str) -> str:
+    """The DNS-SD instance name a node registers."""
+    return f"{host_label(node_id, cluster)}.{SERVICE_TYPE}"
 
 
 def _service_info(info: PeerInfo) -> AsyncServiceInfo:
@@ -119,10 +137,10 @@ def _service_info(info: PeerInfo) -> AsyncServiceInfo:
         raise UsageError(f"mDNS advertises IP addresses only, got {bad!r}")
     return AsyncServiceInfo(
         SERVICE_TYPE,
-        _instance_name(info.node_id),
+        instance_name(info.node_id, info.cluster),
         port=info.port,
         properties=encode_txt(info),
-        server=f"edgenode-{info.node_id}.local.",
+        server=f"{host_label(info.node_id, info.cluster)}.local.",
         parsed_addresses=list(info.addresses),
     )
 
@@ -267,8 +285,11 @@ class ZeroconfDiscovery(DiscoveryBase):
             if not addresses or not service.port:
                 raise InvalidPeerRecord("no address or port")
             peer = peer_from_txt(fields, addresses=addresses, port=service.port)
-            if name.lower() != _instance_name(peer.node_id):
-                raise InvalidPeerRecord(f"instance name does not match node id {peer.node_id!r}")
+            if name.lower() != instance_name(peer.node_id, peer.cluster):
+                raise InvalidPeerRecord(
+                    f"instance name does not match node id {peer.node_id!r} "
+                    f"of cluster {peer.cluster!r}"
+                )
         except InvalidPeerRecord as e:
             self._malformed.log(
                 name, logging.WARNING, "ignoring malformed mDNS record %r: %s", name, e

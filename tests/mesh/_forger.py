@@ -39,7 +39,8 @@ from zeroconf._protocol.incoming import DNSIncoming
 from zeroconf._protocol.outgoing import DNSOutgoing
 from zeroconf.const import _FLAGS_AA, _FLAGS_QR_RESPONSE, _MDNS_ADDR, _MDNS_PORT
 
-from edgenode.mesh import SERVICE_TYPE
+from edgenode.mesh import SERVICE_TYPE, NodeId
+from edgenode.mesh.discovery import instance_name
 
 __all__ = ["Forger", "Observer", "Record", "announced", "goodbye_of", "instance_name"]
 
@@ -50,11 +51,6 @@ CALL_TIMEOUT_S = 10.0  # one call into the zeroconf thread (an announcement take
 GOODBYE_REPEATS = 3
 GOODBYE_INTERVAL_MS = 125
 _PACKET_BYTES = 9000  # an mDNS packet is at most that large (RFC 6762 section 17)
-
-
-def instance_name(node_id: str) -> str:
-    """The DNS-SD instance name a node registers (edgenode.mesh.discovery)."""
-    return f"{node_id}.{SERVICE_TYPE}"
 
 
 # A TXT codec of its own, not edgenode's: it keeps the key order and checks nothing, so a
@@ -85,7 +81,7 @@ def _encode_txt(fields: Mapping[str, str]) -> bytes:
 class Record:
     """One DNS-SD service instance as it goes on the wire."""
 
-    name: str  # instance name, <node id>._edgenode._tcp.local.
+    name: str  # instance name, <node id>-<cluster tag>._edgenode._tcp.local.
     server: str  # host name of the SRV target and of the A records
     port: int
     addresses: tuple[str, ...]
@@ -153,9 +149,9 @@ class Forger:
         assert loop is not None
         return asyncio.run_coroutine_threadsafe(coro, loop).result(CALL_TIMEOUT_S)
 
-    def lookup(self, node_id: str) -> Record:
+    def lookup(self, node_id: str, cluster: str) -> Record:
         """A node's record as it answers a multicast (QM) question, as every node asks."""
-        name = instance_name(node_id)
+        name = instance_name(NodeId(node_id), cluster)
         info = ServiceInfo(SERVICE_TYPE, name)
         if not info.request(self._zc, LOOKUP_TIMEOUT_MS, question_type=DNSQuestionType.QM):
             raise AssertionError(

@@ -26,6 +26,7 @@ from edgenode.mesh import (
     local_addresses,
     new_incarnation,
 )
+from edgenode.mesh.discovery import host_label
 
 from .conftest import LOOPBACK, eventually, next_event
 
@@ -91,11 +92,12 @@ async def test_known_peer_whose_record_turns_malformed_leaves(zc_backend, rogue,
     a = await zc_backend.start(zc_backend.info(0))
     events = a.events()
     peer = zc_backend.info(1)
+    label = host_label(peer.node_id, peer.cluster)
     await rogue.async_register_service(
-        raw_service(peer.node_id, encode_txt(peer), port=peer.port), cooperating_responders=True
+        raw_service(label, encode_txt(peer), port=peer.port), cooperating_responders=True
     )
     assert await next_event(events) == PeerEvent(PeerEventKind.JOINED, peer)
-    await rogue.async_update_service(raw_service(peer.node_id, b"\x04id=x", port=peer.port))
+    await rogue.async_update_service(raw_service(label, b"\x04id=x", port=peer.port))
     assert await next_event(events) == PeerEvent(PeerEventKind.LEFT, peer)
     assert warnings_about(mesh_logs, peer.node_id)
 
