@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgenode._cli_cluster import parts_label
 from edgenode._cli_common import EXIT_OK, say
+from edgenode._cli_status import parts_label
 from edgenode._table import format_table
 from edgenode.errors import EdgenodeError, UsageError
 

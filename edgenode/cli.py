@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from edgenode import __version__
-from edgenode._cli_cluster import DEFAULT_KEY, cmd_infer, cmd_run, cmd_status
+from edgenode._cli_cluster import DEFAULT_KEY, cmd_run
 from edgenode._cli_common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -19,8 +19,10 @@ from edgenode._cli_common import (
     setup_tensorflow,
 )
 from edgenode._cli_demo import cmd_demo
+from edgenode._cli_infer import cmd_infer
 from edgenode._cli_keygen import cmd_keygen
 from edgenode._cli_model import cmd_plan, cmd_profile, cmd_split
+from edgenode._cli_status import cmd_status
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
 
 logger = logging.getLogger("edgenode")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgenode.transport import run
+from edgenode.transport import Security, run
 from edgenode.transport._control import ControlClient, status_to_dict
 
 START_DEADLINE_S = 90.0
@@ -124,9 +124,10 @@ def statuses(addresses: list[str], key: Path | None = None) -> dict[str, dict[st
 
 
 def agreed_cluster(
-    nodes: list[NodeProcess], members: set[str], key: Path | None = None
+    nodes: list[NodeProcess], members: set[str], key: Path | None = None, *, loaded: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """Statuses once every node in ``nodes`` serves one agreed plan over exactly ``members``."""
+    """Statuses once every node in ``nodes`` serves one agreed plan over exactly ``members``
+    (``loaded=False``: agreed, its parts perhaps still loading)."""
 
     def check() -> dict[str, dict[str, Any]] | None:
         found = statuses([n.address for n in nodes], key)
@@ -142,6 +143,8 @@ def agreed_cluster(
             digests.add(plan["agreed_digest"])
         if len(digests) != 1:
             return None
+        if not loaded:
+            return found
         # every node has loaded exactly what the plan gives it
         for st in found.values():
             me = st["node"]["node_id"]
@@ -207,3 +210,42 @@ def running_cluster(
             if node.process.poll() is None:
                 node.signal(signal.SIGCONT)
             node.stop()
+
+
+def multi_io_split(directory: Path) -> dict[str, Any]:
+    """The multi_io test model cut at ops 2, 4 and 6 into ``directory`` (Keras parts):
+    {"model", "graph", "manifest", "dir"}, as the secure-cluster tests use it."""
+    from edgenode.model.graph import build_graph
+    from edgenode.model.split import split_model
+    from tests.model import models
+
+    model = models.build("multi_io")
+    manifest = split_model(model, directory, cuts=[2, 4, 6]).manifest
+    return {"model": model, "graph": build_graph(model), "manifest": manifest, "dir": directory}
+
+
+def infer_checked(
+    address: str, security: Security, split: dict[str, Any], seed: int, *, failover: bool = True
+) -> None:
+    """Two requests at ``address`` (inputs ``seed`` and ``seed + 10`` of ``split``'s model);
+    each must get its own input's answer. ``failover=False``: both at ``address`` itself,
+    never at another member."""
+    from tests.model import models
+    from tests.reference import KERAS_TOLERANCE, assert_answer, reference_set
+
+    batches = [models.sample_inputs(split["model"], seed=s, batch=1) for s in (seed, seed + 10)]
+
+    async def go() -> list[dict[str, Any]]:
+        client = ControlClient(protocol=1, security=security)
+        try:
+            return [
+                await client.infer(address, b, timeout_s=60, failover=failover) for b in batches
+            ]
+        finally:
+            await client.aclose()
+
+    refs = reference_set(
+        split["graph"], batches, tolerance=KERAS_TOLERANCE, manifest=split["manifest"]
+    )
+    for i, out in enumerate(run(go())):
+        assert_answer(refs, i, out)

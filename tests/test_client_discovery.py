@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from edgenode._cli_cluster import _find_nodes, client_security
+from edgenode._cli_cluster import client_security, find_nodes
 from edgenode.cli import build_parser
 from edgenode.errors import DiscoveryError
 from edgenode.mesh import SERVICE_TYPE, Capacity, NodeId, PeerInfo, encode_txt, new_incarnation
@@ -138,7 +138,7 @@ async def find(*argv: str) -> dict[str, PeerInfo | None]:
         ["status", "--interfaces", LOOPBACK, "--wait", str(BROWSE_S), *argv]
     )
     async with ControlClient(protocol=1, security=client_security(args)) as client:
-        return await _find_nodes(args, client)
+        return await find_nodes(args, client)
 
 
 async def test_browse_returns_decoded_records_by_node_id(publish, suffix) -> None:
@@ -249,14 +249,9 @@ async def test_no_record_at_all(keys, suffix) -> None:
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from edgenode.model.graph import build_graph
-    from edgenode.model.split import split_model
-    from tests.model import models
+    from tests.nodes import multi_io_split
 
-    directory = tmp_path_factory.mktemp("split")
-    model = models.build("multi_io")
-    manifest = split_model(model, directory, cuts=[2, 4, 6]).manifest
-    return {"model": model, "graph": build_graph(model), "manifest": manifest, "dir": directory}
+    return multi_io_split(tmp_path_factory.mktemp("split"))
 
 
 @pytest.fixture(scope="module")

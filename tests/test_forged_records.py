@@ -24,8 +24,7 @@ import pytest
 from edgenode.security import new_cluster, write_private
 from edgenode.transport import Security
 from tests.mesh._forger import Forger, Observer, Record, announced, goodbye_of
-from tests.nodes import NodeProcess, agreed_cluster, statuses
-from tests.test_rogue import _infer
+from tests.nodes import NodeProcess, agreed_cluster, infer_checked, multi_io_split, statuses
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -162,20 +161,14 @@ def _hold(cluster: Cluster, seconds: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from edgenode.model.graph import build_graph
-    from edgenode.model.split import split_model
-    from tests.model import models
-
-    directory = tmp_path_factory.mktemp("split")
-    model = models.build("multi_io")
-    manifest = split_model(model, directory, cuts=[2, 4, 6]).manifest
+    split = multi_io_split(tmp_path_factory.mktemp("split"))
     work = tmp_path_factory.mktemp("forged")
     _, member = new_cluster("home")
     write_private(work / "member.pem", member.bundle())
     made = Cluster(
         work=work,
         key_file=work / "member.pem",
-        split={"model": model, "graph": build_graph(model), "manifest": manifest, "dir": directory},
+        split=split,
         security=Security(member),
     )
     try:
@@ -274,7 +267,9 @@ def test_a_forged_record_changes_nothing(
                 observer.wait_for(announced(forged), SEEN_DEADLINE_S, f"the {kind} record")
             _hold(cluster, HOLD_S, f"the forged {kind} record")
             for i, node in enumerate(cluster.nodes):  # each entry point, none failing over
-                _infer(node.address, cluster.security, cluster.split, seed + i, failover=False)
+                infer_checked(
+                    node.address, cluster.security, cluster.split, seed + i, failover=False
+                )
             changes = _changes(cluster)
             assert not changes, f"after requests: {changes}"
         finally:

@@ -16,8 +16,14 @@ import pytest
 from edgenode.security import issue_member, new_cluster, write_private
 from edgenode.transport import Security, run
 from edgenode.transport._options import CHANNEL_OPTIONS
-from tests.nodes import NodeProcess, agreed_cluster, statuses, wait_until
-from tests.reference import KERAS_TOLERANCE, assert_answer, reference_set
+from tests.nodes import (
+    NodeProcess,
+    agreed_cluster,
+    infer_checked,
+    multi_io_split,
+    statuses,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -42,14 +48,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from edgenode.model.graph import build_graph
-    from edgenode.model.split import split_model
-    from tests.model import models
-
-    directory = tmp_path_factory.mktemp("split")
-    model = models.build("multi_io")
-    manifest = split_model(model, directory, cuts=[2, 4, 6]).manifest
-    return {"model": model, "graph": build_graph(model), "manifest": manifest, "dir": directory}
+    return multi_io_split(tmp_path_factory.mktemp("split"))
 
 
 @pytest.fixture(scope="module")
@@ -112,32 +111,6 @@ def _ask(address: str, security: Security, method: str) -> grpc.StatusCode:
     return run(go())
 
 
-def _infer(
-    address: str, security: Security, split: dict[str, Any], seed: int, *, failover: bool = True
-) -> None:
-    """Two requests (inputs ``seed`` and ``seed + 10``); each gets its own input's answer.
-    ``failover=False``: both at ``address`` itself, never at another member."""
-    from edgenode.transport._control import ControlClient
-    from tests.model import models
-
-    batches = [models.sample_inputs(split["model"], seed=s, batch=1) for s in (seed, seed + 10)]
-
-    async def go() -> list[dict[str, Any]]:
-        client = ControlClient(protocol=1, security=security)
-        try:
-            return [
-                await client.infer(address, b, timeout_s=60, failover=failover) for b in batches
-            ]
-        finally:
-            await client.aclose()
-
-    refs = reference_set(
-        split["graph"], batches, tolerance=KERAS_TOLERANCE, manifest=split["manifest"]
-    )
-    for i, out in enumerate(run(go())):
-        assert_answer(refs, i, out)
-
-
 def test_a_rogue_node_with_another_key_cannot_join_or_make_members_replan(keys, members) -> None:
     a, b = members["nodes"]
     digest = members["found"]["a"]["plan"]["agreed_digest"]
@@ -158,7 +131,7 @@ def test_a_rogue_node_with_another_key_cannot_join_or_make_members_replan(keys, 
         assert rogue.process.poll() is None  # it runs, alone, outside the cluster
     finally:
         rogue.stop()
-    _infer(a.address, Security(keys["member"]), members["split"], seed=1)
+    infer_checked(a.address, Security(keys["member"]), members["split"], seed=1)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +168,7 @@ def test_outsiders_cannot_push_tensors_run_infer_or_read_status(keys, members, w
     for method in ("Stream", "GetStatus"):  # ...and not again
         _ask(a.address, securities[who], method)  # type: ignore[arg-type]
     assert a.log().count("refused ") - before == refusals
-    _infer(a.address, Security(member), members["split"], seed=2)  # members carry on
+    infer_checked(a.address, Security(member), members["split"], seed=2)  # members carry on
 
 
 class _TlsOnly(Security):
@@ -244,7 +217,7 @@ def test_a_replayed_connection_is_refused(keys, members) -> None:
         async with server:
             # Through the proxy only: a fail-over client could send them to a directly.
             await asyncio.to_thread(
-                _infer, proxy, Security(keys["member"]), members["split"], 3, failover=False
+                infer_checked, proxy, Security(keys["member"]), members["split"], 3, failover=False
             )
         # The client's bytes of that whole exchange, sent again to the node.
         reader, writer = await asyncio.open_connection(host, int(port))
