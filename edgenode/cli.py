@@ -9,6 +9,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from edgenode import __version__
 from edgenode._cli_cluster import DEFAULT_KEY, cmd_run
@@ -26,6 +27,17 @@ from edgenode._cli_status import cmd_status
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
 
 logger = logging.getLogger("edgenode")
+
+# Defaults that a library module owns too. Importing it here would load numpy, TensorFlow or
+# cryptography before the arguments are checked, so each is pinned to its owner by a test
+# (tests/test_cli.py::test_cli_defaults_match_the_library).
+DEFAULT_LINK_MBPS = 1000.0  # edgenode.model.manifest.GIGABIT_MBPS: gigabit Ethernet
+DEFAULT_HOP_LATENCY_MS = 0.5  # edgenode.model.manifest and edgenode.config
+DEFAULT_SEED = 0  # edgenode.model.loading
+DEFAULT_PROFILE_RUNS = 20  # edgenode.model.profile.DEFAULT_RUNS
+DEFAULT_PROFILE_SEGMENTS = 16  # edgenode.model.profile.DEFAULT_SEGMENTS
+DEFAULT_CREDENTIAL_DAYS = 3650  # edgenode.security.DEFAULT_DAYS
+DEFAULT_NODE_MEMORY = "4GiB"  # what `plan` assumes each node gives a part
 
 _SIZE_UNITS = {
     "": 1,
@@ -120,6 +132,38 @@ def _nodes(text: str) -> list[float]:
     return speeds
 
 
+# -- help ---------------------------------------------------------------------------------
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows the default of every option that takes a value and has one, in one form.
+
+    Options whose default is None say in their help what happens when they are not given;
+    flags (store_true, count) have nothing to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
+            return text
+        if "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser (also for every subcommand) whose help shows defaults."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(**kwargs)
+
+
+def _no_command(parser: argparse.ArgumentParser) -> int:
+    """`edgenode` alone: the usage and one line per command, on stderr (a usage error)."""
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
 # -- model arguments shared by several commands ---------------------------------------
 
 
@@ -134,7 +178,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--weights",
         default="none",
         metavar="none|imagenet|PATH",
-        help="weights for a keras.applications model: none (random, seeded; default), "
+        help="weights for a keras.applications model: none (random, seeded), "
         "imagenet (needs internet) or a local weights file",
     )
     p.add_argument(
@@ -143,7 +187,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
         metavar="H,W,C",
         help="input shape without the batch dimension (default: the model's native size)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for random weights")
 
 
 # -- parser and entry point ---------------------------------------------------------------
@@ -151,16 +195,18 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgenode",
         description="Run one neural network across several small devices as a peer-to-peer "
         "cluster.",
+        epilog="`edgenode COMMAND --help` shows a command's options and their defaults.",
     )
     parser.add_argument("--version", action="version", version=f"edgenode {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    # No command is a usage error that lists the commands, not argparse's one-line complaint.
+    parser.set_defaults(func=lambda _args: _no_command(parser))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     split = sub.add_parser(
         "split",
@@ -169,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         "outputs) and write part files plus manifest.json into a directory.",
     )
     _add_model_arguments(split)
-    split.add_argument("--parts", type=_positive_int, help="number of parts")
+    split.add_argument(
+        "--parts", type=_positive_int, help="number of parts (needed unless --at or --per-op)"
+    )
     split.add_argument("--out", required=True, metavar="DIR", help="output directory")
     split.add_argument(
         "--format", choices=("keras", "litert"), default="keras", help="part file format"
@@ -178,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cut",
         choices=("balanced", "narrow", "even"),
         default="balanced",
-        help="where to cut: balanced work with narrow cuts (default), the narrowest "
+        help="where to cut: balanced work with narrow cuts, the narrowest "
         "points within +-50%% of equal work, or equal operation counts",
     )
     split.add_argument(
@@ -200,17 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--link-mbps",
         type=_positive_float,
         metavar="MBIT_S",
-        help="the network the cluster plans for, in Mbit/s (default 1000: gigabit Ethernet; "
-        "Wi-Fi is often 20-100); written into the manifest, so every node plans alike",
+        help="the network the cluster plans for, in Mbit/s, written into the manifest so "
+        "every node plans alike; Wi-Fi is often 20-100 "
+        f"(default: {DEFAULT_LINK_MBPS:g}, gigabit Ethernet)",
     )
     split.add_argument(
         "--hop-latency-ms",
         type=_non_negative_float,
         metavar="MS",
-        help="fixed cost of one hop for the planner (default 0.5)",
+        help=f"fixed cost of one hop for the planner (default: {DEFAULT_HOP_LATENCY_MS})",
     )
     split.add_argument("--tolerance", type=float, default=1e-6, help=argparse.SUPPRESS)
-    split.add_argument("--threads", type=_positive_int, help="TensorFlow threads")
+    split.add_argument(
+        "--threads", type=_positive_int, help="TensorFlow threads (default: one per core)"
+    )
     split.set_defaults(needs_tensorflow=True, func=cmd_split)
 
     plan = sub.add_parser(
@@ -234,19 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--node-memory",
         type=_size,
-        default=_size("4GiB"),
+        default=DEFAULT_NODE_MEMORY,  # a string default goes through type= like an argument
         metavar="SIZE",
-        help="memory each node gives a part (default 4GiB)",
+        help="memory each node gives a part",
     )
     plan.add_argument(
         "--bandwidth",
         type=_size,
-        default=_size("125MB"),
+        default=f"{DEFAULT_LINK_MBPS / 8:g}MB",  # gigabit Ethernet
         metavar="BYTES_PER_S",
-        help="link bandwidth per second (default 125MB: gigabit Ethernet)",
+        help="link bandwidth per second; the default is gigabit Ethernet",
     )
     plan.add_argument(
-        "--hop-latency-ms", type=float, default=0.5, help="fixed cost of a hop (default 0.5)"
+        "--hop-latency-ms",
+        type=_non_negative_float,
+        default=DEFAULT_HOP_LATENCY_MS,
+        metavar="MS",
+        help="fixed cost of a hop",
     )
     plan.add_argument("--max-parts", type=_positive_int, help="at most this many parts")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
@@ -262,12 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_arguments(prof)
     prof.add_argument("--out", default="profile.json", metavar="FILE", help="output file")
-    prof.add_argument("--runs", type=_positive_int, default=20, help="timed runs per op")
+    prof.add_argument(
+        "--runs", type=_positive_int, default=DEFAULT_PROFILE_RUNS, help="timed runs per op"
+    )
     prof.add_argument(
         "--segments",
         type=_positive_int,
-        default=16,
-        help="segments timed as parts to calibrate the ops (default 16)",
+        default=DEFAULT_PROFILE_SEGMENTS,
+        help="segments timed as parts to calibrate the ops",
     )
     prof.add_argument("--threads", type=_positive_int, default=1, help="TensorFlow threads")
     prof.set_defaults(needs_tensorflow=True, func=cmd_profile)
@@ -313,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(median and p90 of the last 256 runs).",
     )
     status.add_argument("--peer", action="append", metavar="HOST:PORT", help="a node to ask")
-    status.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
+    status.add_argument("--interfaces", metavar="LIST", help="where to browse (default: all)")
     status.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
     # Not the cluster name in the --key credential: nothing ties it to cluster.name, and
     # with a key only nodes holding a credential of the same CA answer anyway.
@@ -340,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a node to send the requests to (repeatable); when it goes away they go to "
         "another node of its cluster",
     )
-    infer.add_argument("--interfaces", metavar="LIST", help="where to browse (default all)")
+    infer.add_argument("--interfaces", metavar="LIST", help="where to browse (default: all)")
     infer.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
     infer.add_argument("--cluster", metavar="NAME", help=cluster_help)
     _add_security_arguments(infer)
@@ -372,8 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument(
         "--days",
         type=int,
+        default=DEFAULT_CREDENTIAL_DAYS,
         metavar="N",
-        help="validity of the credential in days, at least 1 (default 3650)",
+        help="validity of the credential in days, at least 1",
     )
     keygen.add_argument(
         "--force",
@@ -391,20 +449,20 @@ def build_parser() -> argparse.ArgumentParser:
         "through the cluster, print each one's top classes, compare every answer with the "
         "whole model run locally (logits), time both, and stop the nodes.",
     )
-    demo.add_argument("--nodes", type=_positive_int, default=3, help="how many (default 3)")
+    demo.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes")
     demo.add_argument(
         "--model",
         default="EfficientNetLite0",
-        help="EfficientNetLite0 (default: ImageNet-trained, installed with edgenode[keras]) "
+        help="EfficientNetLite0 (ImageNet-trained, installed with edgenode[keras]) "
         "or a keras.applications name",
     )
     demo.add_argument(
         "--weights",
         metavar="none|imagenet|PATH",
-        help="default: imagenet for EfficientNetLite0 (no download: the weights come "
-        "with edgenode[keras]), none (random, seeded) for other models",
+        help="none (random, seeded), imagenet or a weights file (default: imagenet for "
+        "EfficientNetLite0, whose weights come with edgenode[keras]; none for other models)",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed for random weights (default 0)")
+    demo.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for random weights")
     demo.add_argument("--parts", type=_positive_int, default=8, help="parts to cut it into")
     demo.add_argument(
         "--image",

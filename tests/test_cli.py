@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from edgenode.cli import main
+from edgenode.cli import build_parser, main
 
 
 def _edgenode(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -31,6 +33,103 @@ def test_help_explains_every_command() -> None:
     split_help = _edgenode("split", "--help").stdout
     for flag in ("--model", "--parts", "--out", "--format", "--weights", "--input-shape"):
         assert flag in split_help
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def _help_entries(help_text: str) -> dict[str, str]:
+    """Each option's entry in a --help text (its lines joined), by every option string."""
+    entries: list[tuple[list[str], list[str]]] = []
+    for line in help_text.splitlines():
+        if re.match(r"  -", line):  # "  -v, --verbose  more logging", "  --out DIR  ..."
+            head = re.split(r"\s{2,}", line.strip())[0]
+            entries.append(([piece.split()[0] for piece in head.split(", ")], [line]))
+        elif entries and line.startswith("   "):
+            entries[-1][1].append(line)
+        else:  # a blank line or a section heading ends an entry
+            entries.append(([], []))
+    return {key: " ".join(" ".join(lines).split()) for keys, lines in entries for key in keys}
+
+
+def _defaults_not_shown(parser: argparse.ArgumentParser, help_text: str) -> list[str]:
+    """Options that take a value and have a default that ``help_text`` does not show once
+    as "(default: X)"; flags (store_true, count) and options without a default have none."""
+    entries = _help_entries(help_text)
+    wrong = []
+    for action in parser._actions:
+        if not action.option_strings or action.nargs == 0 or action.help == argparse.SUPPRESS:
+            continue
+        if action.default is None or action.default == argparse.SUPPRESS:
+            continue
+        entry = entries.get(action.option_strings[-1], "")
+        if entry.count("(default") != 1 or f"(default: {action.default})" not in entry:
+            wrong.append(f"{action.option_strings[-1]}: {entry!r}")
+    return wrong
+
+
+def test_no_command_lists_every_command() -> None:
+    out = _edgenode()
+    assert out.returncode == 2 and out.stdout == ""
+    shown = " ".join(out.stderr.split())
+    assert shown.startswith("usage: edgenode ")
+    sub = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for choice in sub[0]._choices_actions:
+        assert f"{choice.dest} {' '.join(str(choice.help).split())}" in shown
+    assert "Traceback" not in out.stderr
+
+
+def test_every_help_shows_every_default() -> None:
+    parser = build_parser()
+    commands = _subcommands(parser)
+    assert set(commands) >= {"split", "plan", "profile", "run", "status", "infer", "keygen"}
+    wrong = _defaults_not_shown(parser, _edgenode("--help").stdout)
+    for name, command in commands.items():
+        out = _edgenode(name, "--help")
+        assert out.returncode == 0, out.stderr
+        wrong += [f"{name} {w}" for w in _defaults_not_shown(command, out.stdout)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_default_check_catches_a_hidden_or_repeated_default() -> None:
+    from edgenode.cli import _Parser
+
+    def with_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument("--runs", type=int, default=20, help="timed runs per op")
+        parser.add_argument("--top", type=int, default=5, help="classes (default 5)")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument("--peer", metavar="HOST:PORT", help="a node to ask")
+        return parser
+
+    def options(wrong: list[str]) -> list[str]:
+        return [w.split(":")[0] for w in wrong]
+
+    plain = with_options(argparse.ArgumentParser(prog="x"))  # argparse shows no default
+    assert options(_defaults_not_shown(plain, plain.format_help())) == ["--runs", "--top"]
+    ours = with_options(_Parser(prog="x"))  # ours shows --top's twice: once in words
+    assert options(_defaults_not_shown(ours, ours.format_help())) == ["--top"]
+
+
+def test_cli_defaults_match_the_library() -> None:
+    from edgenode import cli, config, security
+    from edgenode.model import manifest
+
+    assert cli.DEFAULT_LINK_MBPS == manifest.GIGABIT_MBPS
+    assert cli.DEFAULT_HOP_LATENCY_MS == manifest.DEFAULT_HOP_LATENCY_MS
+    assert cli.DEFAULT_HOP_LATENCY_MS == config.DEFAULT_HOP_LATENCY_MS
+    assert cli.DEFAULT_CREDENTIAL_DAYS == security.DEFAULT_DAYS
+
+
+@pytest.mark.tf
+def test_cli_defaults_match_the_model_library() -> None:
+    from edgenode import cli
+    from edgenode.model import loading, profile
+
+    assert cli.DEFAULT_SEED == loading.DEFAULT_SEED
+    assert cli.DEFAULT_PROFILE_RUNS == profile.DEFAULT_RUNS
+    assert cli.DEFAULT_PROFILE_SEGMENTS == profile.DEFAULT_SEGMENTS
 
 
 def test_bad_arguments_exit_2() -> None:
