@@ -304,4 +304,4 @@ def test_the_output_directory_is_owner_only_or_a_warning_says_it_is_not(tmp_path
 def test_help_documents_force_the_directory_mode_and_the_default_validity() -> None:
     text = " ".join(_keygen("--help").stdout.split())
     assert "--force" in text and "created 0700" in text and "with a warning" in text
-    assert f"(default {DEFAULT_DAYS})" in text  # the help names the default the code uses
+    assert f"(default: {DEFAULT_DAYS})" in text  # the help names the default the code uses
