@@ -23,7 +23,7 @@ from edgenode._cli_demo import cmd_demo
 from edgenode._cli_infer import cmd_infer
 from edgenode._cli_keygen import cmd_keygen
 from edgenode._cli_model import cmd_plan, cmd_profile, cmd_split
-from edgenode._cli_status import cmd_status
+from edgenode._cli_status import DEFAULT_READY_TIMEOUT_S, cmd_status
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
 
 logger = logging.getLogger("edgenode")
@@ -366,8 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="show the cluster as a table",
         description="Ask a node (found by mDNS, or --peer) and every peer it knows for their "
-        "status: parts owned, plan digest and agreement, requests served, part run times "
-        "(median and p90 of the last 256 runs).",
+        "status: the parts the agreed plan gives it, plan digest and agreement, its state "
+        "(waiting for a plan, loading, unloading parts of an old plan, ready), requests that "
+        "entered the cluster here, runs of its parts (for requests entered anywhere), the "
+        "median time to run its parts once (the sum of each part's median over its last 256 "
+        "runs), uptime and speed. --wide adds failed requests, memory and each part's median "
+        "and p90 run time. --wait-ready N first waits until N nodes serve one agreed plan "
+        "with their parts loaded (progress on stderr; exit 1 with what is missing when the "
+        "timeout passes).",
     )
     status.add_argument("--peer", action="append", metavar="HOST:PORT", help="a node to ask")
     status.add_argument("--interfaces", metavar="LIST", help="where to browse (default: all)")
@@ -381,6 +387,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--cluster", metavar="NAME", help=cluster_help)
     _add_security_arguments(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--wide", action="store_true", help="every column (the default table fits 100 columns)"
+    )
+    status.add_argument(
+        "--wait-ready",
+        type=_positive_int,
+        metavar="N",
+        help="first wait until N nodes serve one agreed plan with their parts loaded",
+    )
+    status.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_READY_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long --wait-ready waits",
+    )
     status.set_defaults(func=cmd_status)
 
     infer = sub.add_parser(

@@ -196,6 +196,7 @@ class Node:
                 plan=lambda: negotiator.state,
                 loaded=lambda: part_host.loaded,
                 served=lambda: router_ref[0].served if router_ref else 0,
+                failed=lambda: router_ref[0].failed if router_ref else 0,
                 peers=lambda: tuple(negotiator.membership.alive),
                 manifest=manifest,
                 directory=directory,

@@ -15,17 +15,31 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from edgenode.errors import ModelError
 from edgenode.mesh import NodeId, PeerInfo
 from edgenode.model.manifest import MANIFEST_NAME, Manifest
 from edgenode.runtime.negotiation import PlanState
 
-__all__ = ["FILE_CHUNK_BYTES", "RECENT_RUNS", "NodeControl", "NodeStatus", "StageStats"]
+__all__ = [
+    "FILE_CHUNK_BYTES",
+    "RECENT_RUNS",
+    "LoadState",
+    "NodeControl",
+    "NodeStatus",
+    "StageStats",
+    "load_state",
+]
 
 FILE_CHUNK_BYTES = 1 << 20
 MANIFEST_FILE = -1  # FetchFile's part index for manifest.json
 RECENT_RUNS = 256  # runs per part behind the percentiles GetStatus reports
+
+# How far a node is in serving the agreed plan: "waiting" (no agreed plan yet), "loading"
+# (parts the plan gives it are not all loaded), "unloading" (parts of an old plan are still
+# loaded) or "ready" (exactly the parts the plan gives it are loaded).
+LoadState = Literal["waiting", "loading", "unloading", "ready"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,11 +60,26 @@ class NodeStatus:
     node: PeerInfo
     address: str
     plan: PlanState
-    parts: tuple[int, ...]  # loaded
-    requests_served: int
+    parts: tuple[int, ...]  # loaded now
+    owned: tuple[int, ...]  # what the agreed plan gives this node
+    state: LoadState
+    requests_served: int  # requests that entered the cluster here and were answered
+    requests_failed: int  # requests that entered here and ended with an error
+    part_runs: int  # runs of this node's parts, for requests that entered anywhere
     stages: tuple[StageStats, ...]
     peers: tuple[PeerInfo, ...]
     uptime_s: float
+
+
+def load_state(plan: PlanState, owned: tuple[int, ...], loaded: tuple[int, ...]) -> LoadState:
+    """Where a node stands with the parts of its agreed plan."""
+    if plan.agreed is None:
+        return "waiting"
+    if not set(owned) <= set(loaded):
+        return "loading"
+    if set(loaded) != set(owned):
+        return "unloading"
+    return "ready"
 
 
 @dataclass(slots=True)
@@ -83,6 +112,7 @@ class NodeControl:
     peers: Callable[[], tuple[PeerInfo, ...]]
     manifest: Manifest
     directory: Path
+    failed: Callable[[], int] = lambda: 0  # requests that entered here and failed
     left: Callable[[NodeId, int], None] = lambda node_id, incarnation: None  # a peer's Leave
     clock: Callable[[], float] = time.monotonic
     started_s: float = field(default=0.0)
@@ -105,12 +135,20 @@ class NodeControl:
 
     def status(self) -> NodeStatus:
         """A snapshot for `edgenode status`."""
+        local = self.local()
+        plan = self.plan()
+        loaded = self.loaded()
+        owned = tuple(plan.agreed.parts_of(local.node_id)) if plan.agreed is not None else ()
         return NodeStatus(
-            node=self.local(),
+            node=local,
             address=self.address(),
-            plan=self.plan(),
-            parts=self.loaded(),
+            plan=plan,
+            parts=loaded,
+            owned=owned,
+            state=load_state(plan, owned, loaded),
             requests_served=self.served(),
+            requests_failed=self.failed(),
+            part_runs=sum(s.count for s in self._stages.values()),
             stages=tuple(s.stats(p) for p, s in sorted(self._stages.items()) if s.count),
             peers=self.peers(),
             uptime_s=self.clock() - self.started_s,

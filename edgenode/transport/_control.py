@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
@@ -125,7 +126,11 @@ def _status_reply(status: NodeStatus) -> pb.NodeStatus:
         address=status.address,
         plan=_plan_reply(status.plan),
         parts=list(status.parts),
+        owned=list(status.owned),
+        state=status.state,
         requests_served=status.requests_served,
+        requests_failed=status.requests_failed,
+        part_runs=status.part_runs,
         stages=[
             pb.StageStats(part=s.part, count=s.count, mean_s=s.mean_s, p50_s=s.p50_s, p90_s=s.p90_s)
             for s in status.stages
@@ -466,10 +471,42 @@ def view_of(status: pb.NodeStatus, address: str) -> View:
 
 
 def status_to_dict(status: pb.NodeStatus) -> Mapping[str, Any]:
-    """A status message as plain JSON-ready data."""
+    """A status message as plain JSON-ready data (64-bit integers as numbers)."""
     from google.protobuf.json_format import MessageToDict
 
-    data: Mapping[str, Any] = MessageToDict(
+    data: dict[str, Any] = MessageToDict(
         status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    _int64_as_numbers(status.DESCRIPTOR, data)
     return data
+
+
+# MessageToDict writes these as strings (JSON for JavaScript, whose numbers stop being exact
+# past 2**53); Python's json writes any int exactly, and readers expect counts as numbers.
+_INT64_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+        FieldDescriptor.TYPE_SINT64,
+    }
+)
+
+
+def _int64_as_numbers(descriptor: Any, data: dict[str, Any]) -> None:
+    """Turn the 64-bit integer fields of ``data`` (a ``descriptor`` message) into ints, and
+    put its keys in the message's field order (MessageToDict puts unset fields last)."""
+    ordered = {f.name: data.pop(f.name) for f in descriptor.fields if f.name in data}
+    data.update(ordered)
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        items = value if isinstance(value, list) else [value]
+        if field.type in _INT64_TYPES:
+            numbers = [int(v) for v in items]
+            data[field.name] = numbers if isinstance(value, list) else numbers[0]
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for item in items:
+                _int64_as_numbers(field.message_type, item)
