@@ -119,32 +119,15 @@ def client_security(args: argparse.Namespace) -> Security:
 async def find_nodes(args: argparse.Namespace, client: ControlClient) -> dict[str, PeerInfo | None]:
     """Nodes to ask, by address: every --peer (None: not asked who it is), else every node
     mDNS finds (of --cluster if given) that answers Hello as its record says, as it answered."""
-    from edgenode.errors import PeerUnavailable
     from edgenode.mesh import Endpoint
     from edgenode.mesh.browse import find_members
 
     if args.peer:
         return dict.fromkeys(str(Endpoint.parse(p)) for p in args.peer)
-
-    # gRPC's reasons, as a reader of the one-line error needs them.
-    reasons = (
-        ("WRONG_VERSION_NUMBER", "TLS handshake failed: it does not speak TLS (try --insecure)"),
-        ("handshake", "TLS handshake failed"),
-        ("Connection refused", "connection refused"),
-        ("Socket closed", "connection closed (a node with TLS? pass --key)"),
-        ("timed out", "no answer"),
-    )
-
-    async def hello(endpoint: Endpoint) -> PeerInfo:
-        try:
-            return await client.hello(endpoint)
-        except PeerUnavailable as exc:
-            text = str(exc)
-            short = next((r for needle, r in reasons if needle.lower() in text.lower()), None)
-            raise PeerUnavailable(f"{endpoint}: {short}" if short else text) from None
-
     interfaces = args.interfaces.split(",") if args.interfaces else "all"
+    # A node that does not answer says why in a few words ("10.0.0.5:4000: connection
+    # refused"): ControlClient's calls translate gRPC's reasons (transport/_status.py).
     found = await find_members(
-        hello, cluster=args.cluster, interfaces=interfaces, browse_s=args.wait
+        client.hello, cluster=args.cluster, interfaces=interfaces, browse_s=args.wait
     )
     return {str(m.endpoint): m for m in found}

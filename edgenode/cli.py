@@ -409,7 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
         "infer",
         help="run the cluster's model on images or .npy/.npz inputs",
         description="Send inputs to a node of the cluster (found by mDNS, or --peer) and "
-        "print the answer: top classes for classifiers, a summary of every other output.",
+        "print the answer: top classes for classifiers, a summary of every other output. "
+        "Class labels are the model's own in --json (golden_retriever) and read with spaces "
+        "for underscores in text (golden retriever). A batch answers every input it can: "
+        "an input that cannot be read or does not fit the model, or whose request fails, "
+        'is reported on stderr (and as an "error" entry in --json) while the others go '
+        "on, and the exit status is then 1; a missing file or an unsupported file type "
+        "stops the command before anything is sent. Progress goes to stderr: one line "
+        "updated in place on a terminal, else a line per tenth of the inputs.",
     )
     infer.add_argument("inputs", nargs="+", metavar="FILE", help="images, .npy/.npz, folders")
     infer.add_argument(
@@ -426,7 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--top", type=_positive_int, default=5, help="classes to show")
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     infer.add_argument("--concurrency", type=_positive_int, default=4, help="in flight")
-    infer.add_argument("--save-outputs", metavar="FILE.npz", help="write every final output")
+    infer.add_argument(
+        "--save-outputs",
+        metavar="FILE.npz",
+        help="write every final output to this .npz: for one input under the model's output "
+        "names (probs); for several as FILE/NAME, FILE being the input's path from the "
+        "deepest folder that holds them all (a/cat.jpg/probs and b/cat.jpg/probs for "
+        "a/cat.jpg b/cat.jpg; cat.jpg/probs for a folder); each file may be given only once",
+    )
     infer.add_argument("--json", action="store_true", help="machine-readable output")
     infer.set_defaults(func=cmd_infer)
 

@@ -4,6 +4,10 @@
 (``{"281": ["n02123045", "tabby"], ...}``: the first WordNet lemma, spaces as
 underscores), built from timm's ``imagenet_synsets.txt`` and
 ``imagenet_synset_to_lemma.txt`` (Apache-2.0); see ``edgenode/data/README.md``.
+
+One rule for labels: machine-readable output (``infer --json``) carries them verbatim
+(``golden_retriever``); text for people shows them through ``label_text``, underscores as
+spaces (``golden retriever``). No name has a space, so the text maps back to one label.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ __all__ = [
     "imagenet_labels",
     "imagenet_wnids",
     "is_class_vector",
+    "label_text",
     "summarize",
     "to_probabilities",
     "top_k",
@@ -54,6 +59,11 @@ def imagenet_labels() -> list[str]:
 def imagenet_wnids() -> list[str]:
     """The 1000 ImageNet WordNet ids in class order ("n02123045")."""
     return [wnid for wnid, _ in _class_index()]
+
+
+def label_text(label: str) -> str:
+    """A class label as text output shows it: underscores as spaces ("golden retriever")."""
+    return label.replace("_", " ")
 
 
 def is_class_vector(array: np.ndarray) -> bool:

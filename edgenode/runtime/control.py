@@ -8,8 +8,6 @@ and FetchFile (part files and the manifest, for nodes that lack them).
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -17,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from edgenode._stats import percentile
 from edgenode.errors import ModelError
 from edgenode.mesh import NodeId, PeerInfo
 from edgenode.model.manifest import MANIFEST_NAME, Manifest
@@ -89,14 +88,12 @@ class _Stage:
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_RUNS))
 
     def stats(self, part: int) -> StageStats:
-        ordered = sorted(self.recent)
-        p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]  # nearest rank
         return StageStats(
             part=part,
             count=self.count,
             mean_s=self.total_s / self.count,
-            p50_s=statistics.median(ordered),
-            p90_s=p90,
+            p50_s=percentile(self.recent, 0.5),
+            p90_s=percentile(self.recent, 0.9),
         )
 
 

@@ -43,6 +43,7 @@ from edgenode.transport._session import (
     session_handler,
     unknown_input,
 )
+from edgenode.transport._status import failure_reason
 from edgenode.transport.codec import (
     DEFAULT_MAX_TENSOR_BYTES,
     FrameDecoder,
@@ -272,7 +273,12 @@ class ControlClient:
         try:
             return await call(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as exc:
-            raise PeerUnavailable(f"{address}: {exc.code().name}: {exc.details()}") from None
+            code, details = exc.code(), exc.details()
+            logger.debug("%s %s: %s: %s", address, method, code.name, details)
+            reason = failure_reason(
+                code, details, timeout_s=self._timeout_s, insecure=self._security.is_insecure
+            )
+            raise PeerUnavailable(f"{address}: {reason}") from None
 
     async def hello(self, endpoint: Endpoint) -> PeerInfo:
         """Who listens at ``endpoint`` (discovery's Prober)."""

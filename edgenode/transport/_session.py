@@ -38,7 +38,7 @@ from edgenode.errors import (
     ProtocolError,
 )
 from edgenode.runtime.requests import RequestTimeout, Router
-from edgenode.transport._status import status_of
+from edgenode.transport._status import failure_reason, status_of
 from edgenode.transport.codec import FrameDecoder, RequestId, Tensor, encode_frames
 
 __all__ = [
@@ -381,7 +381,7 @@ class ClientSession:
                 for tensor in decoder.feed(frame):
                     self._take(tensor)
         except grpc.aio.AioRpcError as exc:
-            code, message = exc.code(), exc.details() or exc.code().name
+            code, message = exc.code(), failure_reason(exc.code(), exc.details())
         except asyncio.CancelledError:
             code, message = grpc.StatusCode.CANCELLED, "the client closed the session"
         except ProtocolError as exc:

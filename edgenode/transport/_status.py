@@ -20,7 +20,7 @@ from edgenode.errors import (
     Unauthenticated,
 )
 
-__all__ = ["ERROR_KEY", "error_from_status", "status_of"]
+__all__ = ["ERROR_KEY", "error_from_status", "failure_reason", "status_of"]
 
 ERROR_KEY = "edgenode-error"  # trailing metadata: the exact domain class of a rejection
 
@@ -50,6 +50,47 @@ _UNAVAILABLE = frozenset(
     }
 )
 
+_NO_ANSWER = "no answer"
+_CLOSED = "connection closed"
+# How gRPC's core says a call never reached a node (in its details), and the few words a
+# reader of a one-line error needs instead; the first match wins.
+_REASONS: tuple[tuple[str, str], ...] = (
+    ("WRONG_VERSION_NUMBER", "TLS handshake failed: it does not speak TLS (try --insecure)"),
+    ("handshake", "TLS handshake failed"),
+    ("Connection refused", "connection refused"),
+    ("Socket closed", _CLOSED),
+    ("Connection reset", "connection reset"),
+    ("No route to host", "no route to host"),
+    ("Network is unreachable", "network unreachable"),
+    ("errors resolving", "unknown host name"),
+    ("DNS resolution failed", "unknown host name"),
+    ("Failed parsing HTTP/2", "not a gRPC server"),
+    ("Received http2 header with status", "not a gRPC server"),
+    ("connection attempt timed out", _NO_ANSWER),
+    ("Deadline Exceeded", _NO_ANSWER),
+)
+
+
+def failure_reason(
+    code: grpc.StatusCode,
+    details: str | None,
+    *,
+    timeout_s: float | None = None,
+    insecure: bool = False,
+) -> str:
+    """Why a call failed, on one line: a few words for the usual ways a node cannot be
+    reached ("connection refused"; "no answer within 2 s" given the call's ``timeout_s``),
+    else gRPC's details (or the code's name). ``insecure``: the caller spoke without TLS,
+    so a connection closed at once may be a node that expects TLS."""
+    text = " ".join((details or "").split())
+    folded = text.lower()
+    reason = next((r for needle, r in _REASONS if needle.lower() in folded), None)
+    if reason == _NO_ANSWER and timeout_s is not None:
+        return f"{_NO_ANSWER} within {timeout_s:g} s"
+    if reason == _CLOSED and insecure:
+        return f"{_CLOSED} (a node with TLS? pass --key)"
+    return reason or text or code.name
+
 
 def status_of(error: EdgenodeError) -> tuple[grpc.StatusCode, tuple[tuple[str, str], ...]]:
     """The status code for a domain error, and trailing metadata naming its class."""
@@ -66,11 +107,11 @@ def error_from_status(
     trailing_metadata: Sequence[tuple[str, str | bytes]] | None,
 ) -> TransportError:
     """The domain error a sender raises for the status that ended its call to peer."""
-    message = f"peer {peer}: {details or code.name}"
     name = next((v for k, v in trailing_metadata or () if k == ERROR_KEY), None)
     cls = _BY_NAME.get(name) if isinstance(name, str) else None
-    if cls is not None:
-        return cls(message)
+    if cls is not None:  # the peer's own words
+        return cls(f"peer {peer}: {details or code.name}")
+    message = f"peer {peer}: {failure_reason(code, details)}"
     if code in _UNAVAILABLE:
         return PeerUnavailable(message)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
