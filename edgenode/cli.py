@@ -24,6 +24,7 @@ from edgenode._cli_infer import cmd_infer
 from edgenode._cli_keygen import cmd_keygen
 from edgenode._cli_model import cmd_plan, cmd_profile, cmd_split
 from edgenode._cli_status import DEFAULT_READY_TIMEOUT_S, cmd_status
+from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
 
 logger = logging.getLogger("edgenode")
@@ -31,8 +32,8 @@ logger = logging.getLogger("edgenode")
 # Defaults that a library module owns too. Importing it here would load numpy, TensorFlow or
 # cryptography before the arguments are checked, so each is pinned to its owner by a test
 # (tests/test_cli.py::test_cli_defaults_match_the_library).
-DEFAULT_LINK_MBPS = 1000.0  # edgenode.model.manifest.GIGABIT_MBPS: gigabit Ethernet
-DEFAULT_HOP_LATENCY_MS = 0.5  # edgenode.model.manifest and edgenode.config
+DEFAULT_LINK_MBPS = LINK_MBPS  # gigabit Ethernet (edgenode.defaults: imports nothing)
+DEFAULT_HOP_LATENCY_MS = HOP_LATENCY_MS
 DEFAULT_SEED = 0  # edgenode.model.loading
 DEFAULT_PROFILE_RUNS = 20  # edgenode.model.profile.DEFAULT_RUNS
 DEFAULT_PROFILE_SEGMENTS = 16  # edgenode.model.profile.DEFAULT_SEGMENTS

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from edgenode.defaults import HOP_LATENCY_MS, MAX_TENSOR_BYTES
 from edgenode.errors import ConfigError
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
 ]
 
 DEFAULT_PORT = 50051
-DEFAULT_MAX_TENSOR_BYTES = 256 * 2**20
 DEFAULT_DEADLINE_S = 10.0
 NODE_ID_MAX_CHARS = 48  # the id is an mDNS instance and host label
 _NODE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
@@ -84,9 +84,6 @@ class ClusterConfig:
     multicast: bool = True
 
 
-DEFAULT_HOP_LATENCY_MS = 0.5  # the planner's fixed cost of a hop on gigabit Ethernet
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelConfig:
     """[model]: what to run and with which backend."""
@@ -100,19 +97,19 @@ class ModelConfig:
     # The network the cluster plans for, when the node cuts the model itself (a split
     # directory's manifest carries its own: `edgenode split --link-mbps`). 0: gigabit.
     link_mbps: float = 0.0
-    hop_latency_ms: float = DEFAULT_HOP_LATENCY_MS
+    hop_latency_ms: float = HOP_LATENCY_MS
 
     @property
     def custom_link(self) -> bool:
         """True when the link settings differ from the default (gigabit, 0.5 ms)."""
-        return bool(self.link_mbps) or self.hop_latency_ms != DEFAULT_HOP_LATENCY_MS
+        return bool(self.link_mbps) or self.hop_latency_ms != HOP_LATENCY_MS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LimitsConfig:
     """[limits]: what a node accepts before refusing."""
 
-    max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+    max_tensor_bytes: int = MAX_TENSOR_BYTES
     request_deadline_s: float = DEFAULT_DEADLINE_S
     max_inflight_requests: int = 64
 

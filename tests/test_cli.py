@@ -113,12 +113,8 @@ def test_the_default_check_catches_a_hidden_or_repeated_default() -> None:
 
 
 def test_cli_defaults_match_the_library() -> None:
-    from edgenode import cli, config, security
-    from edgenode.model import manifest
+    from edgenode import cli, security
 
-    assert cli.DEFAULT_LINK_MBPS == manifest.GIGABIT_MBPS
-    assert cli.DEFAULT_HOP_LATENCY_MS == manifest.DEFAULT_HOP_LATENCY_MS
-    assert cli.DEFAULT_HOP_LATENCY_MS == config.DEFAULT_HOP_LATENCY_MS
     assert cli.DEFAULT_CREDENTIAL_DAYS == security.DEFAULT_DAYS
 
 

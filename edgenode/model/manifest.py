@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ModelError
 from edgenode.planning import CostGraph, OpCost, TensorCost
 
@@ -131,18 +132,14 @@ class LinkSpec:
         return {"bandwidth_bytes_per_s": self.bandwidth_bytes_per_s, "latency_s": self.latency_s}
 
 
-GIGABIT_MBPS = 1000.0
-DEFAULT_HOP_LATENCY_MS = 0.5
-
-
 def link_spec(mbps: float | None, hop_latency_ms: float | None) -> LinkSpec | None:
     """The link to write into a manifest from user settings (None: neither given, so the
     default, gigabit Ethernet with 0.5 ms per hop, and nothing is written)."""
     if mbps is None and hop_latency_ms is None:
         return None
     return LinkSpec(
-        bandwidth_bytes_per_s=(mbps or GIGABIT_MBPS) * 1e6 / 8,
-        latency_s=(DEFAULT_HOP_LATENCY_MS if hop_latency_ms is None else hop_latency_ms) / 1e3,
+        bandwidth_bytes_per_s=(mbps or LINK_MBPS) * 1e6 / 8,
+        latency_s=(HOP_LATENCY_MS if hop_latency_ms is None else hop_latency_ms) / 1e3,
     )
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import PlanError
 
 __all__ = [
@@ -46,8 +47,8 @@ __all__ = [
     "work_prefix",
 ]
 
-DEFAULT_BANDWIDTH_BYTES_PER_S = 1e9
-DEFAULT_HOP_LATENCY_S = 0.0005
+DEFAULT_BANDWIDTH_BYTES_PER_S = LINK_MBPS * 1e6 / 8  # gigabit Ethernet, edgenode.defaults
+DEFAULT_HOP_LATENCY_S = HOP_LATENCY_MS / 1e3
 # Stands for "cannot fit" in the memory table; far above any real memory.
 _NO_FIT_BYTES = np.iinfo(np.int64).max
 

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
+from edgenode.defaults import MAX_TENSOR_BYTES
 from edgenode.errors import (
     ChecksumMismatch,
     DuplicateTensor,
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 1 << 20  # data bytes per frame; far below gRPC's 4 MiB message limit
-DEFAULT_MAX_TENSOR_BYTES = 1 << 30  # a receiver refuses larger tensors unless configured
+DEFAULT_MAX_TENSOR_BYTES = MAX_TENSOR_BYTES  # a receiver refuses larger tensors unless configured
 MAX_NDIM = 64  # numpy's own limit
 DUPLICATE_WINDOW_REQUESTS = 4096  # requests remembered per stream for duplicate detection
 
