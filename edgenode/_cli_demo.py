@@ -52,7 +52,14 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: lis
     import asyncio
     import statistics
 
-    from edgenode.client import family_of, is_class_vector, load_inputs, summarize, top_k
+    from edgenode.client import (
+        family_of,
+        is_class_vector,
+        label_text,
+        load_inputs,
+        summarize,
+        top_k,
+    )
     from edgenode.demo import infer_within, local_cluster, request_deadline, wait_agreed, warm_up
     from edgenode.model.manifest import load_manifest
     from edgenode.model.profile import time_model
@@ -124,7 +131,7 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: lis
             value = answer[name]
             if is_class_vector(value):
                 for rank, (index, label, p) in enumerate(top_k(value, args.top), 1):
-                    print(f"  {rank}. {label.replace('_', ' '):<28} {p:.4f}  (class {index})")
+                    print(f"  {rank}. {label_text(label):<28} {p:.4f}  (class {index})")
             else:
                 print(f"  {summarize(name, value)}")
     print("\nplan:")

@@ -334,7 +334,8 @@ class ControlClient:
                 )
             partial.replace(path)
         except grpc.aio.AioRpcError as exc:
-            raise TransportError(f"{peer.node_id}: {exc.code().name}: {exc.details()}") from None
+            reason = failure_reason(exc.code(), exc.details(), timeout_s=FETCH_TIMEOUT_S)
+            raise TransportError(f"{peer.node_id}: {reason}") from None
         finally:
             partial.unlink(missing_ok=True)
 
@@ -352,7 +353,8 @@ class ControlClient:
             ):
                 chunks.append(chunk.data)
         except grpc.aio.AioRpcError as exc:
-            raise PeerUnavailable(f"{address}: {exc.code().name}: {exc.details()}") from None
+            reason = failure_reason(exc.code(), exc.details(), timeout_s=FETCH_TIMEOUT_S)
+            raise PeerUnavailable(f"{address}: {reason}") from None
         return b"".join(chunks)
 
     async def infer(
