@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from edgenode._cli_common import EXIT_OK, setup_tensorflow
 
 if TYPE_CHECKING:
+    from edgenode.config import Config
     from edgenode.mesh import PeerInfo
     from edgenode.runtime.parts import RunnerFactory
     from edgenode.transport import Security
@@ -47,7 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = config.override("security", key="", insecure=True)
     elif args.key:
         config = config.override("security", key=args.key, insecure=False)
-    node_security(config)  # a missing or bad key is a one-line error before anything starts
+    _check_before_tensorflow(config)
+    security = node_security(config)  # a missing or bad key: one line before anything starts
     if config.model.backend == "keras" or not Path(config.model.source).is_dir():
         setup_tensorflow(args, threads=config.model.threads)
     tune_malloc()
@@ -70,12 +72,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_stop)
-        await Node(config, state_dir=state_dir, runner_factory=runners).run(
-            stop, on_agreed=on_agreed
-        )
+        node = Node(config, state_dir=state_dir, runner_factory=runners, security=security)
+        await node.run(stop, on_agreed=on_agreed)
 
     run(main())
     return EXIT_OK
+
+
+def _check_before_tensorflow(config: Config) -> None:
+    """The listen addresses and the model, checked in a moment rather than after the
+    seconds TensorFlow takes to import: the errors a mistyped command line meets first."""
+    from edgenode.config import parse_address
+    from edgenode.model.loading import check_model_source
+    from edgenode.transport import check_listen_address
+
+    check_listen_address(*parse_address(config.node.listen, key="node.listen"))
+    if config.node.metrics_listen:
+        check_listen_address(*parse_address(config.node.metrics_listen, key="node.metrics_listen"))
+    if not Path(config.model.source).is_dir():
+        check_model_source(config.model.source, weights=config.model.weights)
 
 
 def _test_mutation(threads: int) -> RunnerFactory | None:

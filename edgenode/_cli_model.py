@@ -8,11 +8,38 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgenode._cli_common import EXIT_OK, load_model_arg, say
+from edgenode._cli_common import EXIT_OK, check_model_arg, load_model_arg, say
 from edgenode._table import format_bytes, format_table
-from edgenode.errors import EdgenodeError
+from edgenode.errors import EdgenodeError, ModelError, UsageError
 
-__all__ = ["cmd_plan", "cmd_profile", "cmd_split"]
+__all__ = ["check_profile", "check_split", "cmd_plan", "cmd_profile", "cmd_split"]
+
+
+def check_split(args: argparse.Namespace) -> None:
+    """What `split` can check before TensorFlow is imported: the model, --out, --profile."""
+    from edgenode.model.manifest import MANIFEST_NAME
+
+    check_model_arg(args)
+    _check_profile_file(args.profile)
+    out = Path(args.out)
+    # The rule edgenode.model.split applies again (that module imports TensorFlow).
+    if out.exists() and not out.is_dir():
+        raise ModelError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ModelError(f"{out} is not empty and holds no earlier split; choose another --out")
+
+
+def check_profile(args: argparse.Namespace) -> None:
+    """What `profile` can check before TensorFlow is imported: the model, --out's folder."""
+    check_model_arg(args)
+    folder = Path(args.out).parent
+    if not folder.is_dir():
+        raise UsageError(f"--out {args.out}: no folder {folder}")
+
+
+def _check_profile_file(path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"--profile {path}: no such file")
 
 
 def cmd_split(args: argparse.Namespace) -> int:

@@ -17,12 +17,13 @@ from edgenode._cli_common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
+    end_process,
     setup_tensorflow,
 )
 from edgenode._cli_demo import cmd_demo
 from edgenode._cli_infer import cmd_infer
 from edgenode._cli_keygen import cmd_keygen
-from edgenode._cli_model import cmd_plan, cmd_profile, cmd_split
+from edgenode._cli_model import check_profile, check_split, cmd_plan, cmd_profile, cmd_split
 from edgenode._cli_status import DEFAULT_READY_TIMEOUT_S, cmd_status
 from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
@@ -263,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument(
         "--threads", type=_positive_int, help="TensorFlow threads (default: one per core)"
     )
-    split.set_defaults(needs_tensorflow=True, func=cmd_split)
+    split.set_defaults(needs_tensorflow=True, check=check_split, func=cmd_split)
 
     plan = sub.add_parser(
         "plan",
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="segments timed as parts to calibrate the ops",
     )
     prof.add_argument("--threads", type=_positive_int, default=1, help="TensorFlow threads")
-    prof.set_defaults(needs_tensorflow=True, func=cmd_profile)
+    prof.set_defaults(needs_tensorflow=True, check=check_profile, func=cmd_profile)
 
     run = sub.add_parser(
         "run",
@@ -361,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--threads", type=_positive_int, help="override model.threads (threads per part)"
     )
-    run.set_defaults(func=cmd_run, log_level=logging.INFO)
+    run.set_defaults(func=cmd_run, log_level=logging.INFO, end_process=True)
 
     status = sub.add_parser(
         "status",
@@ -536,7 +537,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose, getattr(args, "log_level", logging.WARNING))
+    code = _command(args)
+    if getattr(args, "end_process", False):
+        # `run`: the node has closed what it opened; the interpreter's teardown would hold
+        # the process for seconds after its last log line (see end_process).
+        end_process(code)
+    return code
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the command; an error is one line on stderr and an exit code."""
     try:
+        if check := getattr(args, "check", None):
+            check(args)  # what can be checked before TensorFlow's seconds of importing
         if getattr(args, "needs_tensorflow", False):
             setup_tensorflow(args)
         result: int = args.func(args)

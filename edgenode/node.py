@@ -115,6 +115,11 @@ async def _first_error() -> AsyncIterator[None]:
         raise first from group
 
 
+def _count(count: int, noun: str) -> str:
+    """'1 part', '3 parts': for log lines."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _newly_agreed(served: ClusterPlan | None, state: PlanState) -> bool:
     return state.agreed is not None and state.agreed is not served
 
@@ -132,10 +137,17 @@ class Node:
     """One edgenode node. ``await node.run(stop)`` serves until ``stop`` is set."""
 
     def __init__(
-        self, config: Config, *, state_dir: Path, runner_factory: RunnerFactory | None = None
+        self,
+        config: Config,
+        *,
+        state_dir: Path,
+        runner_factory: RunnerFactory | None = None,
+        security: Security | None = None,
     ) -> None:
-        """``runner_factory``: how parts are loaded (default: by ``model.backend``)."""
+        """``runner_factory``: how parts are loaded (default: by ``model.backend``);
+        ``security``: what ``node_security(config)`` gave, when the caller checked it first."""
         self._config = config
+        self._security = security
         self._state_dir = state_dir
         self._runner_factory = runner_factory
         self._running: _Running | None = None
@@ -158,7 +170,8 @@ class Node:
     ) -> None:
         """Start, serve until ``stop`` is set, then shut down cleanly."""
         config = self._config
-        security = node_security(config)  # before the slow part: a bad key fails at once
+        # Before the slow part: a bad key fails at once.
+        security = self._security or node_security(config)
         manifest, directory = await asyncio.to_thread(prepare_model, config.model, self._state_dir)
         speed = config.node.speed_gflops * 1e9 or await asyncio.to_thread(measure_speed)
         host, port = parse_address(config.node.listen, key="node.listen")
@@ -238,15 +251,14 @@ class Node:
                 await stack.enter_async_context(MetricsServer(self.metrics, m_host, m_port))
             await stack.enter_async_context(discovery)
             logger.info(
-                "node %s serving on %s:%d (model %s, %d parts, %s, %d threads per part, "
-                "speed %.1f GFLOP/s)",
+                "node %s serving on %s:%d (model %s, %s, %s, %s per part, speed %.1f GFLOP/s)",
                 local.node_id,
                 local.host,
                 bound_port,
                 manifest.model.name,
-                len(manifest.parts),
+                _count(len(manifest.parts), "part"),
                 config.model.backend,
-                config.model.threads,
+                _count(config.model.threads, "thread"),
                 speed / 1e9,
             )
             async with _first_error(), asyncio.TaskGroup() as group:
@@ -267,7 +279,7 @@ class Node:
                 deadline = config.limits.request_deadline_s
                 logger.info("stopping: finishing requests started here (at most %g s)", deadline)
                 if unanswered := await router.drain(deadline):
-                    logger.warning("stopping with %d requests unanswered", unanswered)
+                    logger.warning("stopping with %s unanswered", _count(unanswered, "request"))
                 logger.info("stopping: goodbye to the cluster")
                 await negotiator.leave()
                 for task in tasks:

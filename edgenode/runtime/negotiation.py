@@ -217,8 +217,9 @@ class Negotiator:
         after = {p.node_id for p in membership.members}
         self._membership = membership
         logger.info(
-            "membership: %d nodes (joined %s, left %s)",
+            "membership: %d node%s (joined %s, left %s)",
             len(after),
+            "" if len(after) == 1 else "s",
             sorted(after - before) or "-",
             sorted(before - after) or "-",
         )
@@ -258,7 +259,9 @@ class Negotiator:
                 self._graph, members, self._link, manifest_digest=self._manifest_digest
             )
         except PlanError as exc:
-            logger.warning("no plan for %d nodes: %s", len(members), exc)
+            logger.warning(
+                "no plan for %d node%s: %s", len(members), "" if len(members) == 1 else "s", exc
+            )
             return None
         return plan
 
@@ -338,7 +341,12 @@ class Negotiator:
             if failures == 1:
                 logger.warning("peer %s does not answer: %s", peer.node_id, exc)
             if failures >= self._dead_after:
-                logger.warning("peer %s marked dead after %d failures", peer.node_id, failures)
+                logger.warning(
+                    "peer %s marked dead after %d failure%s",
+                    peer.node_id,
+                    failures,
+                    "" if failures == 1 else "s",
+                )
                 self._failures.pop(peer.node_id, None)
                 self.mark_dead(peer.node_id, peer.incarnation)
             return None

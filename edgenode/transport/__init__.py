@@ -17,7 +17,7 @@ from edgenode.transport._api import (
     TransportConfig,
     TransportStats,
 )
-from edgenode.transport._grpc import SERVICE_NAME, GrpcPeer, GrpcTransport
+from edgenode.transport._grpc import SERVICE_NAME, GrpcPeer, GrpcTransport, check_listen_address
 from edgenode.transport._inbox import TensorInbox
 from edgenode.transport._memory import MemoryNetwork, MemoryPeer, MemoryTransport
 from edgenode.transport._runtime import loop_factory, run, tune_malloc
@@ -51,6 +51,7 @@ __all__ = [
     "Transport",
     "TransportConfig",
     "TransportStats",
+    "check_listen_address",
     "encode_frames",
     "loop_factory",
     "run",

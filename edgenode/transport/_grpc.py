@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -29,7 +30,7 @@ from edgenode.transport._receiver import Receiver
 from edgenode.transport._status import error_from_status, status_of
 from edgenode.transport.codec import Tensor, encode_frames
 
-__all__ = ["SERVICE_NAME", "GrpcPeer", "GrpcTransport"]
+__all__ = ["SERVICE_NAME", "GrpcPeer", "GrpcTransport", "check_listen_address"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,32 @@ _STREAM_METHOD = f"/{SERVICE_NAME}/Stream"
 
 # What a failed write raises, depending on whether grpc noticed the end of the call first.
 _CALL_ERRORS = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """TransportError unless ``host:port`` can be listened on, found by binding a plain
+    socket the way gRPC does (SO_REUSEADDR, any resolved address will do): gRPC's own
+    failure costs a line of its C core's log on stderr. Blocking (name resolution)."""
+    address = f"{host}:{port}"
+    try:
+        resolved = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise TransportError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+    failure: OSError | None = None
+    for family, kind, proto, _, sockaddr in resolved:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                # As on gRPC's listeners: a port whose last connections linger in TIME_WAIT
+                # is free, one that another process listens on is not.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+                return
+        except OSError as exc:
+            failure = failure or exc
+    reason = failure.strerror if failure is not None and failure.strerror else "no address"
+    raise TransportError(f"cannot listen on {address}: {reason.lower()}")
 
 
 class _Servicer:
@@ -104,6 +131,7 @@ class GrpcTransport:
         return self._receiver.stats()
 
     async def __aenter__(self) -> Self:
+        await asyncio.to_thread(check_listen_address, self._host, self._port)
         security = self._config.security
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=security.interceptors())
         servicer = _Servicer(self._receiver)
