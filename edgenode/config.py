@@ -132,8 +132,9 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
-    def override(self, section: str, **values: Any) -> Config:
-        """A copy with the given keys of ``section`` replaced; ``None`` values are skipped."""
+    def override(self, section: str, *, check: bool = True, **values: Any) -> Config:
+        """A copy with the given keys of ``section`` replaced (``None`` values are skipped),
+        checked as a whole like a file (``check=False``: the caller checks it later)."""
         given = {k: v for k, v in values.items() if v is not None}
         if not given:
             return self
@@ -141,7 +142,10 @@ class Config:
         data = {f.name: getattr(current, f.name) for f in dataclasses.fields(current)}
         data.update(given)
         updated = _build(type(current), data, section)
-        return dataclasses.replace(self, **{section: updated})
+        config = dataclasses.replace(self, **{section: updated})
+        if check:
+            _check(config)
+        return config
 
 
 def load_config(path: Path) -> Config:
@@ -169,10 +173,10 @@ def parse_config(data: Mapping[str, Any], *, base: Path | None = None) -> Config
         and base is not None
         and (_looks_like_path(str(source)) or (base / source).exists())
     ):
-        config = config.override("model", source=str(base / source))
+        config = config.override("model", check=False, source=str(base / source))
     key = Path(config.security.key)
     if base is not None and config.security.key and not key.is_absolute():
-        config = config.override("security", key=str(base / key))
+        config = config.override("security", check=False, key=str(base / key))
     _check(config)
     return config
 

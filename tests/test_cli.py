@@ -133,6 +133,14 @@ def test_bad_arguments_exit_2() -> None:
     assert out.returncode == 2 and "expected at least 1" in out.stderr
 
 
+def test_run_without_multicast_needs_a_peer_in_one_line() -> None:
+    out = _edgenode("run", "--no-multicast", "--insecure")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == [
+        "edgenode: error: cluster.peers: needed when cluster.multicast is false"
+    ]
+
+
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.model import models

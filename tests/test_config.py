@@ -116,6 +116,16 @@ def test_overrides_apply_only_when_given() -> None:
         config.override("cluster", peers="x")
 
 
+def test_an_override_is_checked_as_a_whole_like_a_file() -> None:
+    config = parse_config({"node": {"name": "a"}})
+    with pytest.raises(ConfigError, match=r"cluster\.peers: needed when cluster\.multicast"):
+        config.override("cluster", multicast=False)  # `run --no-multicast` without --peer
+    static = config.override("cluster", multicast=False, peers=("127.0.0.1:1",))
+    assert static.cluster.peers == ("127.0.0.1:1",)
+    with pytest.raises(ConfigError, match="security: both key and insecure"):
+        config.override("security", key="k.pem", insecure=True)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
