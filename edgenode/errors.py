@@ -14,6 +14,7 @@ __all__ = [
     "InputError",
     "InvalidPeerRecord",
     "InvalidTensor",
+    "ManifestError",
     "ModelError",
     "Overloaded",
     "PeerUnavailable",
@@ -46,6 +47,10 @@ class DuplicateNodeId(ConfigError):
 
 class ModelError(EdgenodeError):
     """A model cannot be loaded, analysed, cut or exported."""
+
+
+class ManifestError(ModelError):
+    """A manifest.json is malformed or does not match its part files; names the field."""
 
 
 class PlanError(EdgenodeError):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
-from edgenode.errors import ModelError
+from edgenode.errors import ManifestError
 from edgenode.planning import CostGraph, OpCost, TensorCost
 
 __all__ = [
@@ -40,10 +40,6 @@ _HASH_BLOCK_BYTES = 1 << 20
 RESERVED_PREFIX = "!"
 
 _V = TypeVar("_V")
-
-
-class ManifestError(ModelError):
-    """A manifest is malformed, inconsistent, or does not match its part files."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
