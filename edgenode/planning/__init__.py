@@ -16,7 +16,7 @@ from edgenode.planning._costs import (
     stage_cost,
     stage_memory_bytes,
 )
-from edgenode.planning.cluster import Assignment, ClusterPlan, Member, plan_cluster
+from edgenode.planning.cluster import Assignment, ClusterPlan, plan_cluster
 from edgenode.planning.partition import (
     MAX_EXACT_NODES,
     TIE_REL_TOL,
@@ -36,7 +36,6 @@ __all__ = [
     "ClusterPlan",
     "CostGraph",
     "Link",
-    "Member",
     "NodeSpec",
     "OpCost",
     "Plan",

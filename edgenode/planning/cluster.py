@@ -23,18 +23,9 @@ from edgenode.errors import PlanError
 from edgenode.planning._costs import CostGraph, Link, NodeSpec
 from edgenode.planning.partition import plan_pipeline
 
-__all__ = ["Assignment", "ClusterPlan", "Member", "plan_cluster", "quantize_speed"]
+__all__ = ["Assignment", "ClusterPlan", "plan_cluster", "quantize_speed"]
 
 SPEED_DIGITS = 2
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Member:
-    """A node as the planner sees it."""
-
-    node_id: str
-    speed: float  # work units per second (FLOP/s)
-    memory_bytes: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,7 +100,7 @@ def quantize_speed(speed: float) -> float:
 
 
 def plan_cluster(
-    graph: CostGraph, members: Sequence[Member], link: Link, *, manifest_digest: str
+    graph: CostGraph, members: Sequence[NodeSpec], link: Link, *, manifest_digest: str
 ) -> ClusterPlan:
     """The plan over manifest parts (``graph.ops`` are the parts) for these members.
 

@@ -45,7 +45,7 @@ from edgenode.mesh import (
 )
 from edgenode.mesh.vetting import CHECK_MAX_BACKOFF_S, Vetting
 from edgenode.model.manifest import Manifest
-from edgenode.planning import ClusterPlan, Link, Member, plan_cluster
+from edgenode.planning import ClusterPlan, Link, plan_cluster
 
 __all__ = ["DEFAULT_LINK", "Negotiator", "PlanPeers", "PlanState", "link_of"]
 
@@ -250,10 +250,7 @@ class Negotiator:
                 await self._confirm(plan)
 
     def _compute(self) -> ClusterPlan | None:
-        members = [
-            Member(node_id=p.node_id, speed=p.capacity.speed, memory_bytes=p.capacity.memory_bytes)
-            for p in self._membership.members
-        ]
+        members = self._membership.node_specs()
         try:
             plan = plan_cluster(
                 self._graph, members, self._link, manifest_digest=self._manifest_digest

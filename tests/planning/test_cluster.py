@@ -7,8 +7,8 @@ import random
 import pytest
 
 from edgenode.errors import PlanError
-from edgenode.planning import CostGraph, Link, OpCost, TensorCost
-from edgenode.planning.cluster import Member, plan_cluster, quantize_speed
+from edgenode.planning import CostGraph, Link, NodeSpec, OpCost, TensorCost
+from edgenode.planning.cluster import plan_cluster, quantize_speed
 
 GIB = 2**30
 LINK = Link(bandwidth_bytes_per_s=1e9, latency_s=1e-4)
@@ -27,8 +27,8 @@ def parts_chain(works: list[float]) -> CostGraph:
     return CostGraph(ops=ops, tensors=tuple(tensors))
 
 
-def member(node_id: str, speed: float = 1e9) -> Member:
-    return Member(node_id=node_id, speed=speed, memory_bytes=GIB)
+def member(node_id: str, speed: float = 1e9) -> NodeSpec:
+    return NodeSpec(node_id=node_id, speed=speed, memory_bytes=GIB)
 
 
 def test_every_node_computes_the_same_plan_whatever_order_it_sees_members_in() -> None:
@@ -73,7 +73,7 @@ def test_more_nodes_than_parts_form_replica_pipelines() -> None:
 
 
 def test_members_that_cannot_hold_the_model_stay_idle() -> None:
-    small = Member(node_id="tiny", speed=1e9, memory_bytes=10)
+    small = NodeSpec(node_id="tiny", speed=1e9, memory_bytes=10)
     plan = plan_cluster(
         parts_chain([1e8] * 2), [member("a"), member("b"), small], LINK, manifest_digest="m"
     )
