@@ -51,7 +51,7 @@ __all__ = ["DEFAULT_LINK", "Negotiator", "PlanPeers", "PlanState", "link_of"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LINK = Link(bandwidth_bytes_per_s=125e6, latency_s=0.0005)  # gigabit Ethernet
+DEFAULT_LINK = Link()  # gigabit Ethernet: edgenode.defaults, as `split` and `plan` assume
 
 
 def link_of(manifest: Manifest) -> Link:

@@ -114,3 +114,16 @@ def test_quantize_speed(speed: float, expected: float) -> None:
 def test_no_members() -> None:
     with pytest.raises(PlanError, match="no members"):
         plan_cluster(parts_chain([1.0]), [], LINK, manifest_digest="m")
+
+
+def test_split_plan_and_the_nodes_assume_one_network() -> None:
+    from edgenode import defaults
+    from edgenode.model.manifest import link_spec
+    from edgenode.planning.partition import plan_parts
+    from edgenode.runtime.negotiation import DEFAULT_LINK
+
+    assert plan_parts.__defaults__ == (DEFAULT_LINK,)  # `split --cut balanced`
+    assert DEFAULT_LINK.bandwidth_bytes_per_s == defaults.LINK_MBPS * 1e6 / 8 == 125e6
+    assert DEFAULT_LINK.latency_s == defaults.HOP_LATENCY_MS / 1e3
+    spec = link_spec(None, 0.5)  # a manifest written with only --hop-latency-ms
+    assert spec is not None and spec.bandwidth_bytes_per_s == DEFAULT_LINK.bandwidth_bytes_per_s
