@@ -9,11 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness.cluster import (
-    running,
-    stage_counters,
-    stage_means,
-)
+from harness.cluster import running, stage_counters, stage_means
 from harness.models import manifest_of, sample_inputs
 from harness.nodes import NodeProc
 from harness.plans import describe_plan, offline_plan, planning_speed, stage_ranges

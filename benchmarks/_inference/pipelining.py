@@ -11,13 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from harness.cluster import (
-    Client,
-    Cluster,
-    stage_counters,
-    stage_means,
-    start_nodes,
-)
+from harness.cluster import Client, Cluster, stage_counters, stage_means, start_nodes
 from harness.models import manifest_of, sample_inputs
 from harness.nodes import NodeProc, cpu_seconds, settle, stop_nodes
 from harness.plans import describe_plan, planning_speed
