@@ -12,7 +12,7 @@ from edgenode._cli_common import EXIT_OK, check_model_arg, load_model_arg, say
 from edgenode._table import format_bytes, format_table
 from edgenode.errors import EdgenodeError, ModelError, UsageError
 
-__all__ = ["check_profile", "check_split", "cmd_plan", "cmd_profile", "cmd_split"]
+__all__ = ["check_plan", "check_profile", "check_split", "cmd_plan", "cmd_profile", "cmd_split"]
 
 
 def check_split(args: argparse.Namespace) -> None:
@@ -35,6 +35,12 @@ def check_profile(args: argparse.Namespace) -> None:
     folder = Path(args.out).parent
     if not folder.is_dir():
         raise UsageError(f"--out {args.out}: no folder {folder}")
+
+
+def check_plan(args: argparse.Namespace) -> None:
+    """What `plan` can check before TensorFlow is imported: the model, --profile."""
+    check_model_arg(args)
+    _check_profile_file(args.profile)
 
 
 def _check_profile_file(path: str | None) -> None:

@@ -23,7 +23,14 @@ from edgenode._cli_common import (
 from edgenode._cli_demo import cmd_demo
 from edgenode._cli_infer import cmd_infer
 from edgenode._cli_keygen import cmd_keygen
-from edgenode._cli_model import check_profile, check_split, cmd_plan, cmd_profile, cmd_split
+from edgenode._cli_model import (
+    check_plan,
+    check_profile,
+    check_split,
+    cmd_plan,
+    cmd_profile,
+    cmd_split,
+)
 from edgenode._cli_status import DEFAULT_READY_TIMEOUT_S, cmd_status
 from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
@@ -308,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-parts", type=_positive_int, help="at most this many parts")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--threads", type=_positive_int, default=1, help="TensorFlow threads")
-    plan.set_defaults(needs_tensorflow=True, func=cmd_plan)
+    plan.set_defaults(needs_tensorflow=True, check=check_plan, func=cmd_plan)
 
     prof = sub.add_parser(
         "profile",

@@ -83,13 +83,16 @@ def _error_cases(tmp_path: Path, port: int) -> dict[str, list[str]]:
             "--out", out,
         ],
         "(did you mean MobileNet": ["profile", "--model", "MobileNetV3Lrge"],
+        "unknown model 'NoSuchPlan'": ["plan", "--model", "NoSuchPlan", "--nodes", "3"],
         "no folder": ["profile", "--model", "MobileNetV3Small", "--out", f"{tmp_path}/x/p.json"],
         f"cannot listen on 127.0.0.1:{port}: address already in use": [
-            "run", "--insecure", "--no-multicast", "--listen", f"127.0.0.1:{port}",
+            "run", "--insecure", "--no-multicast", "--peer", "127.0.0.1:1",
+            "--listen", f"127.0.0.1:{port}",
             "--model", "MobileNetV3Small", "--state-dir", str(tmp_path / "state"),
         ],
         "unknown model 'MobileNetV9'": [
-            "run", "--insecure", "--no-multicast", "--listen", "127.0.0.1:0",
+            "run", "--insecure", "--no-multicast", "--peer", "127.0.0.1:1",
+            "--listen", "127.0.0.1:0",
             "--model", "MobileNetV9", "--state-dir", str(tmp_path / "state"),
         ],
     }  # fmt: skip
@@ -319,7 +322,8 @@ def test_a_secure_node_logs_its_credential_once(split_dir: Path, tmp_path: Path)
         "secure", tmp_path,
         "--config", str(node_config(tmp_path)), "--listen", "127.0.0.1:0",
         "--model", str(split_dir), "--interfaces", "127.0.0.1", "--no-multicast",
-        "--state-dir", str(tmp_path / "state"), "--key", str(keys / "cluster.pem"),
+        "--peer", "127.0.0.1:1", "--state-dir", str(tmp_path / "state"),
+        "--key", str(keys / "cluster.pem"),
         insecure=False,
     )  # fmt: skip
     try:
