@@ -19,18 +19,15 @@ import os
 import platform
 import signal
 import statistics
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import RESULTS  # puts the repository root on sys.path
 
-from tests.nodes import NodeProcess, agreed_cluster  # noqa: E402
+from tests.nodes import NodeProcess, agreed_cluster
 
-RESULTS = ROOT / "benchmarks" / "results"
 JOIN_TARGET_S = 2.0
 KILL_TARGET_S = 3.0
 
@@ -41,6 +38,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="MobileNetV3Large")
     parser.add_argument("--parts", type=int, default=8)
+    parser.add_argument(
+        "--out-dir", type=Path, default=RESULTS, help="where cluster.md goes (benchmarks/results)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -142,8 +142,8 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cluster.md").write_text(text)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "cluster.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from harness import RESULTS
+from harness.cluster import Client
+
 REQUESTS = 50
 
 
@@ -44,9 +44,8 @@ def _loaded_tensorflow(pid: int) -> bool:
     return "libtensorflow" in maps or "_pywrap_tensorflow" in maps
 
 
-def _one_run(split: Path, backend: str, work: Path, image: Any) -> dict[str, Any]:
+def _one_run(split: Path, backend: str, work: Path, inputs: Any) -> dict[str, Any]:
     from edgenode.transport import run
-    from edgenode.transport._control import ControlClient, status_to_dict
 
     tag = f"{backend}-{uuid.uuid4().hex[:6]}"
     config = work / f"{tag}.toml"
@@ -90,14 +89,13 @@ def _one_run(split: Path, backend: str, work: Path, image: Any) -> dict[str, Any
         rss_ready = _status_kib(process.pid, "VmRSS")
 
         async def requests() -> tuple[list[float], dict[str, Any]]:
-            client = ControlClient(protocol=1)
+            client = Client()
             try:
-                times = []
-                for _ in range(REQUESTS):
-                    t0 = time.perf_counter()
-                    await client.infer(address, {"input": image}, timeout_s=60)
-                    times.append(time.perf_counter() - t0)
-                return times, dict(status_to_dict(await client.status(address)))
+                times = await client.latencies(address, inputs, REQUESTS)
+                status = await client.status(address)
+                if status is None:
+                    raise RuntimeError(f"{backend} node did not answer a status call")
+                return times, status
             finally:
                 await client.aclose()
 
@@ -124,6 +122,9 @@ def main() -> None:
     parser.add_argument("--model", default="MobileNetV3Large")
     parser.add_argument("--parts", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--out-dir", type=Path, default=RESULTS, help="where footprint.md goes (benchmarks/results)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import numpy as np
@@ -138,12 +139,17 @@ def main() -> None:
         "litert": split_model(model, work / "litert", parts=args.parts, fmt="litert").manifest,
     }
     assert splits["keras"].identity == splits["litert"].identity
-    image = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype("float32")
+    # Pixel-like values, batch 1, for every model input (MobileNetV3Large: one 224x224x3 image).
+    rng = np.random.default_rng(0)
+    inputs = {
+        t.name: rng.uniform(0, 255, tuple(d or 1 for d in t.shape)).astype(t.dtype)
+        for t in splits["keras"].model.inputs
+    }
     runs: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for backend in ("keras", "litert") if r % 2 == 0 else ("litert", "keras"):
             print(f"round {r + 1}/{args.rounds}: {backend}", flush=True)
-            runs.append(_one_run(work / backend, backend, work, image))
+            runs.append(_one_run(work / backend, backend, work, inputs))
 
     def med(backend: str, key: str) -> float:
         return statistics.median(x[key] for x in runs if x["backend"] == backend)
@@ -190,8 +196,8 @@ def main() -> None:
         mflops = spec.flops / 1e6
         lines.append(f"| {spec.index} | {mflops:.0f} | {k:.2f} | {lt:.2f} | {lt / k:.2f} |")
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "footprint.md").write_text(text)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "footprint.md").write_text(text)
     print(text)
 
 

@@ -43,10 +43,9 @@ import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import RESULTS  # puts the repository root on sys.path
 
-from tests.faults import (  # noqa: E402
+from tests.faults import (
     POOL_PER_CLIENT,
     SCENARIOS,
     Cluster,
@@ -61,10 +60,9 @@ from tests.faults import (  # noqa: E402
     run_named,
     summarize,
 )
-from tests.nodes import wait_until  # noqa: E402
-from tests.reference import APPLICATION_TOLERANCE, KERAS_TOLERANCE  # noqa: E402
+from tests.nodes import wait_until
+from tests.reference import APPLICATION_TOLERANCE, KERAS_TOLERANCE
 
-RESULTS = ROOT / "benchmarks" / "results"
 RSS_GROWTH_TARGET = 5.0  # percent
 NODE_DEADLINE_S = 10.0
 MIB = 1 << 20
