@@ -621,7 +621,7 @@ class Load:
 
         try:
             run(self._main())
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  raised again in the test's thread by check()/stop()
             self._error = exc
 
     async def _main(self) -> None:

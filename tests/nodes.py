@@ -113,7 +113,7 @@ def statuses(addresses: list[str], key: Path | None = None) -> dict[str, dict[st
             for address in addresses:
                 try:
                     status = dict(status_to_dict(await client.status(address)))
-                except Exception:  # a node that is starting or stopping does not answer
+                except Exception:  # noqa: BLE001  a node that is starting or stopping does not answer
                     continue
                 found[status["node"]["node_id"]] = status
         finally:
