@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         --backend) BACKEND=${2:?--backend needs litert or keras}; shift 2 ;;
         --no-start) START=0; shift ;;
         --key) KEY=${2:?--key needs a cluster.pem file}; shift 2 ;;
-        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "install.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
     esac
 done

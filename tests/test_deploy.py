@@ -292,3 +292,15 @@ def test_keras_and_litert_nodes_share_a_cluster(
         for node in nodes:
             node.stop()
     assert "blocked" not in nodes[1].log()
+
+
+def test_install_help_is_its_header_and_nothing_else() -> None:
+    out = subprocess.run(["sh", str(INSTALL), "--help"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    header = []
+    for line in INSTALL.read_text().splitlines()[1:]:
+        if not line.startswith("#"):
+            break
+        header.append(re.sub(r"^# ?", "", line))
+    assert out.stdout.splitlines() == header
+    assert "set -eu" not in out.stdout and "usage" not in out.stderr
