@@ -152,7 +152,7 @@ def main() -> None:
             runs.append(_one_run(work / backend, backend, work, inputs))
 
     def med(backend: str, key: str) -> float:
-        return statistics.median(x[key] for x in runs if x["backend"] == backend)
+        return float(statistics.median(x[key] for x in runs if x["backend"] == backend))
 
     def spread(backend: str, key: str) -> str:
         values = [x[key] for x in runs if x["backend"] == backend]

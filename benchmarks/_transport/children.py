@@ -34,9 +34,11 @@ def child_main(args: argparse.Namespace) -> None:
     if args.option:
         import edgenode.transport._grpc as grpc_module
 
+        # A variant's options are added where the gRPC transport reads them (its module's
+        # names, imported from edgenode.transport._options).
         extra = tuple((k, int(v)) for k, v in (o.split("=", 1) for o in args.option))
-        grpc_module.CHANNEL_OPTIONS = (*grpc_module.CHANNEL_OPTIONS, *extra)
-        grpc_module.SERVER_OPTIONS = (*grpc_module.SERVER_OPTIONS, *extra)
+        for name in ("CHANNEL_OPTIONS", "SERVER_OPTIONS"):
+            setattr(grpc_module, name, (*getattr(grpc_module, name), *extra))
     main = _driver if args.role == "driver" else _peer
     run(main(args), use_uvloop=args.uvloop)
 
@@ -47,7 +49,8 @@ def announce(line: str) -> None:
 
 
 async def readline() -> str:
-    return (await asyncio.to_thread(sys.stdin.readline)).strip()
+    line: str = await asyncio.to_thread(sys.stdin.readline)
+    return line.strip()
 
 
 async def _peer(args: argparse.Namespace) -> None:

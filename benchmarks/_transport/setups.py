@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 KIB = 1 << 10
 MIB = 1 << 20
@@ -45,7 +46,7 @@ MAIN_SETUPS = [
 
 def experiment_setups() -> list[Setup]:
     """Variations of gRPC + uvloop tried for latency and throughput."""
-    base = {"kind": "grpc", "uvloop": True}
+    base: dict[str, Any] = {"kind": "grpc", "uvloop": True}
     return [
         Setup("poll strategy: poll", **base, env={"GRPC_POLL_STRATEGY": "poll"}),
         Setup("poll strategy: epoll1", **base, env={"GRPC_POLL_STRATEGY": "epoll1"}),
