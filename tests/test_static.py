@@ -90,9 +90,9 @@ def test_import_contracts_catch_a_bad_import(
 
 
 _DYNAMIC_IMPORT = re.compile(r"import_module\(\s*f?[\"'](tensorflow|keras|ai_edge_litert)\b")
-# A name-based import lint-imports cannot see. Known: client/ guesses Keras preprocessing from
-# the model's name until the manifest carries it (issue 18 item 3); do not add to this set.
-_KNOWN_DYNAMIC = {"edgenode/client/inputs.py"}
+# A name-based import lint-imports cannot see; there is none (client/ computes Keras'
+# preprocessing in numpy): do not add to this set.
+_KNOWN_DYNAMIC: set[str] = set()
 
 
 def test_no_dynamic_tensorflow_imports_outside_model_and_backends() -> None:

@@ -1,6 +1,6 @@
 """Turn the user's files (images, ``.npy``, ``.npz``) into model inputs.
 
-Every function here blocks (file I/O, image decoding, Keras import); callers run them
+Every function here blocks (file I/O, image decoding); callers run them
 in a worker thread. Every bad input raises one :class:`~edgenode.errors.InputError`
 whose one-line message names the file and the problem.
 
@@ -9,8 +9,9 @@ Images are decoded with Pillow, turned upright (EXIF orientation), converted to 
 ``keras.utils.load_img`` does) and resized to the model's height and width with a plain
 bilinear resize: the aspect ratio is *not* kept and nothing is cropped, which is what
 ``keras.utils.load_img(path, target_size=(h, w), interpolation="bilinear")`` does.
-The pixels (0..255, float32, batch of one) then go through the model family's own
-``keras.applications.<family>.preprocess_input``:
+The pixels (0..255, float32, batch of one) then go through what the model family's own
+``keras.applications.<family>.preprocess_input`` does, computed here in numpy (the same
+operations in the same order, so bit for bit; Keras is never imported):
 
 - ``"caffe"`` mode (RGB->BGR, minus the ImageNet mean, no scaling): ``resnet``,
   ``resnet50``, ``vgg16``, ``vgg19``;
@@ -19,7 +20,6 @@ The pixels (0..255, float32, batch of one) then go through the model family's ow
 - ``"torch"`` mode (scaled to [0, 1], minus mean, divided by std): ``densenet``;
 - identity (the model has its own ``Rescaling``/``Normalization`` layers and expects
   0..255): ``mobilenet_v3``, ``efficientnet``, ``efficientnet_v2``, ``convnext``.
-  Keras is not imported for these.
 - ``"center_crop"``: ``efficientnet_lite`` (edgenode's EfficientNet-Lite0, which
   normalises inside the model) gets the evaluation crop its weights were validated with
   in ``tensorflow/tpu``: the centre ``size / (size + 32)`` of the shorter side, resized
@@ -28,14 +28,13 @@ The pixels (0..255, float32, batch of one) then go through the model family's ow
 
 from __future__ import annotations
 
-import importlib
 import logging
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -119,6 +118,10 @@ _PIL_ERRORS: tuple[type[BaseException], ...] = (
 )
 _RGB_CHANNELS = 3
 _CROP_PADDING = 32  # pixels: CROP_PADDING of tensorflow/tpu's EfficientNet preprocessing
+# keras.applications.imagenet_utils' ImageNet statistics, in its order of operations.
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 class InputSpec(Protocol):
@@ -240,7 +243,7 @@ def _load_image(
     pixels = decode_image(path, height=height, width=width, center_crop=center_crop)
     batch = pixels[np.newaxis].astype(np.float32)
     if preprocess is not None:
-        batch = _preprocess(batch, preprocess, path)
+        batch = _preprocess(batch, preprocess)
     if channels_first:
         batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
     return {spec.name: batch.astype(target_dtype, copy=False)}
@@ -291,19 +294,29 @@ def _center_crop(image: Image.Image, height: int, width: int) -> np.ndarray:
     return np.asarray(cropped, dtype=np.uint8)
 
 
-def _preprocess(batch: np.ndarray, family: str, path: Path) -> np.ndarray:
-    if PREPROCESS_FAMILIES[family] in ("identity", "center_crop"):
+def _preprocess(batch: np.ndarray, family: str) -> np.ndarray:
+    """``keras.applications.<family>.preprocess_input`` on a channels-last float32 batch,
+    in numpy: the same operations in the same order as Keras' ``_preprocess_numpy_input``
+    (bit for bit, tested), without importing Keras."""
+    mode = PREPROCESS_FAMILIES[family]
+    if mode in ("identity", "center_crop"):
         return batch
-    try:
-        module = importlib.import_module(f"keras.applications.{family}")
-    except ImportError as exc:
-        raise InputError(
-            f"{path}: {family!r} preprocessing needs Keras ({_reason(exc)}); "
-            "install edgenode[keras] or send a preprocessed .npy"
-        ) from exc
-    function = cast(Callable[..., np.ndarray], module.preprocess_input)
-    # Keras edits float arrays in place; the batch is ours, so that is fine.
-    return np.asarray(function(batch, data_format="channels_last"), dtype=np.float32)
+    x = np.array(batch, dtype=np.float32)  # a copy: the operations below are in place
+    if mode == "tf":
+        x /= 127.5
+        x -= 1.0
+        return x
+    if mode == "torch":
+        x /= 255.0
+        mean, std = _TORCH_MEAN, _TORCH_STD
+    else:  # caffe
+        x = x[..., ::-1]  # RGB -> BGR
+        mean, std = _CAFFE_MEAN_BGR, None
+    for channel in range(_RGB_CHANNELS):
+        x[..., channel] -= mean[channel]
+        if std is not None:
+            x[..., channel] /= std[channel]
+    return x
 
 
 # -- arrays -------------------------------------------------------------------------------

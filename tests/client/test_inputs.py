@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +176,8 @@ def test_preprocessing_equals_keras(family: str) -> None:
     ours = load_inputs(IMAGES / "cat.jpg", spec(), preprocess=family)["image"]
     module = importlib.import_module(f"keras.applications.{family}")
     expected = np.asarray(module.preprocess_input(raw.copy()))
-    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+    assert ours.dtype == expected.dtype == np.float32
+    np.testing.assert_array_equal(ours, expected)  # bit for bit: the same operations in numpy
     if PREPROCESS_FAMILIES[family] == "identity":
         np.testing.assert_array_equal(ours, raw)
     else:
@@ -198,6 +201,22 @@ def test_efficientnet_lite_gets_tensorflows_evaluation_crop() -> None:
     assert not np.array_equal(ours, plain)
     assert family_of("EfficientNetLite0") == "efficientnet_lite"
     assert family_of("EfficientNetB0") == "efficientnet"
+
+
+@pytest.mark.parametrize("family", ["resnet50", "mobilenet_v2", "densenet"])
+def test_preprocessing_never_imports_keras(family: str) -> None:
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from edgenode.client import load_inputs\n"
+        "from edgenode.model.manifest import TensorSpec\n"
+        "spec = TensorSpec(name='image', shape=(None, 224, 224, 3), dtype='float32')\n"
+        f"load_inputs(Path({str(IMAGES / 'cat.jpg')!r}), [spec], preprocess={family!r})\n"
+        "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.tf
