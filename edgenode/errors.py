@@ -21,6 +21,7 @@ __all__ = [
     "PermissionDenied",
     "PlanError",
     "ProtocolError",
+    "RequestTimeout",
     "TensorTooLarge",
     "TransportError",
     "Unauthenticated",
@@ -71,6 +72,10 @@ class InferenceFailed(EdgenodeError):
 
 class Overloaded(InferenceFailed):
     """A node refused a request because its queue is full; try again later or elsewhere."""
+
+
+class RequestTimeout(EdgenodeError):
+    """A request was not answered before its deadline."""
 
 
 class TransportError(EdgenodeError):

@@ -178,17 +178,11 @@ class Node:
         transport_config = TransportConfig(
             max_tensor_bytes=config.limits.max_tensor_bytes, security=security
         )
-        control_ref: list[NodeControl] = []
-        router_ref: list[Router] = []
-        handlers = control_handlers(
-            lambda: control_ref[0],
-            lambda: router_ref[0],
-            max_tensor_bytes=config.limits.max_tensor_bytes,
-        )
         async with contextlib.AsyncExitStack() as stack:
-            transport = await stack.enter_async_context(
-                GrpcTransport(host, port, config=transport_config, handlers=handlers)
-            )
+            # Bind first (the port goes into this node's record), build, then serve.
+            transport = GrpcTransport(host, port, config=transport_config)
+            stack.push_async_callback(transport.aclose)
+            await transport.bind()
             bound_port = int(transport.address.rsplit(":", 1)[1])
             local = self._local_record(manifest, bound_port, speed)
             client = ControlClient(protocol=PROTOCOL_VERSION, security=security)
@@ -203,26 +197,13 @@ class Node:
                     factory=self._runner_factory,
                 )
             )
-            control = NodeControl(
-                local=lambda: discovery.local,
-                address=lambda: f"{local.host}:{bound_port}",
-                plan=lambda: negotiator.state,
-                loaded=lambda: part_host.loaded,
-                served=lambda: router_ref[0].served if router_ref else 0,
-                failed=lambda: router_ref[0].failed if router_ref else 0,
-                peers=lambda: tuple(negotiator.membership.alive),
-                manifest=manifest,
-                directory=directory,
-                left=negotiator.peer_left,
-            )
-            control_ref.append(control)
 
             def address_of(node_id: str) -> str | None:
                 peer = negotiator.membership.get(NodeId(node_id))
                 return str(peer.endpoint) if peer is not None else None
 
             def on_stage(part: int, seconds: float) -> None:
-                control.record_stage(part, seconds)
+                control.record_stage(part, seconds)  # built below, before anything runs
                 self.metrics.stage_latency.labels(part=str(part)).observe(seconds)
 
             router = Router(
@@ -236,7 +217,25 @@ class Node:
                 max_inflight=config.limits.max_inflight_requests,
                 on_stage=on_stage,
             )
-            router_ref.append(router)
+            control = NodeControl(
+                local=lambda: discovery.local,
+                address=lambda: f"{local.host}:{bound_port}",
+                plan=lambda: negotiator.state,
+                loaded=lambda: part_host.loaded,
+                served=lambda: router.served,
+                failed=lambda: router.failed,
+                peers=lambda: tuple(negotiator.membership.alive),
+                manifest=manifest,
+                directory=directory,
+                left=negotiator.peer_left,
+            )
+            await transport.serve(
+                control_handlers(
+                    lambda: control,
+                    lambda: router,
+                    max_tensor_bytes=config.limits.max_tensor_bytes,
+                )
+            )
             self._running = _Running(
                 transport=transport,
                 discovery=discovery,

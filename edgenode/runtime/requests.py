@@ -40,6 +40,7 @@ from edgenode.errors import (
     Overloaded,
     PeerUnavailable,
     PlanError,
+    RequestTimeout,
     TransportError,
 )
 from edgenode.model.manifest import Manifest
@@ -65,10 +66,6 @@ FAIL = "!fail"  # notice: the request failed; do not retry
 def is_notice(name: str) -> bool:
     """True for the reserved names of failure notices (model tensors never start with !)."""
     return name.startswith("!")
-
-
-class RequestTimeout(EdgenodeError):
-    """A request was not answered before its deadline."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,12 +30,10 @@ from edgenode.errors import (
     UsageError,
 )
 from edgenode.mesh import Capacity, Endpoint, NodeId, PeerInfo, valid_node_id
-from edgenode.runtime.control import NodeControl, NodeStatus
-from edgenode.runtime.negotiation import PlanState
-from edgenode.runtime.requests import Router
 from edgenode.transport._failover import ClusterClient, View
 from edgenode.transport._options import CHANNEL_OPTIONS, CONNECT_TIMEOUT_S
 from edgenode.transport._security import Security
+from edgenode.transport._services import ControlService, InferenceService, PlanView, StatusView
 from edgenode.transport._session import (
     ClientSession,
     Refusal,
@@ -107,7 +105,7 @@ def peer_from_record(record: pb.NodeRecord) -> PeerInfo:
     )
 
 
-def _plan_reply(state: PlanState) -> pb.PlanReply:
+def _plan_reply(state: PlanView) -> pb.PlanReply:
     agreed = state.agreed
     return pb.PlanReply(
         computed_digest=state.computed.digest if state.computed else "",
@@ -121,7 +119,7 @@ def _plan_reply(state: PlanState) -> pb.PlanReply:
     )
 
 
-def _status_reply(status: NodeStatus) -> pb.NodeStatus:
+def _status_reply(status: StatusView) -> pb.NodeStatus:
     return pb.NodeStatus(
         node=record_of(status.node),
         address=status.address,
@@ -142,8 +140,8 @@ def _status_reply(status: NodeStatus) -> pb.NodeStatus:
 
 
 def control_handlers(
-    control: Callable[[], NodeControl],
-    router: Callable[[], Router] | None = None,
+    control: Callable[[], ControlService],
+    router: Callable[[], InferenceService] | None = None,
     *,
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
 ) -> dict[str, grpc.RpcMethodHandler]:
@@ -236,7 +234,16 @@ def control_handlers(
     if router is not None:
         handlers["Infer"] = grpc.stream_stream_rpc_method_handler(infer)
         handlers["InferSession"] = session_handler(router, max_tensor_bytes=max_tensor_bytes)
+    else:
+        handlers["Infer"] = handlers["InferSession"] = grpc.stream_stream_rpc_method_handler(
+            _not_served
+        )
     return handlers
+
+
+async def _not_served(frames: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node does not serve Infer")
+    yield b""  # never reached: makes this a generator, as a stream method must be
 
 
 class ControlClient:

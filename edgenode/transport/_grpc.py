@@ -84,11 +84,6 @@ class _Servicer:
             await context.abort(code, str(exc), trailing_metadata=metadata)
         return pb.StreamSummary(tensors=totals.tensors, bytes=totals.bytes).SerializeToString()
 
-    async def infer(
-        self, frames: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node does not serve Infer yet")
-
 
 class GrpcTransport:
     """A node's gRPC endpoint: the EdgeNode and health services, plus senders to peers."""
@@ -131,22 +126,15 @@ class GrpcTransport:
         return self._receiver.stats()
 
     async def __aenter__(self) -> Self:
+        await self.bind()
+        await self.serve()
+        return self
+
+    async def bind(self) -> None:
+        """Listen on the address (the port is known from here on) without serving yet."""
         await asyncio.to_thread(check_listen_address, self._host, self._port)
         security = self._config.security
         server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=security.interceptors())
-        servicer = _Servicer(self._receiver)
-        handlers = {
-            "Stream": grpc.stream_unary_rpc_method_handler(servicer.stream),
-            "Infer": grpc.stream_stream_rpc_method_handler(servicer.infer),
-            "InferSession": grpc.stream_stream_rpc_method_handler(servicer.infer),
-            **self._extra_handlers,
-        }
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
-        )
-        server.add_registered_method_handlers(SERVICE_NAME, handlers)
-        self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
             port = security.add_port(server, f"{self._host}:{self._port}")
         except RuntimeError as exc:
@@ -154,12 +142,30 @@ class GrpcTransport:
         if port == 0:
             raise TransportError(f"cannot listen on {self.address}")
         self._port = port
-        await server.start()
         self._server = server
+
+    async def serve(self, handlers: Mapping[str, grpc.RpcMethodHandler] | None = None) -> None:
+        """Start serving the EdgeNode service (Stream here; ``handlers`` and the constructor's
+        add the control and inference methods) and the health service."""
+        server = self._server
+        if server is None or self._health is not None:
+            raise TransportError("serve() once, after bind()")
+        servicer = _Servicer(self._receiver)
+        extra = {**self._extra_handlers, **(handlers or {})}
+        methods = {"Stream": grpc.stream_unary_rpc_method_handler(servicer.stream), **extra}
+        if len(methods) != 1 + len(extra):
+            raise TransportError("the Stream method is the transport's own")
+        # The one place the EdgeNode service is registered.
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, methods),)
+        )
+        server.add_registered_method_handlers(SERVICE_NAME, methods)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        await server.start()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.debug("serving on %s", self.address)
-        return self
 
     async def __aexit__(
         self,
@@ -176,7 +182,10 @@ class GrpcTransport:
         server, self._server = self._server, None
         if server is None:
             return
-        await self._health.enter_graceful_shutdown()
+        if self._health is None:  # bound, never served: grpc frees the port only once started
+            await server.start()
+        else:
+            await self._health.enter_graceful_shutdown()
         self._receiver.close()
         await server.stop(STOP_GRACE_S)
 

@@ -36,8 +36,9 @@ from edgenode.errors import (
     PeerUnavailable,
     PlanError,
     ProtocolError,
+    RequestTimeout,
 )
-from edgenode.runtime.requests import RequestTimeout, Router
+from edgenode.transport._services import InferenceService
 from edgenode.transport._status import failure_reason, status_of
 from edgenode.transport.codec import FrameDecoder, RequestId, Tensor, encode_frames
 
@@ -120,7 +121,7 @@ class _ServerSession:
     """One InferSession call at a node: joins each request's inputs, runs it, queues the
     reply frames for the handler to write."""
 
-    def __init__(self, router: Router, max_tensor_bytes: int) -> None:
+    def __init__(self, router: InferenceService, max_tensor_bytes: int) -> None:
         self._router = router
         self._inputs = router.input_names
         self._decoder = FrameDecoder(max_tensor_bytes=max_tensor_bytes)
@@ -220,7 +221,7 @@ class _ServerSession:
 
 
 def session_handler(
-    router: Callable[[], Router], *, max_tensor_bytes: int
+    router: Callable[[], InferenceService], *, max_tensor_bytes: int
 ) -> grpc.RpcMethodHandler:
     """The InferSession method of a node whose requests ``router()`` runs."""
 
