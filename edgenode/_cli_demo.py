@@ -53,7 +53,6 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: lis
     import statistics
 
     from edgenode.client import (
-        family_of,
         is_class_vector,
         label_text,
         load_inputs,
@@ -62,6 +61,7 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: lis
     )
     from edgenode.demo import infer_within, local_cluster, request_deadline, wait_agreed, warm_up
     from edgenode.model.manifest import load_manifest
+    from edgenode.model.preprocess import preprocess_of
     from edgenode.model.profile import time_model
     from edgenode.security import new_cluster, write_private
     from edgenode.transport import Security
@@ -69,7 +69,7 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: lis
     from edgenode.verify import LOGITS_TOLERANCE, ReferenceSet
 
     manifest = load_manifest(workdir / "parts")
-    family = family_of(manifest.model.name)
+    family = preprocess_of(manifest.model.name, manifest.model.preprocess)
     # One photo proves nothing on its own (a wrong routing can give the right-looking
     # answer for one input): the shipped photos go through too and are compared, unshown.
     shown = len(images)

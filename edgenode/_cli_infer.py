@@ -96,9 +96,10 @@ async def _first_status(client: ControlClient, seeds: list[str]) -> tuple[str, A
 async def _infer(args: argparse.Namespace) -> int:
     import asyncio
 
-    from edgenode.client import collect_files, family_of, load_inputs
+    from edgenode.client import collect_files, load_inputs
     from edgenode.client.outputs import check_writable, output_keys
     from edgenode.model.manifest import Manifest
+    from edgenode.model.preprocess import preprocess_of
     from edgenode.transport._control import ControlClient, view_of
 
     files = collect_files([Path(p) for p in args.inputs])
@@ -123,7 +124,7 @@ async def _infer(args: argparse.Namespace) -> int:
             raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")
         raw = await client.fetch_bytes(address, status.node.model_sha256, -1)
         manifest = Manifest.from_json(json.loads(raw))
-        family = family_of(manifest.model.name)
+        family = preprocess_of(manifest.model.name, manifest.model.preprocess)
         sending = asyncio.Semaphore(args.concurrency)
         # Inputs are decoded a little ahead of the requests, not all at once: a folder of
         # thousands of images would otherwise sit in memory decoded.

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edgenode.errors import InputError, UsageError
+from edgenode.model.preprocess import PREPROCESS_FAMILIES, family_of
 
 __all__ = [
     "ARRAY_SUFFIXES",
@@ -60,50 +61,6 @@ IMAGE_SUFFIXES = frozenset(
 )
 ARRAY_SUFFIXES = frozenset({".npy", ".npz"})
 SUPPORTED_SUFFIXES = IMAGE_SUFFIXES | ARRAY_SUFFIXES
-
-# keras.applications module -> what its preprocess_input does (checked in keras 3.15 source).
-PREPROCESS_FAMILIES: dict[str, str] = {
-    "convnext": "identity",
-    "densenet": "torch",
-    "efficientnet": "identity",
-    "efficientnet_lite": "center_crop",
-    "efficientnet_v2": "identity",
-    "inception_resnet_v2": "tf",
-    "inception_v3": "tf",
-    "mobilenet": "tf",
-    "mobilenet_v2": "tf",
-    "mobilenet_v3": "identity",
-    "nasnet": "tf",
-    "resnet": "caffe",
-    "resnet50": "caffe",
-    "resnet_v2": "tf",
-    "vgg16": "caffe",
-    "vgg19": "caffe",
-    "xception": "tf",
-}
-
-# Model-name prefixes, most specific first (ResNet50V2 before ResNet50 before ResNet).
-_FAMILY_PREFIXES: tuple[tuple[str, str], ...] = (
-    ("convnext", "convnext"),
-    ("densenet", "densenet"),
-    ("efficientnetv2", "efficientnet_v2"),
-    ("efficientnetlite", "efficientnet_lite"),
-    ("efficientnet", "efficientnet"),
-    ("inceptionresnetv2", "inception_resnet_v2"),
-    ("inceptionv3", "inception_v3"),
-    ("mobilenetv3", "mobilenet_v3"),
-    ("mobilenetv2", "mobilenet_v2"),
-    ("mobilenet", "mobilenet"),
-    ("nasnet", "nasnet"),
-    ("resnet50v2", "resnet_v2"),
-    ("resnet101v2", "resnet_v2"),
-    ("resnet152v2", "resnet_v2"),
-    ("resnet50", "resnet50"),
-    ("resnet", "resnet"),
-    ("vgg16", "vgg16"),
-    ("vgg19", "vgg19"),
-    ("xception", "xception"),
-)
 
 # Pillow raises many types for broken files; all of them mean "cannot decode this image".
 _PIL_ERRORS: tuple[type[BaseException], ...] = (
@@ -133,15 +90,6 @@ class InputSpec(Protocol):
     def shape(self) -> tuple[int | None, ...]: ...
     @property
     def dtype(self) -> str: ...
-
-
-def family_of(model_name: str) -> str | None:
-    """The keras.applications family of a model name ("ResNet50" -> "resnet50"), or None."""
-    key = model_name.lower().replace("_", "").replace("-", "")
-    for prefix, family in _FAMILY_PREFIXES:
-        if key.startswith(prefix):
-            return family
-    return None
 
 
 def collect_files(paths: Iterable[str | Path]) -> list[Path]:

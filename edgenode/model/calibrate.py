@@ -88,7 +88,7 @@ def _interpolate(values: np.ndarray, size: int, *, axis: int) -> np.ndarray:
 
 def _preprocess(batch: np.ndarray, model_name: str) -> np.ndarray:
     """The batch as the model's family expects it (its own ``preprocess_input``)."""
-    from edgenode.client.inputs import PREPROCESS_FAMILIES, family_of
+    from edgenode.model.preprocess import PREPROCESS_FAMILIES, family_of
 
     family = family_of(model_name)
     if family is None or PREPROCESS_FAMILIES[family] in ("identity", "center_crop"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ MANIFEST_NAME = "manifest.json"
 _HASH_BLOCK_BYTES = 1 << 20
 # Tensor names starting with this are the protocol's own (``!end``, ``!error``, ``!retry``).
 RESERVED_PREFIX = "!"
+_FAMILY = re.compile(r"[a-z0-9_]{1,64}")  # model.preprocess
 
 _V = TypeVar("_V")
 
@@ -81,6 +83,10 @@ class ModelSpec:
     # The model's own name of each of ``outputs`` (a dict output's key, else the Keras
     # output name); None in a manifest written before they were recorded.
     output_names: tuple[str, ...] | None = None
+    # The keras.applications family whose input preprocessing clients apply to images
+    # (edgenode/model/preprocess.py); None: none recorded (pixels 0..255 are sent, or a
+    # manifest written before the field, whose clients go by the model's name).
+    preprocess: str | None = None
 
     @property
     def answer_names(self) -> tuple[str, ...]:
@@ -161,6 +167,7 @@ class Manifest:
                 "outputs": list(m.outputs),
                 # Only when recorded: an older manifest keeps its digest and identity.
                 **({"output_names": list(m.output_names)} if m.output_names is not None else {}),
+                **({"preprocess": m.preprocess} if m.preprocess is not None else {}),
                 "ops": m.ops,
                 "macs": m.macs,
                 "flops": m.flops,
@@ -394,6 +401,7 @@ def _parse(data: Any) -> Manifest:
         inputs=_tensors(m, "inputs", "model"),
         outputs=outputs,
         output_names=_output_names(m, outputs),
+        preprocess=_preprocess(m),
         ops=_optional_int(m, "ops", "model"),
         macs=_optional_int(m, "macs", "model"),
         flops=_optional_int(m, "flops", "model"),
@@ -428,6 +436,16 @@ def _parse(data: Any) -> Manifest:
     )
     _check(manifest)
     return manifest
+
+
+def _preprocess(m: Mapping[str, Any]) -> str | None:
+    """``model.preprocess``: a family name of lower-case letters, digits and ``_``, or None."""
+    if "preprocess" not in m:
+        return None
+    family = str(_field(m, "preprocess", str, "model"))
+    if not _FAMILY.fullmatch(family):
+        raise ManifestError(f"model.preprocess: {family!r} is not a preprocessing family name")
+    return family
 
 
 def _output_names(m: Mapping[str, Any], outputs: Sequence[str]) -> tuple[str, ...] | None:

@@ -28,6 +28,7 @@ from edgenode.model.manifest import (
     TensorSpec,
     file_sha256,
 )
+from edgenode.model.preprocess import family_of
 from edgenode.model.slicing import SUFFIX, Part, cut_graph, export_part, run_parts
 from edgenode.planning import CostGraph, OpCost, TensorCost, equal_cuts, narrow_cuts, plan_parts
 
@@ -201,6 +202,7 @@ def split_model(
                 inputs=tuple(_spec(graph, n) for n in graph.inputs),
                 outputs=graph.outputs,
                 output_names=graph.output_names,
+                preprocess=family_of(graph.name),
                 ops=len(graph.ops),
                 macs=sum(s.macs for s in stats),
                 flops=sum(s.flops for s in stats),

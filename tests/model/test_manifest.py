@@ -95,6 +95,8 @@ def _broken(mutate) -> dict:
         (lambda d: d.update(link={"bandwidth_bytes_per_s": 0, "latency_s": 0}), "positive"),
         (lambda d: d.update(link={"bandwidth_bytes_per_s": 1e6, "latency_s": -1}), "0 or more"),
         (lambda d: d.update(link={"bandwidth_bytes_per_s": True, "latency_s": 0}), "positive"),
+        (lambda d: d["model"].update(preprocess=3), r"model\.preprocess: expected str"),
+        (lambda d: d["model"].update(preprocess="../x"), "not a preprocessing family"),
     ],
 )
 def test_invalid_manifests_name_the_field(mutate, message: str) -> None:
@@ -167,3 +169,20 @@ def test_the_link_the_cluster_plans_for_travels_in_the_manifest_and_its_identity
     assert manifest.link == LinkSpec(bandwidth_bytes_per_s=2.5e6, latency_s=0.003)
     assert Manifest.from_json(json.loads(manifest.dumps())) == manifest
     assert manifest.identity != base.identity
+
+
+def test_the_preprocessing_travels_in_the_manifest_and_its_identity() -> None:
+    from edgenode.model.preprocess import preprocess_of
+
+    plain = Manifest.from_json(_sample())
+    assert plain.model.preprocess is None and "preprocess" not in plain.to_json()["model"]
+    data = _sample()
+    data["model"]["preprocess"] = "resnet50"
+    recorded = Manifest.from_json(data)
+    assert recorded.model.preprocess == "resnet50"
+    assert Manifest.from_json(recorded.to_json()) == recorded
+    assert recorded.identity != plain.identity  # clients would send other inputs
+    # Clients use what the manifest says, and guess from the name only without it.
+    assert preprocess_of("MobileNetV3Large", "resnet50") == "resnet50"
+    assert preprocess_of("MobileNetV3Large", None) == "mobilenet_v3"
+    assert preprocess_of("my_detector", None) is None

@@ -26,6 +26,7 @@ def test_split_writes_parts_and_a_consistent_manifest(tmp_path: Path) -> None:
     assert manifest == result.manifest
     assert [p.file for p in manifest.parts] == ["part-0.keras", "part-1.keras", "part-2.keras"]
     assert manifest.model.outputs == ("early_head", "late_head")
+    assert manifest.model.preprocess is None  # "multi_io" names no keras.applications family
     finals = {o.name for p in manifest.parts for o in p.outputs if o.final}
     assert finals == {"early_head", "late_head"}
     early = next(o for o in manifest.parts[0].outputs if o.name == "early_head")
@@ -123,3 +124,10 @@ def test_cut_choice_errors() -> None:
     with pytest.raises(ModelError, match="unknown cut method"):
         choose_cuts(graph, stats, parts=2, method="random")
     assert choose_cuts(graph, stats, parts=None, method="per-op") == tuple(range(1, 13))
+
+
+def test_split_records_the_preprocessing_of_an_application(tmp_path: Path) -> None:
+    from edgenode.model.loading import load_model
+
+    split_model(load_model("MobileNetV3Small", input_shape=(96, 96, 3)), tmp_path, parts=2)
+    assert load_manifest(tmp_path).model.preprocess == "mobilenet_v3"
