@@ -416,7 +416,7 @@ class Router:
         except (PlanError, TransportError) as exc:
             self._notify(request, plan, RETRY, f"{self._me}: {exc}")
             return
-        except Exception as exc:  # a part that raises must not take the node down
+        except Exception as exc:  # noqa: BLE001  a part (user code) that raises must not take the node down
             logger.warning("request %s: parts %s failed: %s", request, list(stage.parts), exc)
             self._notify(request, plan, FAIL, f"{self._me}: parts {list(stage.parts)}: {exc}")
             return
