@@ -100,7 +100,7 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: lis
     progress(f"starting {args.nodes} nodes on 127.0.0.1 (TLS, a fresh cluster key)")
     nodes_cm = local_cluster(workdir / "parts", workdir, args.nodes, say=progress, key=key)
     async with nodes_cm as nodes:
-        client = ControlClient(protocol=1, security=Security(credential))
+        client = ControlClient(security=Security(credential))
         try:
             statuses = await wait_agreed(client, nodes)
             progress("the nodes agreed on a plan and loaded their parts; warming up")

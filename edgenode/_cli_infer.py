@@ -108,7 +108,7 @@ async def _infer(args: argparse.Namespace) -> int:
         keys = output_keys(files)  # a file given twice: refused before anything is sent
         check_writable(save_to)
     security = client_security(args)
-    client = ControlClient(protocol=1, security=security)
+    client = ControlClient(security=security)
     outcomes: list[_Answer | _Failure] = []
     try:
         nodes = await find_nodes(args, client)

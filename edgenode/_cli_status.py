@@ -232,7 +232,7 @@ def _duration(seconds: float) -> str:
 async def _collect_status(args: argparse.Namespace) -> list[dict[str, Any]]:
     from edgenode.transport._control import ControlClient
 
-    client = ControlClient(protocol=1, security=client_security(args))
+    client = ControlClient(security=client_security(args))
     try:
         statuses, errors = await _crawl(client, await find_nodes(args, client))
     finally:
@@ -255,7 +255,7 @@ async def _wait_ready(args: argparse.Namespace, want: int) -> list[dict[str, Any
     verdict = Readiness(0, want, ("no node answered yet",))
     said, said_at, said_ready = "", -PROGRESS_INTERVAL_S, 0
     say(args, f"waiting up to {timeout_s:g} s for {_count(want, 'ready node')}")
-    client = ControlClient(protocol=1, security=client_security(args))
+    client = ControlClient(security=client_security(args))
     known: list[str] = []
     try:
         while True:

@@ -24,7 +24,7 @@ class Client:
     def __init__(self) -> None:
         from edgenode.transport._control import ControlClient
 
-        self._client = ControlClient(protocol=1)
+        self._client = ControlClient()
 
     async def status(self, address: str) -> dict[str, Any] | None:
         from edgenode.errors import EdgenodeError

@@ -20,6 +20,7 @@ from edgenode.transport._api import (
 from edgenode.transport._grpc import SERVICE_NAME, GrpcPeer, GrpcTransport, check_listen_address
 from edgenode.transport._inbox import TensorInbox
 from edgenode.transport._memory import MemoryNetwork, MemoryPeer, MemoryTransport
+from edgenode.transport._options import PROTOCOL_VERSION
 from edgenode.transport._runtime import loop_factory, run, tune_malloc
 from edgenode.transport._security import Security
 from edgenode.transport.codec import (
@@ -35,6 +36,7 @@ __all__ = [
     "CHUNK_BYTES",
     "DEFAULT_MAX_BUFFERED_BYTES",
     "DEFAULT_MAX_TENSOR_BYTES",
+    "PROTOCOL_VERSION",
     "SERVICE_NAME",
     "FrameDecoder",
     "GrpcPeer",

@@ -31,7 +31,7 @@ from edgenode.errors import (
 )
 from edgenode.mesh import Capacity, Endpoint, NodeId, PeerInfo, valid_node_id
 from edgenode.transport._failover import ClusterClient, View
-from edgenode.transport._options import CHANNEL_OPTIONS, CONNECT_TIMEOUT_S
+from edgenode.transport._options import CHANNEL_OPTIONS, CONNECT_TIMEOUT_S, PROTOCOL_VERSION
 from edgenode.transport._security import Security
 from edgenode.transport._services import ControlService, InferenceService, PlanView, StatusView
 from edgenode.transport._session import (
@@ -253,7 +253,7 @@ class ControlClient:
     def __init__(
         self,
         *,
-        protocol: int,
+        protocol: int = PROTOCOL_VERSION,
         timeout_s: float = CONTROL_TIMEOUT_S,
         security: Security | None = None,
     ) -> None:

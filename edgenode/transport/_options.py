@@ -6,6 +6,7 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "CONNECT_TIMEOUT_S",
     "FLUSH_TIMEOUT_S",
+    "PROTOCOL_VERSION",
     "SERVER_OPTIONS",
     "STOP_GRACE_S",
 ]
@@ -30,6 +31,10 @@ _COMMON: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 )
+
+# The edgenode wire protocol version: in every node's mDNS record and Hello; nodes of
+# another version ignore each other.
+PROTOCOL_VERSION = 1
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     *_COMMON,
