@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgenode.config import Config, ModelConfig, parse_address
-from edgenode.errors import ConfigError, EdgenodeError, ModelError
+from edgenode.errors import ConfigError, EdgenodeError
 from edgenode.mesh import (
     Capacity,
     Discovery,
@@ -32,10 +31,11 @@ from edgenode.mesh import (
     local_addresses,
     new_incarnation,
 )
-from edgenode.model.manifest import Manifest, file_sha256, link_spec, load_manifest
+from edgenode.model.manifest import Manifest, link_spec, load_manifest
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.control import NodeControl
-from edgenode.runtime.metrics import MetricsServer, NodeMetrics
+from edgenode.runtime.follow import follow_plan, tell_router
+from edgenode.runtime.metrics import MetricsServer, NodeMetrics, sample_gauges
 from edgenode.runtime.negotiation import Negotiator, PlanState
 from edgenode.runtime.parts import PartHost, RunnerFactory
 from edgenode.runtime.requests import Router
@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 DEFAULT_SPLIT_PARTS = 8  # a node that cuts the model itself: the planner groups these
-GAUGE_INTERVAL_S = 1.0
 
 
 def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
@@ -118,10 +117,6 @@ async def _first_error() -> AsyncIterator[None]:
 def _count(count: int, noun: str) -> str:
     """'1 part', '3 parts': for log lines."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _newly_agreed(served: ClusterPlan | None, state: PlanState) -> bool:
-    return state.agreed is not None and state.agreed is not served
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,14 +259,18 @@ class Node:
                 tasks = [
                     group.create_task(negotiator.run()),
                     group.create_task(router.run()),
-                    group.create_task(self._tell_router(negotiator, router)),
+                    group.create_task(tell_router(negotiator, router)),
                     group.create_task(
-                        self._sample_gauges(transport, negotiator, router, part_host)
+                        sample_gauges(
+                            self.metrics,
+                            queued=lambda: transport.stats().queued_tensors,
+                            negotiator=negotiator,
+                            router=router,
+                            host=part_host,
+                        )
                     ),
                     group.create_task(
-                        self._follow_plan(
-                            negotiator, part_host, client, manifest, directory, on_agreed
-                        )
+                        follow_plan(negotiator, part_host, client, manifest, directory, on_agreed)
                     ),
                 ]
                 await stop.wait()
@@ -285,42 +284,6 @@ class Node:
                     task.cancel()
         self._running = None
         logger.info("stopped")
-
-    async def _tell_router(self, negotiator: Negotiator, router: Router) -> None:
-        """Wake the router's waiting requests whenever the agreed plan changes."""
-        served: ClusterPlan | None = None
-        while True:
-            state = await negotiator.wait(functools.partial(_newly_agreed, served), 3600.0)
-            served = state.agreed
-            router.plan_changed()
-
-    async def _sample_gauges(
-        self, transport: GrpcTransport, negotiator: Negotiator, router: Router, host: PartHost
-    ) -> None:
-        """Gauges that are read, not counted: inbox depth, membership, agreement; and the
-        counters the router and the part host keep as plain numbers."""
-        counted = dict.fromkeys(("ok", "failed", "refused", "retried", "loop", "worker"), 0)
-        while True:
-            now = {
-                "ok": router.served,
-                "failed": router.failed,
-                "refused": router.refused,
-                "retried": router.retried,
-                "loop": host.inlined,
-                "worker": host.handed_off,
-            }
-            for outcome in ("ok", "failed", "refused"):
-                self.metrics.requests.labels(outcome=outcome).inc(now[outcome] - counted[outcome])
-            self.metrics.retries.inc(now["retried"] - counted["retried"])
-            for where in ("loop", "worker"):
-                self.metrics.chains.labels(on=where).inc(now[where] - counted[where])
-            counted = now
-            stats = transport.stats()
-            self.metrics.queue_depth.set(stats.queued_tensors)
-            state = negotiator.state
-            self.metrics.membership.set(len(state.members))
-            self.metrics.plan_agreed.set(1 if state.settled else 0)
-            await asyncio.sleep(GAUGE_INTERVAL_S)
 
     def _local_record(self, manifest: Manifest, port: int, speed: float) -> PeerInfo:
         config = self._config
@@ -350,63 +313,3 @@ class Node:
             return ZeroconfDiscovery(local, interfaces=cluster.interfaces)
         peers = [Endpoint.parse(p) for p in cluster.peers]
         return StaticDiscovery(local, peers, client.hello)
-
-    async def _follow_plan(
-        self,
-        negotiator: Negotiator,
-        host: PartHost,
-        client: ControlClient,
-        manifest: Manifest,
-        directory: Path,
-        on_agreed: Callable[[ClusterPlan], None] | None,
-    ) -> None:
-        """Load exactly the parts of each newly agreed plan (fetching missing files)."""
-        served: ClusterPlan | None = None
-        me = negotiator.membership.local.node_id
-        while True:
-            state = await negotiator.wait(functools.partial(_newly_agreed, served), 3600.0)
-            plan = state.agreed
-            assert plan is not None
-            parts = plan.parts_of(me)
-            try:
-                await self._ensure_files(manifest, directory, parts, negotiator, client)
-                await host.load(parts)
-            except EdgenodeError as exc:
-                logger.error(
-                    "cannot load parts %s of plan %s: %s", list(parts), plan.digest[:12], exc
-                )
-                served = plan
-                continue
-            served = plan
-            if parts:
-                logger.info(
-                    "plan %s: running parts %d-%d", plan.digest[:12], parts.start, parts.stop - 1
-                )
-            else:
-                logger.info("plan %s: no part for this node (idle)", plan.digest[:12])
-            if on_agreed is not None:
-                on_agreed(plan)
-
-    async def _ensure_files(
-        self,
-        manifest: Manifest,
-        directory: Path,
-        parts: range,
-        negotiator: Negotiator,
-        client: ControlClient,
-    ) -> None:
-        for index in parts:
-            spec = manifest.parts[index]
-            path = directory / spec.file
-            if path.is_file() and await asyncio.to_thread(file_sha256, path) == spec.sha256:
-                continue
-            for peer in negotiator.membership.alive:
-                try:
-                    await client.fetch_file(peer, manifest.identity, index, path, spec.sha256)
-                except EdgenodeError as exc:
-                    logger.info("cannot fetch %s from %s: %s", spec.file, peer.node_id, exc)
-                    continue
-                logger.info("fetched %s from %s", spec.file, peer.node_id)
-                break
-            else:
-                raise ModelError(f"no peer could send {spec.file}")

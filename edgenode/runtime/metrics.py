@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import start_http_server
 
-__all__ = ["MetricsServer", "NodeMetrics"]
+if TYPE_CHECKING:
+    from edgenode.runtime.negotiation import Negotiator
+    from edgenode.runtime.parts import PartHost
+    from edgenode.runtime.requests import Router
+
+__all__ = ["GAUGE_INTERVAL_S", "MetricsServer", "NodeMetrics", "sample_gauges"]
 
 logger = logging.getLogger(__name__)
+
+GAUGE_INTERVAL_S = 1.0
 
 # Stage latencies of small models on small devices: 0.1 ms .. 10 s.
 LATENCY_BUCKETS_S = (
@@ -96,3 +104,38 @@ class MetricsServer:
             if self._thread is not None:
                 await asyncio.to_thread(self._thread.join)
             self._server = None
+
+
+async def sample_gauges(
+    metrics: NodeMetrics,
+    *,
+    queued: Callable[[], int],
+    negotiator: Negotiator,
+    router: Router,
+    host: PartHost,
+    interval_s: float = GAUGE_INTERVAL_S,
+) -> None:
+    """Gauges that are read, not counted (inbox depth from ``queued``, membership,
+    agreement), and the counters the router and the part host keep as plain numbers;
+    runs until cancelled."""
+    counted = dict.fromkeys(("ok", "failed", "refused", "retried", "loop", "worker"), 0)
+    while True:
+        now = {
+            "ok": router.served,
+            "failed": router.failed,
+            "refused": router.refused,
+            "retried": router.retried,
+            "loop": host.inlined,
+            "worker": host.handed_off,
+        }
+        for outcome in ("ok", "failed", "refused"):
+            metrics.requests.labels(outcome=outcome).inc(now[outcome] - counted[outcome])
+        metrics.retries.inc(now["retried"] - counted["retried"])
+        for where in ("loop", "worker"):
+            metrics.chains.labels(on=where).inc(now[where] - counted[where])
+        counted = now
+        metrics.queue_depth.set(queued())
+        state = negotiator.state
+        metrics.membership.set(len(state.members))
+        metrics.plan_agreed.set(1 if state.settled else 0)
+        await asyncio.sleep(interval_s)
