@@ -41,14 +41,13 @@ from edgenode.runtime.parts import PartHost, RunnerFactory
 from edgenode.runtime.requests import Router
 from edgenode.runtime.selfbench import measure_speed, total_memory_bytes
 from edgenode.security import load_credentials
-from edgenode.transport import GrpcTransport, Security, TransportConfig
+from edgenode.transport import PROTOCOL_VERSION, GrpcTransport, Security, TransportConfig
 from edgenode.transport._control import ControlClient, control_handlers
 
-__all__ = ["DEFAULT_SPLIT_PARTS", "PROTOCOL_VERSION", "Node", "node_security", "prepare_model"]
+__all__ = ["DEFAULT_SPLIT_PARTS", "Node", "node_security", "prepare_model"]
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
 DEFAULT_SPLIT_PARTS = 8  # a node that cuts the model itself: the planner groups these
 
 
@@ -180,7 +179,7 @@ class Node:
             await transport.bind()
             bound_port = int(transport.address.rsplit(":", 1)[1])
             local = self._local_record(manifest, bound_port, speed)
-            client = ControlClient(protocol=PROTOCOL_VERSION, security=security)
+            client = ControlClient(security=security)
             stack.push_async_callback(client.aclose)
             discovery = self._discovery(local, client)
             negotiator = Negotiator(discovery=discovery, manifest=manifest, peers=client)
