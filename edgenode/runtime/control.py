@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -22,7 +22,6 @@ from edgenode.model.manifest import MANIFEST_NAME, Manifest
 from edgenode.runtime.negotiation import PlanState
 
 __all__ = [
-    "FILE_CHUNK_BYTES",
     "RECENT_RUNS",
     "LoadState",
     "NodeControl",
@@ -31,7 +30,6 @@ __all__ = [
     "load_state",
 ]
 
-FILE_CHUNK_BYTES = 1 << 20
 MANIFEST_FILE = -1  # FetchFile's part index for manifest.json
 RECENT_RUNS = 256  # runs per part behind the percentiles GetStatus reports
 
@@ -118,11 +116,6 @@ class NodeControl:
     def __post_init__(self) -> None:
         self.started_s = self.clock()
 
-    def plan_digest(self) -> str:
-        """The digest of the plan this node computed ("" before the first)."""
-        computed = self.plan().computed
-        return computed.digest if computed is not None else ""
-
     def record_stage(self, part: int, seconds: float) -> None:
         """Note one run of an owned part."""
         stage = self._stages.setdefault(part, _Stage())
@@ -164,10 +157,3 @@ class NodeControl:
         if not path.is_file():
             raise ModelError(f"this node does not have {path.name}")
         return path
-
-    def read_file(self, manifest_identity: str, part: int) -> Iterator[bytes]:
-        """The requested file in chunks (blocking reads: iterate in a worker thread)."""
-        path = self.file_path(manifest_identity, part)
-        with path.open("rb") as f:
-            while chunk := f.read(FILE_CHUNK_BYTES):
-                yield chunk

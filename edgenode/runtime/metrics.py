@@ -44,7 +44,6 @@ class NodeMetrics:
                                 registry=r)  # fmt: skip
         self.retries = Counter("edgenode_request_retries", "Request attempts sent again",
                                registry=r)  # fmt: skip
-        self.errors = Counter("edgenode_errors", "Errors, by kind", ["kind"], registry=r)
         self.chains = Counter(
             "edgenode_stage_runs",
             "A stage's parts run for one request, by thread: loop (an idle node) or worker",
@@ -58,9 +57,6 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.bytes_sent = Counter("edgenode_sent_bytes", "Tensor bytes sent", registry=r)
-        self.bytes_received = Counter("edgenode_received_bytes", "Tensor bytes received",
-                                      registry=r)  # fmt: skip
         self.queue_depth = Gauge("edgenode_queue_depth", "Tensors waiting in the inbox",
                                  registry=r)  # fmt: skip
         self.membership = Gauge("edgenode_membership_size", "Nodes in the cluster", registry=r)

@@ -70,6 +70,7 @@ _UNREACHABLE = frozenset(
 )
 CONTROL_TIMEOUT_S = 2.0  # a control call slower than this: the peer is unavailable
 FETCH_TIMEOUT_S = 300.0  # a whole part file
+FILE_CHUNK_BYTES = 1 << 20  # FetchFile streams a file in chunks of this size
 
 
 def record_of(info: PeerInfo) -> pb.NodeRecord:
@@ -194,7 +195,7 @@ def control_handlers(
             return
         handle = await asyncio.to_thread(path.open, "rb")
         try:
-            while chunk := await asyncio.to_thread(handle.read, 1 << 20):
+            while chunk := await asyncio.to_thread(handle.read, FILE_CHUNK_BYTES):
                 yield pb.FileChunk(data=chunk)
         finally:
             handle.close()
