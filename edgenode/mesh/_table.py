@@ -14,6 +14,8 @@ __all__ = ["PeerEvents", "PeerTable"]
 
 logger = logging.getLogger(__name__)
 
+_TWINS_KEPT = 8
+
 
 class PeerEvents:
     """One subscriber's events, starting with JOINED for every peer already known.
@@ -79,6 +81,7 @@ class PeerTable:
 
     def __init__(self) -> None:
         self._peers: dict[NodeId, PeerInfo] = {}
+        self._twins: list[PeerInfo] = []  # records that claimed the local node's id
         self._subscribers: set[PeerEvents] = set()
         self._closed = False
 
@@ -95,6 +98,8 @@ class PeerTable:
         events = PeerEvents(self)
         for info in sorted(self._peers.values(), key=lambda p: p.node_id):
             events._put(PeerEvent(PeerEventKind.JOINED, info))
+        for info in self._twins:
+            events._put(PeerEvent(PeerEventKind.TWIN, info))
         if self._closed:
             events._put(None)
         else:
@@ -122,9 +127,13 @@ class PeerTable:
             self._publish(PeerEvent(PeerEventKind.UPDATED, info))
 
     def twin(self, info: PeerInfo) -> None:
-        """Publish TWIN for a record claiming the local node's id (not kept in the table)."""
-        if not self._closed:
-            self._publish(PeerEvent(PeerEventKind.TWIN, info))
+        """Publish TWIN for a record claiming the local node's id (not a peer: kept apart,
+        and replayed to later subscribers, the latest _TWINS_KEPT of them)."""
+        if self._closed:
+            return
+        kept = [t for t in self._twins if t != info][-(_TWINS_KEPT - 1) :]
+        self._twins = [*kept, info]
+        self._publish(PeerEvent(PeerEventKind.TWIN, info))
 
     def remove(self, node_id: NodeId) -> None:
         """Forget a peer, publishing LEFT if it was known."""

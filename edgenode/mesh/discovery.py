@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_edgenode._tcp.local."
 RESOLVE_TIMEOUT_MS = 3000  # a record whose SRV/TXT/A do not arrive by then is skipped
+TWIN_LOOKUP_MS = 250  # at start, how long another node may take to answer for our own name
 
 # "all", or the IP addresses of the interfaces to use (e.g. ["127.0.0.1"] for one machine).
 Interfaces = Literal["all"] | Sequence[str]
@@ -176,6 +177,7 @@ class ZeroconfDiscovery(DiscoveryBase):
                     handlers=[self._on_service_state_change],
                     question_type=DNSQuestionType.QM,
                 )
+                await self._look_for_twin()
                 registered = await self._aiozc.async_register_service(
                     self._service, cooperating_responders=True
                 )
@@ -184,6 +186,20 @@ class ZeroconfDiscovery(DiscoveryBase):
             await self._close()
             raise
         logger.debug("mDNS: announced %s on %s", self._service.name, self._interfaces or "all")
+
+    async def _look_for_twin(self) -> None:
+        """Ask for our own instance name before announcing it: once both are announced, the
+        records of two nodes given one id share a name and mix in caches, so only now is
+        another node's record under it told apart from ours (a TWIN for the vetting)."""
+        aiozc = self._aiozc
+        if aiozc is None:
+            return
+        name = self._service.name
+        service = AsyncServiceInfo(SERVICE_TYPE, name)
+        if await service.async_request(
+            aiozc.zeroconf, TWIN_LOOKUP_MS, question_type=DNSQuestionType.QM
+        ):
+            self._consider(name, service)
 
     def _check_local(self, info: PeerInfo) -> None:
         _service_info(info)
