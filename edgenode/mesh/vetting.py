@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 1.0  # one Hello; a slower answer counts as none
 CHECK_FIRST_BACKOFF_S = 0.05  # a record that could not be checked is asked again after this...
 CHECK_MAX_BACKOFF_S = 120.0  # ...doubling up to this
+FRESH_S = 60.0  # a record this young (a node starting up) is asked at least every...
+FRESH_MAX_BACKOFF_S = 2.0  # ...this often
 _LEFT_RUNS = 1024  # runs that said goodbye, remembered so that their lingering records stay out
 
 
@@ -165,6 +168,8 @@ class Vetting:
         """Check the newest event about ``node_id`` until one settles, backing off."""
         backoff = self._first_backoff_s
         wake = self._wakes[node_id]
+        loop = asyncio.get_running_loop()
+        seen = loop.time()
         try:
             while (event := self._hints.get(node_id)) is not None:
                 wake.clear()
@@ -179,9 +184,12 @@ class Vetting:
                     async with asyncio.timeout(backoff):
                         await wake.wait()
                 if self._hints.get(node_id) is event:
-                    backoff = min(backoff * 2, self._max_backoff_s)
+                    fresh = loop.time() - seen < FRESH_S
+                    cap = min(self._max_backoff_s, FRESH_MAX_BACKOFF_S if fresh else math.inf)
+                    backoff = min(backoff * 2, cap)
                 else:
                     backoff = self._first_backoff_s
+                    seen = loop.time()
         finally:
             self._workers.pop(node_id, None)
             self._wakes.pop(node_id, None)
