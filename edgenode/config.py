@@ -9,7 +9,6 @@ one-machine configuration. Command-line flags override the file only when given
 from __future__ import annotations
 
 import dataclasses
-import re
 import socket
 import tomllib
 import types
@@ -21,6 +20,7 @@ from typing import Any, Literal
 
 from edgenode.defaults import HOP_LATENCY_MS, MAX_TENSOR_BYTES
 from edgenode.errors import ConfigError
+from edgenode.ids import NODE_ID_MAX_CHARS, node_id_from_name, valid_node_id
 
 __all__ = [
     "ClusterConfig",
@@ -36,8 +36,6 @@ __all__ = [
 
 DEFAULT_PORT = 50051
 DEFAULT_DEADLINE_S = 10.0
-NODE_ID_MAX_CHARS = 48  # the id is an mDNS instance and host label
-_NODE_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 
 
 def parse_address(text: str, *, key: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -70,8 +68,7 @@ class NodeConfig:
         """The id peers know this node by: ``id``, or the name made DNS-label safe."""
         if self.id:
             return self.id
-        label = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
-        return label[:NODE_ID_MAX_CHARS].rstrip("-") or "node"
+        return node_id_from_name(self.name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,7 +191,7 @@ def _check(config: Config) -> None:
     if not config.node.name:
         raise ConfigError("node.name: must not be empty")
     node_id = config.node.id
-    if node_id and (len(node_id) > NODE_ID_MAX_CHARS or not _NODE_ID.fullmatch(node_id)):
+    if node_id and not valid_node_id(node_id):
         raise ConfigError(
             f"node.id: {node_id!r} must be 1-{NODE_ID_MAX_CHARS} characters of a-z, 0-9 and '-'"
         )

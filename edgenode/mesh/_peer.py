@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import NewType
 
 from edgenode.errors import UsageError
+from edgenode.ids import NODE_ID_MAX_CHARS, valid_node_id
 
 __all__ = [
     "MAX_INCARNATION",
@@ -29,22 +30,13 @@ __all__ = [
 
 NodeId = NewType("NodeId", str)
 
-# The node id is part of the mDNS instance and host label "<id>-<cluster tag>" (at most 63
-# bytes with the 9 of the tag), and DNS names compare case-insensitively: lower case only.
-NODE_ID_MAX_CHARS = 48
 TEXT_MAX_BYTES = 63  # node name and cluster name, UTF-8
 MAX_INCARNATION = 2**64 - 1
 _SHA256_HEX_CHARS = 64
 _MAX_PORT = 65535
 _MAX_PROTOCOL = 65535
-_NODE_ID_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _MAX_HOST_CHARS = 253
-
-
-def valid_node_id(text: str) -> bool:
-    """True when ``text`` is a well-formed node id (see NODE_ID_MAX_CHARS)."""
-    return len(text) <= NODE_ID_MAX_CHARS and _NODE_ID_RE.fullmatch(text) is not None
 
 
 def new_incarnation() -> int:
