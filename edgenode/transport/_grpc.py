@@ -24,6 +24,7 @@ from edgenode.transport._options import (
     CHANNEL_OPTIONS,
     FLUSH_TIMEOUT_S,
     SERVER_OPTIONS,
+    SERVICE_NAME,
     STOP_GRACE_S,
 )
 from edgenode.transport._receiver import Receiver
@@ -34,7 +35,6 @@ __all__ = ["SERVICE_NAME", "GrpcPeer", "GrpcTransport", "check_listen_address"]
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["EdgeNode"].full_name
 _STREAM_METHOD = f"/{SERVICE_NAME}/Stream"
 
 # What a failed write raises, depending on whether grpc noticed the end of the call first.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
+
 __all__ = [
     "CHANNEL_OPTIONS",
     "CONNECT_TIMEOUT_S",
     "FLUSH_TIMEOUT_S",
     "PROTOCOL_VERSION",
     "SERVER_OPTIONS",
+    "SERVICE_NAME",
     "STOP_GRACE_S",
 ]
 
@@ -35,6 +38,7 @@ _COMMON: tuple[tuple[str, int], ...] = (
 # The edgenode wire protocol version: in every node's mDNS record and Hello; nodes of
 # another version ignore each other.
 PROTOCOL_VERSION = 1
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["EdgeNode"].full_name  # of every RPC
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     *_COMMON,
