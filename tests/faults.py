@@ -129,7 +129,7 @@ def make_pool(graph: Any, batches: Sequence[Mapping[str, np.ndarray]], *, tolera
 
 
 @dataclass(frozen=True)
-class Stage:
+class Assignment:
     """One assignment of the agreed plan."""
 
     node: str
@@ -143,12 +143,12 @@ class Roles:
     """Who does what in an agreed plan (node ids are the names given to ``Cluster``)."""
 
     parts: int
-    stages: tuple[Stage, ...]
+    stages: tuple[Assignment, ...]
     idle: tuple[str, ...]
     final_parts: frozenset[int]  # parts producing a model output
     digest: str
 
-    def _pipeline(self, replica: int = 0) -> list[Stage]:
+    def _pipeline(self, replica: int = 0) -> list[Assignment]:
         return sorted((s for s in self.stages if s.replica == replica), key=lambda s: s.start)
 
     @property
@@ -452,7 +452,7 @@ class Cluster:
         return Roles(
             parts=self.parts,
             stages=tuple(
-                Stage(a["node_id"], int(a.get("replica", 0)), a["start"], a["stop"])
+                Assignment(a["node_id"], int(a.get("replica", 0)), a["start"], a["stop"])
                 for a in plan["assignments"]
             ),
             idle=tuple(plan["idle"]),
@@ -639,7 +639,7 @@ class Load:
                 return sample
 
     async def _client(self, index: int) -> None:
-        from edgenode.transport._control import ControlClient
+        from edgenode.transport import ControlClient
 
         turn = index
         # a client of its own per coroutine (own connections): the clients are independent

@@ -33,7 +33,7 @@ __all__ = [
     "Link",
     "NodeSpec",
     "OpCost",
-    "Stage",
+    "StageCost",
     "TensorCost",
     "boundary_tensors",
     "build_tables",
@@ -99,7 +99,7 @@ class Link:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Stage:
+class StageCost:
     """Part [start, stop) on one node, with what it costs there."""
 
     node_id: str
@@ -180,12 +180,12 @@ def make_stage(
     send_bytes: int,
     param_bytes: int,
     link: Link,
-) -> Stage:
-    """Build a Stage; the arithmetic matches the planner's tables operation for operation."""
+) -> StageCost:
+    """Build a StageCost; the arithmetic matches the planner's tables operation for operation."""
     compute_s = work / node.speed
     send_s = send_bytes / link.bandwidth_bytes_per_s
     hop_s = link.latency_s if send_bytes > 0 else 0.0
-    return Stage(
+    return StageCost(
         node_id=node.node_id,
         start=start,
         stop=stop,
@@ -209,7 +209,7 @@ def _send_bytes(graph: CostGraph, start: int, stop: int) -> int:
     return total
 
 
-def stage_cost(graph: CostGraph, start: int, stop: int, node: NodeSpec, link: Link) -> Stage:
+def stage_cost(graph: CostGraph, start: int, stop: int, node: NodeSpec, link: Link) -> StageCost:
     """Cost of part [start, stop) on node (memory is not checked; see stage_memory_bytes)."""
     check_graph(graph)
     check_link(link)

@@ -31,7 +31,7 @@ from edgenode.planning._costs import (
     CostTables,
     Link,
     NodeSpec,
-    Stage,
+    StageCost,
     build_tables,
     check_graph,
     check_link,
@@ -61,7 +61,7 @@ _DEFAULT_LINK = Link()
 class Plan:
     """Stages in pipeline order, their slowest and summed times, and the best single node."""
 
-    stages: tuple[Stage, ...]
+    stages: tuple[StageCost, ...]
     bottleneck_s: float
     latency_s: float
     single_node_id: str  # "" when no node can hold the whole model
@@ -271,7 +271,9 @@ def _no_plan(
     )
 
 
-def _table_stage(tables: CostTables, node: NodeSpec, start: int, stop: int, link: Link) -> Stage:
+def _table_stage(
+    tables: CostTables, node: NodeSpec, start: int, stop: int, link: Link
+) -> StageCost:
     work = float(tables.work_prefix[stop] - tables.work_prefix[start])
     params = int(tables.param_prefix[stop] - tables.param_prefix[start])
     send = int(tables.send_bytes[start, stop])

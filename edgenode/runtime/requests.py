@@ -46,7 +46,7 @@ from edgenode.errors import (
 from edgenode.model.manifest import Manifest
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.parts import PartHost
-from edgenode.runtime.stages import Stage, consumers_of, recipients, stage_of
+from edgenode.runtime.stages import NodeRole, consumers_of, recipients, role_of
 from edgenode.transport import RequestId, Tensor, Transport
 
 __all__ = ["FAIL", "RETRY", "RequestTimeout", "Router", "is_notice"]
@@ -131,7 +131,7 @@ class Router:
         self._started: OrderedDict[str, None] = OrderedDict()  # requests whose stage ran
         self._prefix = f"{node_id}.{secrets.token_hex(4)}"
         self._counter = itertools.count()
-        self._stage_cache: Stage | None = None
+        self._role_cache: NodeRole | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._max_inflight = max_inflight
         self._admission = asyncio.Semaphore(max_inflight)
@@ -166,7 +166,7 @@ class Router:
         agreed, Overloaded when the queue is full, InferenceFailed when a stage failed,
         RequestTimeout when no attempt was answered before the deadline.
         """
-        self._stage()
+        self._role()
         check_inputs(self._manifest.model.inputs, dict(inputs))
         self.check_admission()
         progress = ["never sent"]
@@ -229,7 +229,7 @@ class Router:
         failed_replicas: set[int] = set()
         arrays = {name: np.ascontiguousarray(value) for name, value in inputs.items()}
         while True:
-            stage = self._stage()
+            stage = self._role()
             replica = self._pick_replica(stage.plan, failed_replicas)
             request = RequestId(f"{self._prefix}.{next(self._counter)}")
             attempt = _Attempt(
@@ -312,13 +312,13 @@ class Router:
             for task in list(self._tasks):
                 task.cancel()
 
-    def _stage(self) -> Stage:
+    def _role(self) -> NodeRole:
         plan = self._plan()
         if plan is None:
             raise PlanError("the cluster has not agreed on a plan yet")
-        cached = self._stage_cache
+        cached = self._role_cache
         if cached is None or cached.plan is not plan:
-            cached = self._stage_cache = stage_of(plan, self._me, self._manifest, self._consumers)
+            cached = self._role_cache = role_of(plan, self._me, self._manifest, self._consumers)
         return cached
 
     def _origin_of(self, request: str) -> str:
@@ -349,7 +349,7 @@ class Router:
                     f"{self._me} serves plan {plan.digest[:12]}, not {tensor.plan_digest[:12]}",
                 )
             return
-        stage = self._stage()
+        stage = self._role()
         if tensor.name not in stage.needs or request in self._started:
             return  # not ours, or a copy of an input of a stage already run: run it once
         join = self._joins.setdefault(request, _Join(created_s=self._clock(), plan=plan.digest))
@@ -408,7 +408,7 @@ class Router:
         except EdgenodeError as exc:
             logger.debug("request %s: origin unreachable: %s", notice.request_id, exc)
 
-    async def _run_stage(self, stage: Stage, request: str, join: _Join) -> None:
+    async def _run_stage(self, stage: NodeRole, request: str, join: _Join) -> None:
         self._joins.pop(request, None)
         plan = stage.plan.digest
         try:

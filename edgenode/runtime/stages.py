@@ -1,4 +1,4 @@
-"""Where tensors go under a plan: a node's stage and the recipients of a stage's outputs.
+"""Where tensors go under a plan: a node's role (its stage) and who receives its outputs.
 
 Pure functions of the manifest and the plan, so the request path (``requests.py``) keeps
 only its state and its I/O.
@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from edgenode.model.manifest import Manifest
 from edgenode.planning import ClusterPlan
 
-__all__ = ["Consumers", "Stage", "consumers_of", "recipients", "stage_of"]
+__all__ = ["Consumers", "NodeRole", "consumers_of", "recipients", "role_of"]
 
 Consumers = Mapping[str, tuple[int, ...]]  # tensor name -> indices of the parts reading it
 
 
 @dataclass(frozen=True, slots=True)
-class Stage:
-    """What one node does under one plan."""
+class NodeRole:
+    """What one node does under one plan: its parts, what they read from outside, what they send."""
 
     plan: ClusterPlan
     replica: int
@@ -37,7 +37,7 @@ def consumers_of(manifest: Manifest) -> dict[str, tuple[int, ...]]:
     return {name: tuple(parts) for name, parts in out.items()}
 
 
-def stage_of(plan: ClusterPlan, node_id: str, manifest: Manifest, consumers: Consumers) -> Stage:
+def role_of(plan: ClusterPlan, node_id: str, manifest: Manifest, consumers: Consumers) -> NodeRole:
     """``node_id``'s parts under ``plan``, what they read from outside, what they send."""
     parts = plan.parts_of(node_id)
     produced = {o.name for i in parts for o in manifest.parts[i].outputs}
@@ -48,7 +48,7 @@ def stage_of(plan: ClusterPlan, node_id: str, manifest: Manifest, consumers: Con
         for o in manifest.parts[i].outputs
         if o.final or any(c not in parts for c in consumers.get(o.name, ()))
     )
-    return Stage(
+    return NodeRole(
         plan=plan,
         replica=plan.replica_of(node_id) or 0,
         parts=parts,

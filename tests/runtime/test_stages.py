@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgenode.model.manifest import Manifest
 from edgenode.planning import Assignment, ClusterPlan
-from edgenode.runtime.stages import consumers_of, recipients, stage_of
+from edgenode.runtime.stages import consumers_of, recipients, role_of
 
 
 def _tensor(name: str, final: bool | None = None) -> dict:
@@ -62,10 +62,10 @@ def test_stages_read_from_outside_and_send_what_others_read() -> None:
     consumers = consumers_of(m)
     assert consumers == {"input": (0,), "a": (1,), "b": (2,), "c": (2,)}
     p = plan(m, [("x", 0, 2, 0), ("y", 2, 3, 0)])
-    x, y = stage_of(p, "x", m, consumers), stage_of(p, "y", m, consumers)
+    x, y = role_of(p, "x", m, consumers), role_of(p, "y", m, consumers)
     assert (x.parts, x.needs, x.sends, x.replica) == (range(0, 2), {"input"}, ("b", "c"), 0)
     assert (y.parts, y.needs, y.sends) == (range(2, 3), {"b", "c"}, ("out",))
-    idle = stage_of(p, "z", m, consumers)
+    idle = role_of(p, "z", m, consumers)
     assert len(idle.parts) == 0 and idle.needs == frozenset() and idle.sends == ()
 
 
@@ -84,4 +84,4 @@ def test_recipients_are_the_readers_in_the_replica_and_the_origin_for_finals() -
     assert to("a", 0, range(0, 1)) == ["y"] and to("b", 1, range(0, 1)) == ["y2"]
     assert to("c", 0, range(1, 3)) == []  # read only inside the producing stage
     assert to("out", 1, range(1, 3)) == ["o"]
-    assert stage_of(p, "y2", m, consumers).replica == 1
+    assert role_of(p, "y2", m, consumers).replica == 1
