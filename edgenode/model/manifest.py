@@ -231,7 +231,8 @@ class Manifest:
         return path
 
     def cost_graph(self) -> CostGraph:
-        """The planner's view of the parts: each part is one op, boundary tensors link them."""
+        """The planner's view of the parts: each part is one op, boundary tensors link them
+        (``split.layer_cost_graph`` is the finer view, one op per layer, used to choose cuts)."""
         producer: dict[str, int] = {t.name: -1 for t in self.model.inputs}
         specs: dict[str, TensorSpec] = {t.name: t for t in self.model.inputs}
         consumers: dict[str, list[int]] = {}

@@ -37,7 +37,7 @@ __all__ = [
     "ChainCheck",
     "SplitResult",
     "choose_cuts",
-    "cost_graph",
+    "layer_cost_graph",
     "split_model",
     "verify_chain",
 ]
@@ -48,10 +48,11 @@ CUT_METHODS = ("balanced", "narrow", "even", "per-op")
 Progress = Callable[[str], None]
 
 
-def cost_graph(
+def layer_cost_graph(
     graph: LayerGraph, stats: Sequence[OpStats], op_seconds: dict[str, float] | None = None
 ) -> CostGraph:
-    """The planner's view of ``graph``: work per op (FLOPs, or measured seconds)."""
+    """The planner's view of the whole model, one op per layer: work per op (FLOPs, or measured
+    seconds); for the view of a cut model, one op per part, see ``Manifest.cost_graph``."""
     if op_seconds is not None:
         missing = [op.name for op in graph.ops if op.name not in op_seconds]
         if missing:
@@ -109,9 +110,9 @@ def choose_cuts(
     if parts > n:
         raise ModelError(f"cannot cut {n} operations into {parts} parts")
     if method == "balanced":
-        return tuple(plan_parts(cost_graph(graph, stats, op_seconds), parts))
+        return tuple(plan_parts(layer_cost_graph(graph, stats, op_seconds), parts))
     if method == "narrow":
-        return tuple(narrow_cuts(cost_graph(graph, stats, op_seconds), parts))
+        return tuple(narrow_cuts(layer_cost_graph(graph, stats, op_seconds), parts))
     if method == "even":
         return tuple(equal_cuts(n, parts))
     raise ModelError(f"unknown cut method {method!r}; expected one of {', '.join(CUT_METHODS)}")
