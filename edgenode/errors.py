@@ -22,6 +22,8 @@ __all__ = [
     "PlanError",
     "ProtocolError",
     "RequestTimeout",
+    "SessionEnded",
+    "SessionFull",
     "TensorTooLarge",
     "TransportError",
     "Unauthenticated",
@@ -92,6 +94,14 @@ class PermissionDenied(TransportError):
 
 class PeerUnavailable(TransportError):
     """A peer cannot be reached or went away; the message names the peer."""
+
+
+class SessionEnded(PeerUnavailable):
+    """The session's call had ended before a request was sent: send it on a new one."""
+
+
+class SessionFull(EdgenodeError):
+    """A client keeps more requests open on one call than a node holds for it."""
 
 
 class ProtocolError(TransportError):

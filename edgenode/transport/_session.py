@@ -37,6 +37,8 @@ from edgenode.errors import (
     PlanError,
     ProtocolError,
     RequestTimeout,
+    SessionEnded,
+    SessionFull,
 )
 from edgenode.transport._services import InferenceService
 from edgenode.transport._status import failure_reason, status_of
@@ -47,7 +49,6 @@ __all__ = [
     "ERROR",
     "ClientSession",
     "Refusal",
-    "SessionEnded",
     "infer_error",
     "infer_status",
     "session_handler",
@@ -70,14 +71,6 @@ _INFER_STATUS: tuple[tuple[type[EdgenodeError], grpc.StatusCode], ...] = (
     (PeerUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ModelError, grpc.StatusCode.INVALID_ARGUMENT),
 )
-
-
-class SessionFull(EdgenodeError):
-    """A client keeps more requests open on one call than a node holds for it."""
-
-
-class SessionEnded(PeerUnavailable):
-    """The session's call had ended before a request was sent: send it on a new one."""
 
 
 def infer_status(exc: EdgenodeError) -> grpc.StatusCode:
