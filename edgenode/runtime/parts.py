@@ -21,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,7 @@ import numpy as np
 
 from edgenode.backends import PartRunner, check_inputs, load_runner
 from edgenode.errors import ModelError, PlanError
-from edgenode.model.manifest import Manifest, PartSpec
+from edgenode.model.manifest import Manifest, PartSpec, TensorSpec
 
 __all__ = ["ChainResult", "PartHost", "RunnerFactory"]
 
@@ -50,11 +50,29 @@ class _Loaded:
     last_s: float = math.inf  # the last run's seconds; unknown until one ran
 
     def call(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check and run the part on the calling thread (a worker)."""
+        """Run the part on the calling thread (a worker); its inputs were checked on entry."""
         feed = {t.name: inputs[t.name] for t in self.spec.inputs if t.name in inputs}
-        check_inputs(self.spec.inputs, feed)
         with self.lock:
             return self.runner(feed)
+
+
+def _check_entry(
+    parts: list[_Loaded], inputs: Mapping[str, np.ndarray], checked: Collection[str]
+) -> None:
+    """ModelError unless the tensors the chain reads from outside itself fit their specs.
+
+    The one check of a tensor's name, dtype and shape on a node, made where it enters the
+    chain; tensors the chain's own parts produce, and those in ``checked`` (already checked
+    where they entered the node), are not checked again.
+    """
+    produced: set[str] = set()
+    specs: dict[str, TensorSpec] = {}
+    for part in parts:
+        for t in part.spec.inputs:
+            if t.name not in produced and t.name not in checked:
+                specs.setdefault(t.name, t)
+        produced.update(o.name for o in part.spec.outputs)
+    check_inputs(tuple(specs.values()), {n: inputs[n] for n in specs if n in inputs})
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,18 +176,24 @@ class PartHost:
     async def run(self, index: int, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run part ``index`` on its worker thread; ModelError on bad inputs."""
         loaded = await self._ready(index)
+        _check_entry([loaded], inputs, ())
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(loaded.worker, loaded.call, inputs)
 
     async def run_chain(
-        self, indices: Iterable[int], inputs: Mapping[str, np.ndarray]
+        self,
+        indices: Iterable[int],
+        inputs: Mapping[str, np.ndarray],
+        *,
+        checked: Collection[str] = (),
     ) -> ChainResult:
         """Run consecutive parts back to back on the first one's worker, in one hand-off,
         or on the loop when the node is idle (see the module's doc); PlanError when one
-        is not loaded, ModelError on bad inputs."""
+        is not loaded, ModelError on bad inputs (except those named in ``checked``)."""
         parts = [await self._ready(i) for i in indices]
         if not parts:
             return ChainResult({}, ())
+        _check_entry(parts, inputs, checked)
         if self._may_inline(parts):
             self.inlined += 1
             try:

@@ -17,6 +17,12 @@ ignored, and a request is answered at most once): it re-sends on ``!retry``, on 
 failed send, and when the agreed plan changes under an attempt (a peer died: its
 tensors are gone), backing off while the plan stays the same, until the deadline.
 ``!fail`` fails the request at once.
+
+Each tensor is checked against the manifest once, where it enters: a client's inputs in
+``infer`` (names, dtypes, shapes, one batch size), before anything is sent; a peer's
+tensors when the stage that reads them starts (``PartHost.run_chain``). Strangers cost no
+memory: the transport refuses a client's tensor that is not a model input as it arrives,
+and ``_accept`` drops a peer's tensor that the stage does not read.
 """
 
 from __future__ import annotations
@@ -86,6 +92,9 @@ class _Join:
     created_s: float
     plan: str
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    # Values this node delivered to itself: its origin's inputs, checked in ``infer``.
+    # The others came from peers and are checked when the stage starts.
+    checked: set[str] = field(default_factory=set)
     started: bool = False
 
 
@@ -306,7 +315,7 @@ class Router:
         sweeper = asyncio.create_task(self._sweep())
         try:
             async for tensor in self._transport.inbox:
-                self._accept(tensor)
+                self._accept(tensor, checked=False)
         finally:
             sweeper.cancel()
             for task in list(self._tasks):
@@ -324,7 +333,8 @@ class Router:
     def _origin_of(self, request: str) -> str:
         return request.split(".", 1)[0]
 
-    def _accept(self, tensor: Tensor) -> None:
+    def _accept(self, tensor: Tensor, *, checked: bool) -> None:
+        """Take a tensor from a peer, or one this node sends itself (``checked``)."""
         request = str(tensor.request_id)
         if is_notice(tensor.name):
             self._on_notice(request, tensor)
@@ -354,6 +364,10 @@ class Router:
             return  # not ours, or a copy of an input of a stage already run: run it once
         join = self._joins.setdefault(request, _Join(created_s=self._clock(), plan=plan.digest))
         join.values[tensor.name] = tensor.array
+        if checked:
+            join.checked.add(tensor.name)
+        else:
+            join.checked.discard(tensor.name)
         if not join.started and stage.needs <= set(join.values):
             join.started = True
             self._started[request] = None
@@ -394,7 +408,7 @@ class Router:
             plan_digest,
         )
         if origin == self._me:
-            self._accept(notice)
+            self._accept(notice, checked=True)
             return
         address = self._address_of(origin)
         if address is None:
@@ -412,7 +426,7 @@ class Router:
         self._joins.pop(request, None)
         plan = stage.plan.digest
         try:
-            result = await self._host.run_chain(stage.parts, join.values)
+            result = await self._host.run_chain(stage.parts, join.values, checked=join.checked)
         except (PlanError, TransportError) as exc:
             self._notify(request, plan, RETRY, f"{self._me}: {exc}")
             return
@@ -461,7 +475,7 @@ class Router:
             address = addresses.get(node)
             if address is None:  # this node itself
                 for tensor in batch:
-                    self._accept(tensor)
+                    self._accept(tensor, checked=True)
                 continue
             sends.append(self._transport.peer(address).send(batch))
         results = await asyncio.gather(*sends, return_exceptions=True)
