@@ -127,17 +127,17 @@ def _profile_seconds(path: str, graph: Any) -> dict[str, float]:
 def cmd_plan(args: argparse.Namespace) -> int:
     from edgenode.model.cost import graph_stats
     from edgenode.model.graph import build_graph
-    from edgenode.model.split import cost_graph
+    from edgenode.model.split import layer_cost_graph
     from edgenode.planning import Link, NodeSpec, plan_pipeline
 
     model = load_model_arg(args)
     graph = build_graph(model)
     stats = graph_stats(graph)
     if args.profile:
-        costs = cost_graph(graph, stats, _profile_seconds(args.profile, graph))
+        costs = layer_cost_graph(graph, stats, _profile_seconds(args.profile, graph))
         base_speed, unit = 1.0, "measured"
     else:
-        costs = cost_graph(graph, stats)
+        costs = layer_cost_graph(graph, stats)
         if args.gflops:
             base_speed = args.gflops * 1e9
         else:
