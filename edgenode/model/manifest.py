@@ -37,7 +37,7 @@ __all__ = [
 FORMAT = "edgenode-manifest/1"
 MANIFEST_NAME = "manifest.json"
 _HASH_BLOCK_BYTES = 1 << 20
-# Tensor names starting with this are the protocol's own (``!end``, ``!error``, ``!retry``).
+# Tensor names starting with this are the wire's own: its control tensors (transport.codec).
 RESERVED_PREFIX = "!"
 _FAMILY = re.compile(r"[a-z0-9_]{1,64}")  # model.preprocess
 

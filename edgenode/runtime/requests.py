@@ -8,7 +8,7 @@ each output straight to the owners of the parts that read it (in its own replica
 every final output to the origin. Intermediate tensors never go back through the
 origin or the client. Tensors for this node itself are handed over without the network.
 
-Failures come back to the origin as notices: small tensors named ``!retry`` or
+Failures come back to the origin as notices: control tensors (``transport.codec``) ``!retry`` or
 ``!fail`` whose bytes are a UTF-8 message. A stage that receives a tensor stamped with
 a plan it does not serve, cannot reach the next stage, or lacks a part sends ``!retry``;
 a stage whose part raises sends ``!fail``. The origin runs each request as a series of
@@ -54,8 +54,9 @@ from edgenode.planning import ClusterPlan
 from edgenode.runtime.parts import PartHost
 from edgenode.runtime.stages import NodeRole, consumers_of, recipients, role_of
 from edgenode.transport import RequestId, Tensor, Transport
+from edgenode.transport.codec import FAIL, RETRY, control, control_text, is_control
 
-__all__ = ["FAIL", "RETRY", "RequestTimeout", "Router", "is_notice"]
+__all__ = ["RequestTimeout", "Router"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +65,6 @@ RETRY_BACKOFF_S = 0.05  # first wait before re-sending under an unchanged plan; 
 MAX_BACKOFF_S = 1.0
 NOTIFIED_WINDOW = 4096  # requests remembered as already notified (one notice each)
 STARTED_WINDOW = 16384  # requests remembered as run here: a resent input must not rerun them
-
-RETRY = "!retry"  # notice: this attempt cannot complete; send the request again
-FAIL = "!fail"  # notice: the request failed; do not retry
-
-
-def is_notice(name: str) -> bool:
-    """True for the reserved names of failure notices (model tensors never start with !)."""
-    return name.startswith("!")
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +329,7 @@ class Router:
     def _accept(self, tensor: Tensor, *, checked: bool) -> None:
         """Take a tensor from a peer, or one this node sends itself (``checked``)."""
         request = str(tensor.request_id)
-        if is_notice(tensor.name):
+        if is_control(tensor.name):
             self._on_notice(request, tensor)
             return
         attempt = self._attempts.get(request)
@@ -379,9 +372,7 @@ class Router:
         attempt = self._attempts.get(request)
         if attempt is None or attempt.future.done():
             return  # an attempt already answered or abandoned
-        message = bytes(np.ascontiguousarray(notice.array, dtype=np.uint8)).decode(
-            "utf-8", "replace"
-        )
+        message = control_text(notice)
         if notice.name == FAIL:
             attempt.future.set_exception(InferenceFailed(message))
         else:
@@ -401,12 +392,7 @@ class Router:
             self._notified.popitem(last=False)
         logger.debug("request %s: %s", request, message)
         origin = self._origin_of(request)
-        notice = Tensor(
-            RequestId(request),
-            kind,
-            np.frombuffer(message.encode(), dtype=np.uint8),
-            plan_digest,
-        )
+        notice = control(RequestId(request), kind, message, plan_digest)
         if origin == self._me:
             self._accept(notice, checked=True)
             return

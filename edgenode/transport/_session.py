@@ -42,7 +42,16 @@ from edgenode.errors import (
 )
 from edgenode.transport._services import InferenceService
 from edgenode.transport._status import failure_reason, status_of
-from edgenode.transport.codec import FrameDecoder, RequestId, Tensor, encode_frames
+from edgenode.transport.codec import (
+    END,
+    ERROR,
+    FrameDecoder,
+    RequestId,
+    Tensor,
+    control,
+    control_text,
+    encode_frames,
+)
 
 __all__ = [
     "END",
@@ -57,8 +66,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-END = "!end"  # after a request's inputs, and after its outputs
-ERROR = "!error"  # instead of them: b"CODE: message"
 MAX_OPEN_REQUESTS = 1024  # per call: waiting for inputs, running, or answered and unsent
 CLOSED_WINDOW = 4096  # ids of requests started or refused: their later tensors are ignored
 
@@ -99,12 +106,11 @@ def unknown_input(name: str, inputs: frozenset[str]) -> str:
 def _reply(request: str, outputs: Mapping[str, np.ndarray]) -> list[bytes]:
     rid = RequestId(request)
     tensors = [Tensor(rid, name, value) for name, value in outputs.items()]
-    return list(encode_frames([*tensors, Tensor(rid, END, np.zeros(0, np.uint8))]))
+    return list(encode_frames([*tensors, control(rid, END)]))
 
 
 def _error_reply(request: str, code: grpc.StatusCode, message: str) -> list[bytes]:
-    text = np.frombuffer(f"{code.name}: {message}".encode(), dtype=np.uint8)
-    return list(encode_frames([Tensor(RequestId(request), ERROR, text)]))
+    return list(encode_frames([control(RequestId(request), ERROR, f"{code.name}: {message}")]))
 
 
 # -- the node's side ---------------------------------------------------------------------------
@@ -333,7 +339,7 @@ class ClientSession:
         self._pending[request] = pending
         rid = RequestId(request)
         tensors = [Tensor(rid, k, np.asarray(v)) for k, v in inputs.items()]
-        frames = list(encode_frames([*tensors, Tensor(rid, END, np.zeros(0, np.uint8))]))
+        frames = list(encode_frames([*tensors, control(rid, END)]))
         # A request's frames go out whole even if its caller gives up meanwhile: half a
         # tensor followed by another request's would end the call for every request on it.
         send = asyncio.ensure_future(self._send(frames, pending))
@@ -394,10 +400,7 @@ class ClientSession:
         if tensor.name == END:
             pending.future.set_result(pending.outputs)
         elif tensor.name == ERROR:
-            text = bytes(np.ascontiguousarray(tensor.array, dtype=np.uint8)).decode(
-                "utf-8", "replace"
-            )
-            name, _, message = text.partition(": ")
+            name, _, message = control_text(tensor).partition(": ")
             code = getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
             pending.future.set_result(Refusal(self._address, code, message, True))
         else:

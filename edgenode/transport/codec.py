@@ -33,16 +33,25 @@ from edgenode.errors import (
     ProtocolError,
     TensorTooLarge,
 )
+from edgenode.model.manifest import RESERVED_PREFIX
 
 __all__ = [
     "CHUNK_BYTES",
+    "CONTROL_PREFIX",
     "DEFAULT_MAX_TENSOR_BYTES",
     "DUPLICATE_WINDOW_REQUESTS",
+    "END",
+    "ERROR",
+    "FAIL",
     "MAX_NDIM",
+    "RETRY",
     "FrameDecoder",
     "RequestId",
     "Tensor",
+    "control",
+    "control_text",
     "encode_frames",
+    "is_control",
     "wire_dtypes",
 ]
 
@@ -52,6 +61,15 @@ MAX_NDIM = 64  # numpy's own limit
 DUPLICATE_WINDOW_REQUESTS = 4096  # requests remembered per stream for duplicate detection
 
 RequestId = NewType("RequestId", str)
+
+# In-band control, the one convention of every stream: a tensor whose name starts with
+# CONTROL_PREFIX is a signal about its request, not a model tensor (a manifest refuses model
+# tensor names that start with it), and its data is UTF-8 text as uint8, maybe empty.
+CONTROL_PREFIX = RESERVED_PREFIX
+END = f"{CONTROL_PREFIX}end"  # InferSession: after a request's inputs, and after its outputs
+ERROR = f"{CONTROL_PREFIX}error"  # InferSession: instead of the outputs; "CODE: message"
+RETRY = f"{CONTROL_PREFIX}retry"  # Stream, to the origin: this attempt cannot finish; resend
+FAIL = f"{CONTROL_PREFIX}fail"  # Stream, to the origin: the request failed; do not retry
 
 _DTYPES: dict[int, np.dtype[Any]] = {
     pb.DTYPE_BOOL: np.dtype("?"),
@@ -93,6 +111,21 @@ class Tensor:
     def nbytes(self) -> int:
         """Bytes of the tensor's data."""
         return int(self.array.nbytes)
+
+
+def is_control(name: str) -> bool:
+    """True for the name of a control tensor (see CONTROL_PREFIX)."""
+    return name.startswith(CONTROL_PREFIX)
+
+
+def control(request_id: RequestId, name: str, text: str = "", plan_digest: str = "") -> Tensor:
+    """The control tensor ``name`` of a request, carrying ``text``."""
+    return Tensor(request_id, name, np.frombuffer(text.encode(), dtype=np.uint8), plan_digest)
+
+
+def control_text(tensor: Tensor) -> str:
+    """The text a control tensor carries (undecodable bytes replaced)."""
+    return bytes(np.ascontiguousarray(tensor.array, dtype=np.uint8)).decode("utf-8", "replace")
 
 
 def wire_dtypes() -> list[np.dtype[Any]]:
