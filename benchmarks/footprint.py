@@ -109,7 +109,7 @@ def _one_run(split: Path, backend: str, work: Path, inputs: Any) -> dict[str, An
             "peak_mib": _status_kib(process.pid, "VmHWM") / 1024,
             "tensorflow": _loaded_tensorflow(process.pid),
             "request_ms": statistics.median(times) * 1e3,
-            "parts_ms": {int(s["part"]): s["mean_s"] * 1e3 for s in status["stages"]},
+            "parts_ms": {s.part: s.mean_s * 1e3 for s in status.stages},
         }
     finally:
         process.terminate()

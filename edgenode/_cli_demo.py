@@ -59,13 +59,13 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: lis
         summarize,
         top_k,
     )
+    from edgenode.client.cluster import ClusterClient
     from edgenode.demo import infer_within, local_cluster, request_deadline, wait_agreed, warm_up
     from edgenode.model.manifest import load_manifest
     from edgenode.model.preprocess import preprocess_of
     from edgenode.model.profile import time_model
     from edgenode.security import new_cluster, write_private
     from edgenode.transport import Security
-    from edgenode.transport._control import ControlClient
     from edgenode.verify import LOGITS_TOLERANCE, ReferenceSet
 
     manifest = load_manifest(workdir / "parts")
@@ -99,23 +99,19 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: lis
     write_private(key, credential.bundle())
     progress(f"starting {args.nodes} nodes on 127.0.0.1 (TLS, a fresh cluster key)")
     nodes_cm = local_cluster(workdir / "parts", workdir, args.nodes, say=progress, key=key)
-    async with nodes_cm as nodes:
-        client = ControlClient(security=Security(credential))
-        try:
-            statuses = await wait_agreed(client, nodes)
-            progress("the nodes agreed on a plan and loaded their parts; warming up")
-            origin = nodes[0].address
-            answers, warm_s = await warm_up(client, nodes, origin, batches)
-            deadline_s = request_deadline(warm_s)
-            progress(f"timing {args.requests} requests per image (deadline {deadline_s:.1f} s)")
-            times = []
-            for batch in batches[:shown]:
-                for _ in range(args.requests):
-                    _, seconds = await infer_within(client, nodes, origin, batch, deadline_s)
-                    times.append(seconds)
-            statuses = await wait_agreed(client, nodes)
-        finally:
-            await client.aclose()
+    async with nodes_cm as nodes, ClusterClient(security=Security(credential)) as client:
+        statuses = await wait_agreed(client, nodes)
+        progress("the nodes agreed on a plan and loaded their parts; warming up")
+        origin = nodes[0].address
+        answers, warm_s = await warm_up(client, nodes, origin, batches)
+        deadline_s = request_deadline(warm_s)
+        progress(f"timing {args.requests} requests per image (deadline {deadline_s:.1f} s)")
+        times = []
+        for batch in batches[:shown]:
+            for _ in range(args.requests):
+                _, seconds = await infer_within(client, nodes, origin, batch, deadline_s)
+                times.append(seconds)
+        statuses = await wait_agreed(client, nodes)
 
     worst = 0.0
     wrong = []
@@ -137,8 +133,7 @@ async def _demo(args: argparse.Namespace, model: Any, workdir: Path, images: lis
     print("\nplan:")
     rows = []
     for st in statuses:
-        rows.append([st["node"]["node_id"], st["address"], parts_label(st),
-                     st["plan"]["agreed_digest"][:12]])  # fmt: skip
+        rows.append([st.node_id, st.address, parts_label(st), st.plan.agreed_digest[:12]])
     print(format_table(["node", "address", "parts", "plan"], rows))
     local_ms = statistics.median(local_s[:shown]) * 1e3
     distributed_ms = statistics.median(times) * 1e3

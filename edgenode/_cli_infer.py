@@ -16,15 +16,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from edgenode._cli_cluster import client_security, find_nodes
 from edgenode._cli_common import EXIT_FAILURE, EXIT_OK
 from edgenode._stats import percentile
 from edgenode.errors import EdgenodeError, InputError, UsageError
-
-if TYPE_CHECKING:
-    from edgenode.transport._control import ControlClient
 
 __all__ = ["cmd_infer"]
 
@@ -80,50 +77,27 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return run(_infer(args))
 
 
-async def _first_status(client: ControlClient, seeds: list[str]) -> tuple[str, Any]:
-    """The first of ``seeds`` that answers a status call, and its status."""
-    from edgenode.errors import PeerUnavailable
-
-    errors = []
-    for address in seeds:
-        try:
-            return address, await client.status(address)
-        except PeerUnavailable as exc:
-            errors.append(str(exc))
-    raise PeerUnavailable("; ".join(errors))
-
-
 async def _infer(args: argparse.Namespace) -> int:
     import asyncio
 
     from edgenode.client import collect_files, load_inputs
+    from edgenode.client.cluster import ClusterClient
     from edgenode.client.outputs import check_writable, output_keys
-    from edgenode.model.manifest import Manifest
     from edgenode.model.preprocess import preprocess_of
-    from edgenode.transport._control import ControlClient, view_of
 
     files = collect_files([Path(p) for p in args.inputs])
     save_to = Path(args.save_outputs) if args.save_outputs else None
     if save_to is not None:
         keys = output_keys(files)  # a file given twice: refused before anything is sent
         check_writable(save_to)
-    security = client_security(args)
-    client = ControlClient(security=security)
+    client = ClusterClient(security=client_security(args))
     outcomes: list[_Answer | _Failure] = []
     try:
-        nodes = await find_nodes(args, client)
-        address, status = await _first_status(client, list(nodes))
-        # Requests go to that node first, and to the other members its status lists when
-        # it goes away; of the nodes mDNS found, to those that answered Hello as nodes of
-        # its cluster and model (others may belong to other clusters).
-        same = (status.node.cluster, status.node.model_sha256)
-        seeds = [a for a, n in nodes.items() if n is None or (n.cluster, n.model_sha256) == same]
-        cluster = client.cluster([address, *seeds])
-        cluster.learn(address, view_of(status, address))
-        if not status.plan.agreed_digest:
+        entry = await client.connect(await find_nodes(args, client))
+        address = client.entry_address
+        if not entry.plan.agreed_digest:
             raise EdgenodeError(f"the cluster at {address} has not agreed on a plan yet")
-        raw = await client.fetch_bytes(address, status.node.model_sha256, -1)
-        manifest = Manifest.from_json(json.loads(raw))
+        manifest = await client.manifest()
         family = preprocess_of(manifest.model.name, manifest.model.preprocess)
         sending = asyncio.Semaphore(args.concurrency)
         # Inputs are decoded a little ahead of the requests, not all at once: a folder of
@@ -140,7 +114,7 @@ async def _infer(args: argparse.Namespace) -> int:
                     )
                     async with sending:
                         t0 = time.perf_counter()
-                        outputs = await cluster.infer(inputs, timeout_s=args.timeout)
+                        outputs = await client.infer(inputs, timeout_s=args.timeout)
                         outcome = _Answer(outputs, time.perf_counter() - t0)
                 except InputError as exc:
                     outcome = _Failure(str(exc))  # its message starts with the file

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edgenode._cli_cluster import client_security, find_nodes
 from edgenode._cli_common import EXIT_OK, say
@@ -16,7 +16,8 @@ from edgenode._table import format_bytes, format_table
 from edgenode.errors import EdgenodeError
 
 if TYPE_CHECKING:
-    from edgenode.transport._control import ControlClient
+    from edgenode.client.cluster import ClusterClient
+    from edgenode.transport import NodeReport
 
 __all__ = ["DEFAULT_READY_TIMEOUT_S", "TABLE_WIDTH", "Readiness", "cmd_status", "parts_label",
            "readiness", "status_table"]  # fmt: skip
@@ -25,8 +26,6 @@ TABLE_WIDTH = 100  # characters: the default table fits a terminal this wide (--
 DEFAULT_READY_TIMEOUT_S = 60.0  # --wait-ready gives up after this long
 POLL_INTERVAL_S = 0.5  # between two rounds of status calls while waiting
 PROGRESS_INTERVAL_S = 2.0  # at most one progress line this often, unless more nodes are ready
-
-Status = Mapping[str, Any]  # one node's status, as edgenode.transport._control.status_to_dict
 
 
 def _ranges(parts: Iterable[int]) -> str:
@@ -41,32 +40,26 @@ def _ranges(parts: Iterable[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
 
 
-def parts_label(status: Status) -> str:
+def parts_label(status: NodeReport) -> str:
     """The parts the agreed plan gives a node: "2-4", "r1:2-4" (replica 1) when the plan has
     several pipelines, "idle" when it gives none, "-" before a plan is agreed."""
-    plan = status["plan"]
-    if not plan["agreed_digest"]:
+    plan = status.plan
+    if not plan.agreed_digest:
         return "-"
-    owned = status["owned"]
-    if not owned:
+    if not status.owned:
         return "idle"
-    label = _ranges(owned)
-    replicas = {a.get("replica", 0) for a in plan["assignments"]}
-    if len(replicas) > 1:
-        mine = [
-            a.get("replica", 0)
-            for a in plan["assignments"]
-            if a["node_id"] == status["node"]["node_id"]
-        ]
-        label = f"r{mine[0] if mine else '?'}:{label}"
+    label = _ranges(status.owned)
+    if len({a.replica for a in plan.assignments}) > 1:
+        mine = status.replica
+        label = f"r{'?' if mine is None else mine}:{label}"
     return label
 
 
-def _state_label(status: Status) -> str:
+def _state_label(status: NodeReport) -> str:
     """The node's load state, with the parts it concerns: "ready", "loading 3-5",
     "unloading 6-7" (parts of an old plan), "waiting" (no agreed plan yet)."""
-    state = status["state"] or "?"
-    owned, loaded = set(status["owned"]), set(status["parts"])
+    state = status.state or "?"
+    owned, loaded = set(status.owned), set(status.parts)
     if state == "loading":
         return f"loading {_ranges(owned - loaded)}"
     if state == "unloading":
@@ -74,25 +67,24 @@ def _state_label(status: Status) -> str:
     return str(state)
 
 
-def _why_not_ready(status: Status, digest: str) -> str:
+def _why_not_ready(status: NodeReport, digest: str) -> str:
     """What keeps a node from serving the plan ``digest`` with its parts loaded ("" when
     nothing does)."""
-    who = status["node"]["node_id"]
-    plan = status["plan"]
-    agreed, computed = plan["agreed_digest"], plan["computed_digest"]
+    who = status.node_id
+    agreed, computed = status.plan.agreed_digest, status.plan.computed_digest
     if not agreed:
         return f"{who} has no agreed plan yet"
     if agreed != digest:
         return f"{who} serves another plan ({agreed[:8]})"
     if computed != agreed:
         return f"{who} is agreeing on a new plan"
-    owned, loaded = set(status["owned"]), set(status["parts"])
-    if status["state"] == "loading":
+    owned, loaded = set(status.owned), set(status.parts)
+    if status.state == "loading":
         return f"{who} is loading {_parts(owned - loaded)}"
-    if status["state"] == "unloading":
+    if status.state == "unloading":
         return f"{who} is unloading {_parts(loaded - owned)} of an old plan"
-    if status["state"] != "ready":
-        return f"{who} is {status['state'] or 'in an unknown state'}"
+    if status.state != "ready":
+        return f"{who} is {status.state or 'in an unknown state'}"
     return ""
 
 
@@ -116,29 +108,29 @@ class Readiness:
         return f"{text}: {'; '.join(self.missing)}" if self.missing else text
 
 
-def readiness(statuses: Sequence[Status], want: int, *, unreachable: str = "") -> Readiness:
+def readiness(statuses: Sequence[NodeReport], want: int, *, unreachable: str = "") -> Readiness:
     """Whether ``want`` nodes or more serve one agreed plan: every member of it answers,
     with that plan agreed and computed, and exactly its parts loaded (the condition the
     node tests wait for). The plan judged is the one most nodes are ready on; nodes outside
     it do not hold the wait, but are named while it lasts. ``unreachable``: why no node
     answered, when none did."""
-    by_id = {s["node"]["node_id"]: s for s in statuses}
+    by_id = {s.node_id: s for s in statuses}
     if not by_id:
         return Readiness(0, want, (unreachable or "no node answered",))
     ready_on: Counter[str] = Counter()
     for s in statuses:
-        digest = s["plan"]["agreed_digest"]
+        digest = s.plan.agreed_digest
         if digest and not _why_not_ready(s, digest):
             ready_on[digest] += 1
-    agreed = [s["plan"]["agreed_digest"] for s in statuses if s["plan"]["agreed_digest"]]
+    agreed = [s.plan.agreed_digest for s in statuses if s.plan.agreed_digest]
     # deterministic: most ready nodes, then most nodes serving it, then the digest
     best = max(set(agreed), key=lambda d: (ready_on[d], agreed.count(d), d), default="")
     # the plan's nodes and every member its nodes count (a newcomer holds the wait)
-    serving = [s["plan"] for s in statuses if s["plan"]["agreed_digest"] == best]
+    serving = [s.plan for s in statuses if s.plan.agreed_digest == best]
     members = sorted(
-        {m for plan in serving for m in plan["members"]}
-        | {a["node_id"] for plan in serving for a in plan["assignments"]}
-        | {m for plan in serving for m in plan["idle"]}
+        {m for plan in serving for m in plan.members}
+        | {a.node_id for plan in serving for a in plan.assignments}
+        | {m for plan in serving for m in plan.idle}
     )
     missing = []
     for node_id in members:
@@ -172,41 +164,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         statuses = run(_collect_status(args))
     if args.json:
-        print(json.dumps(statuses, indent=2))
+        print(json.dumps([s.to_json() for s in statuses], indent=2))
     else:
         print(status_table(statuses, wide=args.wide))
     return EXIT_OK
 
 
-def status_table(statuses: Sequence[Status], *, wide: bool = False) -> str:
+def status_table(statuses: Sequence[NodeReport], *, wide: bool = False) -> str:
     """One row per node; TABLE_WIDTH characters at most unless ``wide`` (a node id or
     address too long for it aside)."""
     rows = []
     for st in statuses:
-        node, plan = st["node"], st["plan"]
-        agreed = plan["agreed_digest"]
-        digest = (agreed or plan["computed_digest"])[: 12 if wide else 8] or "-"
-        owned = set(st["owned"])
-        stages = [s for s in st["stages"] if s["part"] in owned]
-        stage_ms = f"{sum(s['p50_s'] for s in stages) * 1e3:.2f}" if stages else "-"
+        node, plan = st.node, st.plan
+        digest = (plan.agreed_digest or plan.computed_digest)[: 12 if wide else 8] or "-"
+        owned = set(st.owned)
+        stages = [s for s in st.stages if s.part in owned]
+        stage_ms = f"{sum(s.p50_s for s in stages) * 1e3:.2f}" if stages else "-"
         row = [
-            node["node_id"],
-            st["address"],
+            node.node_id,
+            st.address,
             parts_label(st),
             digest,
-            "yes" if agreed and agreed == plan["computed_digest"] else "no",
+            "yes" if plan.agreed else "no",
             _state_label(st),
-            st["requests_served"],
-            st["part_runs"],
+            st.requests_served,
+            st.part_runs,
             stage_ms,
-            _duration(st["uptime_s"]),
-            f"{node['speed'] / 1e9:.3g}",
+            _duration(st.uptime_s),
+            f"{node.capacity.speed / 1e9:.3g}",
         ]
         if wide:
             per_part = ", ".join(
-                f"{s['part']}: {s['p50_s'] * 1e3:.2f}/{s['p90_s'] * 1e3:.2f}" for s in st["stages"]
+                f"{s.part}: {s.p50_s * 1e3:.2f}/{s.p90_s * 1e3:.2f}" for s in st.stages
             )
-            row += [st["requests_failed"], format_bytes(node["memory_bytes"]), per_part or "-"]
+            row += [st.requests_failed, format_bytes(node.capacity.memory_bytes), per_part or "-"]
         rows.append(row)
     headers = ["node", "address", "parts", "plan", "agreed", "state", "requests here",
                "part runs", "run p50 ms", "up", "GFLOP/s"]  # fmt: skip
@@ -229,25 +220,22 @@ def _duration(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-async def _collect_status(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from edgenode.transport._control import ControlClient
+async def _collect_status(args: argparse.Namespace) -> list[NodeReport]:
+    from edgenode.client.cluster import ClusterClient
 
-    client = ControlClient(security=client_security(args))
-    try:
-        statuses, errors = await _crawl(client, await find_nodes(args, client))
-    finally:
-        await client.aclose()
+    async with ClusterClient(security=client_security(args)) as client:
+        statuses, errors = await client.crawl(await find_nodes(args, client))
     if not statuses:
         raise EdgenodeError(f"no node answered: {errors[0]}")
     return statuses
 
 
-async def _wait_ready(args: argparse.Namespace, want: int) -> list[dict[str, Any]]:
+async def _wait_ready(args: argparse.Namespace, want: int) -> list[NodeReport]:
     """Statuses once ``want`` nodes serve one agreed plan with their parts loaded; progress
     on stderr; EdgenodeError, in one line, saying what is missing at the timeout."""
     import asyncio
 
-    from edgenode.transport._control import ControlClient
+    from edgenode.client.cluster import ClusterClient
 
     timeout_s = args.timeout
     loop = asyncio.get_running_loop()
@@ -255,9 +243,8 @@ async def _wait_ready(args: argparse.Namespace, want: int) -> list[dict[str, Any
     verdict = Readiness(0, want, ("no node answered yet",))
     said, said_at, said_ready = "", -PROGRESS_INTERVAL_S, 0
     say(args, f"waiting up to {timeout_s:g} s for {_count(want, 'ready node')}")
-    client = ControlClient(security=client_security(args))
     known: list[str] = []
-    try:
+    async with ClusterClient(security=client_security(args)) as client:
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -266,7 +253,7 @@ async def _wait_ready(args: argparse.Namespace, want: int) -> list[dict[str, Any
                 break
             if verdict.done:
                 return statuses
-            known = [s["address"] for s in statuses]
+            known = [s.address for s in statuses]
             news = verdict.summary() != said and (
                 verdict.ready != said_ready or loop.time() - said_at >= PROGRESS_INTERVAL_S
             )
@@ -276,14 +263,12 @@ async def _wait_ready(args: argparse.Namespace, want: int) -> list[dict[str, Any
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(min(POLL_INTERVAL_S, deadline - loop.time()))
-    finally:
-        await client.aclose()
     raise EdgenodeError(verdict.summary(after_s=timeout_s))
 
 
 async def _ready_round(
-    args: argparse.Namespace, client: ControlClient, known: list[str], want: int
-) -> tuple[list[dict[str, Any]], Readiness]:
+    args: argparse.Namespace, client: ClusterClient, known: list[str], want: int
+) -> tuple[list[NodeReport], Readiness]:
     """One look at the cluster: the nodes known so far and their peers, and, while fewer
     than ``want`` answer, whatever --peer or mDNS finds."""
     seeds = list(known)
@@ -293,38 +278,7 @@ async def _ready_round(
             seeds += [a for a in await find_nodes(args, client) if a not in seeds]
         except EdgenodeError as exc:
             unreachable = str(exc)
-    statuses, errors = await _crawl(client, seeds)
+    statuses, errors = await client.crawl(seeds)
     if not statuses and errors:
         unreachable = f"no node answered: {errors[0]}"
     return statuses, readiness(statuses, want, unreachable=unreachable)
-
-
-async def _crawl(
-    client: ControlClient, seeds: Iterable[str]
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The status of every node at ``seeds`` and of every peer they know, by node id; and
-    why the addresses that did not answer did not."""
-    from edgenode.errors import PeerUnavailable
-    from edgenode.mesh import Endpoint
-    from edgenode.transport._control import status_to_dict
-
-    statuses: dict[str, dict[str, Any]] = {}
-    errors = []
-    asked: set[str] = set()
-    queue = list(seeds)
-    while queue:
-        address = queue.pop(0)
-        if address in asked:
-            continue
-        asked.add(address)
-        try:
-            status = dict(status_to_dict(await client.status(address)))
-        except PeerUnavailable as exc:
-            errors.append(str(exc))
-            continue
-        asked.add(status["address"])
-        statuses.setdefault(status["node"]["node_id"], status)
-        for peer in status["peers"]:
-            if peer["node_id"] not in statuses and peer["addresses"]:
-                queue.append(str(Endpoint(host=peer["addresses"][0], port=peer["port"])))
-    return [statuses[k] for k in sorted(statuses)], errors

@@ -22,10 +22,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgenode.errors import EdgenodeError
-from edgenode.transport._control import ControlClient, status_to_dict
+
+if TYPE_CHECKING:
+    from edgenode.client.cluster import ClusterClient
+    from edgenode.transport import NodeReport
 
 __all__ = ["LocalNode", "diagnose", "infer_within", "local_cluster", "request_deadline",
            "wait_agreed", "warm_up"]  # fmt: skip
@@ -117,32 +120,21 @@ async def local_cluster(
                 await node.process.wait()
 
 
-def assigned_parts(status: dict[str, Any]) -> set[int]:
-    """The parts the agreed plan in ``status`` gives to the node that sent it."""
-    me = status["node"]["node_id"]
-    return {
-        part
-        for a in status["plan"]["assignments"]
-        if a["node_id"] == me
-        for part in range(a["start"], a["stop"])
-    }
-
-
-def _unready(status: dict[str, Any], names: set[str]) -> str:
+def _unready(status: NodeReport, names: set[str]) -> str:
     """Why a node is not ready to serve ("" when it is)."""
-    plan = status["plan"]
-    who = status["node"]["name"] or status["node"]["node_id"]
-    if not plan["agreed_digest"] or plan["agreed_digest"] != plan["computed_digest"]:
+    plan = status.plan
+    who = status.label
+    if not plan.agreed:
         return f"{who} has not agreed on a plan"
-    if set(plan["members"]) != names:
-        return f"{who} counts {len(plan['members'])} of {len(names)} nodes"
-    missing = assigned_parts(status) - set(status["parts"])
+    if set(plan.members) != names:
+        return f"{who} counts {len(plan.members)} of {len(names)} nodes"
+    missing = status.assigned - set(status.parts)
     if missing:
         return f"{who} is still loading parts {sorted(missing)}"
     return ""
 
 
-async def wait_agreed(client: ControlClient, nodes: list[LocalNode]) -> list[dict[str, Any]]:
+async def wait_agreed(client: ClusterClient, nodes: list[LocalNode]) -> list[NodeReport]:
     """Statuses once every node serves the same agreed plan over all of them and has
     loaded the parts it gives it."""
     names = {n.name for n in nodes}
@@ -151,15 +143,15 @@ async def wait_agreed(client: ControlClient, nodes: list[LocalNode]) -> list[dic
         statuses, waiting = [], []
         for node in nodes:
             try:
-                statuses.append(dict(status_to_dict(await client.status(node.address))))
+                statuses.append(await client.status(node.address))
             except EdgenodeError:
                 waiting.append(f"{node.name} does not answer")
         waiting += [why for s in statuses if (why := _unready(s, names))]
-        digests = {s["plan"]["agreed_digest"] for s in statuses}
+        digests = {s.plan.agreed_digest for s in statuses}
         if len(digests) > 1:
             waiting.append(f"{len(digests)} different plans")
         if not waiting:
-            return sorted(statuses, key=lambda s: s["node"]["node_id"])
+            return sorted(statuses, key=lambda s: s.node_id)
         if time.monotonic() > deadline:
             raise EdgenodeError(
                 f"the nodes were not ready within {AGREE_TIMEOUT_S:g} s: {'; '.join(waiting)}"
@@ -167,21 +159,21 @@ async def wait_agreed(client: ControlClient, nodes: list[LocalNode]) -> list[dic
         await asyncio.sleep(POLL_INTERVAL_S)
 
 
-async def diagnose(client: ControlClient, nodes: list[LocalNode]) -> str:
+async def diagnose(client: ClusterClient, nodes: list[LocalNode]) -> str:
     """Which node and part were slowest (by their own p90 run time), and which nodes did
     not answer: for the error of a request that missed its deadline."""
     slowest: tuple[float, str] | None = None
     silent = []
     for node in nodes:
         try:
-            status = status_to_dict(await client.status(node.address))
+            status = await client.status(node.address)
         except EdgenodeError:
             silent.append(node.name)
             continue
-        for stage in status["stages"]:
-            p90 = float(stage["p90_s"])
+        for stage in status.stages:
+            p90 = stage.p90_s
             if slowest is None or p90 > slowest[0]:
-                slowest = (p90, f"{node.name} part {stage['part']} (p90 {p90 * 1e3:.1f} ms)")
+                slowest = (p90, f"{node.name} part {stage.part} (p90 {p90 * 1e3:.1f} ms)")
     found = []
     if silent:
         found.append(f"not answering: {', '.join(silent)}")
@@ -196,7 +188,7 @@ def request_deadline(warm_up_s: list[float]) -> float:
 
 
 async def infer_within(
-    client: ControlClient,
+    client: ClusterClient,
     nodes: list[LocalNode],
     origin: str,
     inputs: dict[str, Any],
@@ -206,14 +198,14 @@ async def infer_within(
     misses ``timeout_s``."""
     t0 = time.perf_counter()
     try:
-        outputs = await client.infer(origin, inputs, timeout_s=timeout_s)
+        outputs = await client.infer(inputs, timeout_s=timeout_s, origin=origin)
     except EdgenodeError as exc:
         raise EdgenodeError(f"{exc}; {await diagnose(client, nodes)}") from None
     return outputs, time.perf_counter() - t0
 
 
 async def warm_up(
-    client: ControlClient,
+    client: ClusterClient,
     nodes: list[LocalNode],
     origin: str,
     batches: list[dict[str, Any]],

@@ -643,7 +643,7 @@ class Load:
 
         turn = index
         # a client of its own per coroutine (own connections): the clients are independent
-        async with ControlClient(protocol=1) as client:
+        async with ControlClient() as client:
             cluster = client.cluster(self.targets)
             while not self._stop.is_set():
                 target = self.targets[turn % len(self.targets)]

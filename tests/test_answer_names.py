@@ -103,8 +103,7 @@ def test_the_text_report_and_a_single_saved_file_use_the_models_names(
 
 
 def test_the_python_client_returns_the_models_names(named, nodes, tmp_path: Path) -> None:
-    from edgenode.transport import run
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport import ControlClient, run
 
     model, _, _ = named
     cases = _cases(model, tmp_path)

@@ -25,13 +25,14 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from edgenode._cli_cluster import client_security, find_nodes
 from edgenode.cli import build_parser
+from edgenode.client.cluster import ClusterClient
 from edgenode.errors import DiscoveryError
 from edgenode.mesh import SERVICE_TYPE, Capacity, NodeId, PeerInfo, encode_txt, new_incarnation
 from edgenode.mesh.browse import browse
 from edgenode.mesh.discovery import host_label, instance_name
 from edgenode.security import new_cluster, write_private
 from edgenode.transport import GrpcTransport, Security, TransportConfig
-from edgenode.transport._control import ControlClient, control_handlers
+from edgenode.transport._control import control_handlers
 
 LOOPBACK = "127.0.0.1"
 MODEL = "ab" * 32
@@ -137,7 +138,7 @@ async def find(*argv: str) -> dict[str, PeerInfo | None]:
     args = build_parser().parse_args(
         ["status", "--interfaces", LOOPBACK, "--wait", str(BROWSE_S), *argv]
     )
-    async with ControlClient(protocol=1, security=client_security(args)) as client:
+    async with ClusterClient(security=client_security(args)) as client:
         return await find_nodes(args, client)
 
 

@@ -77,9 +77,9 @@ async def test_a_request_that_misses_its_deadline_names_the_stuck_node(tmp_path:
 
     The deadline (0.3 s) is shorter than the time the other node needs to declare the
     frozen one dead (two unanswered asks, 0.5 s apart) and take its parts over."""
+    from edgenode.client.cluster import ClusterClient
     from edgenode.demo import infer_within, local_cluster, wait_agreed
     from edgenode.model.split import split_model
-    from edgenode.transport._control import ControlClient
     from tests.model import models
 
     model = models.build("multi_io")
@@ -87,10 +87,10 @@ async def test_a_request_that_misses_its_deadline_names_the_stuck_node(tmp_path:
     batch = models.sample_inputs(model, batch=1)
     async with (
         local_cluster(tmp_path / "parts", tmp_path, 2, say=lambda _: None, key=None) as nodes,
-        ControlClient(protocol=1) as client,
+        ClusterClient() as client,
     ):
         statuses = await wait_agreed(client, nodes)
-        owners = [s["node"]["node_id"] for s in statuses if s["parts"]]
+        owners = [s.node_id for s in statuses if s.parts]
         origin = next(n for n in nodes if n.name != owners[-1])
         await infer_within(client, nodes, origin.address, batch, 60.0)
         stuck = next(n for n in nodes if n.name == owners[-1])

@@ -156,8 +156,7 @@ def no_tensorflow(tmp_path: Path) -> dict[str, str]:
 def _check_answers(
     splits: dict[str, Any], address: str, atol: float, key: Path | None = None
 ) -> None:
-    from edgenode.transport import run
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport import ControlClient, run
     from tests.model import models
 
     batches = [models.sample_inputs(splits["model"], seed=s, batch=1) for s in range(8)]

@@ -76,8 +76,7 @@ def _kill(node: NodeProcess) -> None:
 
 def test_the_python_client_fails_over_when_the_origin_is_killed(multi_io, nodes) -> None:
     from edgenode.errors import InferenceFailed, PeerUnavailable
-    from edgenode.transport import run
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport import ControlClient, run
 
     _, inputs, references = multi_io
     started, found = nodes

@@ -44,8 +44,7 @@ from hypothesis import strategies as st
 
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
 from edgenode.errors import EdgenodeError
-from edgenode.transport import loop_factory
-from edgenode.transport._control import ControlClient
+from edgenode.transport import ControlClient, loop_factory
 from edgenode.transport._status import status_of
 from edgenode.transport.codec import (
     CHUNK_BYTES,

@@ -67,8 +67,7 @@ def test_cli_answer_equals_the_local_model(multi_io, nodes, tmp_path: Path) -> N
 
 
 def test_32_concurrent_requests_through_any_node(multi_io, nodes) -> None:
-    from edgenode.transport import run
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport import ControlClient, run
     from tests.model import models
 
     model, graph, manifest, _ = multi_io
@@ -127,8 +126,7 @@ def mobilenet(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("count", [1, 2, 3, 5])
 def test_mobilenet_v3_large_on_n_nodes(mobilenet, tmp_path: Path, count: int) -> None:
     from edgenode.model.calibrate import calibration_batch
-    from edgenode.transport import run
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport import ControlClient, run
 
     graph, manifest, directory = mobilenet
     # equal pinned speeds: the plan depends on the model, not on benchmark noise
@@ -164,8 +162,7 @@ def test_a_flood_is_refused_with_resource_exhausted_and_nothing_is_lost(
     multi_io, tmp_path: Path
 ) -> None:
     from edgenode.errors import Overloaded
-    from edgenode.transport import run
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport import ControlClient, run
     from tests.model import models
 
     model, graph, manifest, directory = multi_io

@@ -30,7 +30,7 @@ import pytest
 
 from edgenode._stats import percentile
 from edgenode.errors import InputError, PeerUnavailable
-from edgenode.transport._control import ControlClient
+from edgenode.transport import ControlClient
 from edgenode.transport._status import failure_reason
 from tests.nodes import cli, running_cluster
 
@@ -161,7 +161,7 @@ async def test_control_calls_say_why_a_node_did_not_answer(listeners: dict[str, 
         f"127.0.0.1:{listeners['silent']}": "no answer within 0.5 s",
         f"127.0.0.1:{listeners['http']}": "not a gRPC server",
     }
-    async with ControlClient(protocol=1, timeout_s=0.5) as client:
+    async with ControlClient(timeout_s=0.5) as client:
         for address, reason in cases.items():
             with pytest.raises(PeerUnavailable) as caught:
                 await client.status(address)

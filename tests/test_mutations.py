@@ -45,14 +45,13 @@ def cluster_answers(
     twin, tmp_path: Path, mutation: str | None
 ) -> tuple[list[dict[str, np.ndarray]], list[NodeProcess]]:
     """Three nodes (every one given ``mutation``), the answers to the inputs in order."""
-    from edgenode.transport import run
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport import ControlClient, run
 
     directory, batches, _ = twin
     env = {ENV_VAR: mutation} if mutation else {}
 
     async def ask(nodes: list[NodeProcess]) -> list[dict[str, Any]]:
-        client = ControlClient(protocol=1)
+        client = ControlClient()
         try:  # one at a time: "other" hands each request the previous one's tensors
             return [await client.infer(nodes[0].address, b, timeout_s=60) for b in batches]
         finally:

@@ -301,7 +301,7 @@ def test_prometheus_endpoint(split_dir, tmp_path) -> None:
 
 
 async def _one_at_a_time(address: str, *, requests: int, idle_s: float) -> None:
-    from edgenode.transport._control import ControlClient
+    from edgenode.transport import ControlClient
     from tests.model import models
 
     inputs = models.sample_inputs(models.build("fork_join"), batch=1)

@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from edgenode._cli_status import TABLE_WIDTH, readiness, status_table
+from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
 from edgenode.planning import ClusterPlan
 from edgenode.planning.cluster import Assignment
 from edgenode.runtime.control import NodeControl
 from edgenode.runtime.negotiation import PlanState
-from edgenode.transport import Security
-from edgenode.transport._control import _status_reply, status_to_dict
+from edgenode.transport import NodeReport, Security
+from edgenode.transport._control import _status_reply
+from edgenode.transport._reports import report_of
 from tests.nodes import (
     NodeProcess,
     cli,
@@ -80,7 +82,7 @@ def status(
     served: int = 0,
     runs: tuple[tuple[int, float], ...] = (),
     address: str | None = None,
-) -> dict[str, Any]:
+) -> NodeReport:
     """What `edgenode status` receives from ``node``: its NodeStatus, encoded and decoded as
     on the wire. ``loaded`` defaults to the parts ``agreed`` gives it."""
     me = peer_info(node, 4000 + ord(node[-1]), MANIFEST)
@@ -107,7 +109,8 @@ def status(
     for part, seconds in runs:
         control.record_stage(part, seconds)
     control.started_s = 0.0
-    return dict(status_to_dict(_status_reply(control.status())))
+    wire = _status_reply(control.status()).SerializeToString()
+    return report_of(pb.NodeStatus.FromString(wire))
 
 
 THREE = plan(("a", 0, 3), ("b", 3, 5), ("c", 5, 8))
@@ -150,7 +153,7 @@ def test_readiness_is_the_condition_of_agreed_cluster() -> None:
     # A deliberately wrong cluster: every node says "ready", but b and c each serve a plan
     # of their own (both plans agreed and loaded): not one agreed plan, so not ready.
     split = [status("a", TWO), status("b", TWO), status("c", plan(("c", 0, 8)))]
-    assert [s["state"] for s in split] == ["ready"] * 3
+    assert [s.state for s in split] == ["ready"] * 3
     assert not readiness(split, 3).done
     assert readiness(split, 2).done  # two of them do serve one plan
 
@@ -216,7 +219,7 @@ def test_table_fits_100_columns_and_wide_shows_every_column() -> None:
 
 
 def test_json_keeps_64_bit_integers_as_numbers() -> None:
-    data = status("a", THREE, served=7, runs=((0, 0.01),) * 3)
+    data = status("a", THREE, served=7, runs=((0, 0.01),) * 3).to_json()
     assert data["requests_served"] == 7 and data["part_runs"] == 3
     assert data["stages"][0]["count"] == 3
     assert data["node"]["incarnation"] == 4097 and data["node"]["memory_bytes"] == 2**30

@@ -7,7 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,28 +15,32 @@ from harness.nodes import POLL_S, START_DEADLINE_S, NodeProc, settle, stop_nodes
 from harness.plans import describe_plan, stage_ranges
 from harness.report import say
 
+if TYPE_CHECKING:
+    from edgenode.planning import Assignment
+    from edgenode.transport import NodeReport
+
 REQUEST_TIMEOUT_S = 60.0
 
 
 class Client:
-    """The benchmark's gRPC client: status and inference calls to the nodes."""
+    """The benchmark's client (the product's ``ClusterClient``): status and inference calls
+    to the nodes."""
 
     def __init__(self) -> None:
-        from edgenode.transport._control import ControlClient
+        from edgenode.client.cluster import ClusterClient
 
-        self._client = ControlClient()
+        self._client = ClusterClient()
 
-    async def status(self, address: str) -> dict[str, Any] | None:
+    async def status(self, address: str) -> NodeReport | None:
         from edgenode.errors import EdgenodeError
-        from edgenode.transport._control import status_to_dict
 
         try:
-            return dict(status_to_dict(await self._client.status(address)))
+            return await self._client.status(address)
         except EdgenodeError:  # starting, stopping or busy
             return None
 
     async def infer(self, address: str, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        return await self._client.infer(address, inputs, timeout_s=REQUEST_TIMEOUT_S)
+        return await self._client.infer(inputs, timeout_s=REQUEST_TIMEOUT_S, origin=address)
 
     async def latencies(
         self, address: str, inputs: Mapping[str, np.ndarray], runs: int
@@ -57,12 +61,12 @@ class Cluster:
     """Running nodes and what they agreed on."""
 
     nodes: list[NodeProc]
-    statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    statuses: dict[str, NodeReport] = field(default_factory=dict)
 
     @property
-    def assignments(self) -> list[dict[str, Any]]:
+    def assignments(self) -> list[Assignment]:
         first = next(iter(self.statuses.values()))
-        return list(first["plan"]["assignments"])
+        return list(first.plan.assignments)
 
     @property
     def stages(self) -> list[tuple[str, int, int]]:
@@ -70,7 +74,7 @@ class Cluster:
 
     @property
     def replicas(self) -> int:
-        return 1 + max(int(a["replica"]) for a in self.assignments)
+        return 1 + max(a.replica for a in self.assignments)
 
     def address(self, node_id: str) -> str:
         return next(n.address for n in self.nodes if n.name == node_id)
@@ -81,48 +85,37 @@ class Cluster:
         return self.address(self.stages[0][0])
 
 
-def _agreed(statuses: Mapping[str, dict[str, Any]], names: set[str]) -> bool:
+def _agreed(statuses: Mapping[str, NodeReport], names: set[str]) -> bool:
     if set(statuses) != names:
         return False
     digests = set()
     for st in statuses.values():
-        plan = st["plan"]
-        if set(plan["members"]) != names or not plan["agreed_digest"]:
+        if set(st.plan.members) != names or not st.plan.agreed:
             return False
-        if plan["agreed_digest"] != plan["computed_digest"]:
-            return False
-        digests.add(plan["agreed_digest"])
+        digests.add(st.plan.agreed_digest)
     if len(digests) != 1:
         return False
-    for node_id, st in statuses.items():
-        own = [
-            list(range(int(a["start"]), int(a["stop"])))
-            for a in st["plan"]["assignments"]
-            if a["node_id"] == node_id
-        ]
-        if sorted(int(p) for p in st["parts"]) != (own[0] if own else []):
-            return False
-    return True
+    return all(sorted(st.parts) == sorted(st.assigned) for st in statuses.values())
 
 
 async def wait_agreed(client: Client, cluster: Cluster, deadline: float) -> None:
     """Until every node serves one agreed plan over exactly these nodes, parts loaded."""
     names = {n.name for n in cluster.nodes}
     while True:
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, NodeReport] = {}
         for node in cluster.nodes:
             node.check_alive()
             st = await client.status(node.address)
             if st is not None:
-                found[st["node"]["node_id"]] = st
+                found[st.node_id] = st
         if _agreed(found, names):
             cluster.statuses = found
             return
         if time.monotonic() > deadline:
             seen = "; ".join(
-                f"{n}: {len(st['plan']['members'])} members, agreed "
-                f"{st['plan']['agreed_digest'][:8] or '-'}, computed "
-                f"{st['plan']['computed_digest'][:8] or '-'}, parts {st['parts']}"
+                f"{n}: {len(st.plan.members)} members, agreed "
+                f"{st.plan.agreed_digest[:8] or '-'}, computed "
+                f"{st.plan.computed_digest[:8] or '-'}, parts {list(st.parts)}"
                 for n, st in sorted(found.items())
             )
             raise RuntimeError(
@@ -185,9 +178,8 @@ async def stage_counters(client: Client, cluster: Cluster) -> dict[int, tuple[in
             st = st or await client.status(node.address)
         if st is None:
             continue
-        for s in st["stages"]:
-            count = int(s["count"])
-            out[int(s["part"])] = (count, count * float(s["mean_s"]))
+        for s in st.stages:
+            out[s.part] = (s.count, s.count * s.mean_s)
     return out
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from harness.report import say, two_digits
+
+if TYPE_CHECKING:
+    from edgenode.planning import Assignment
 
 
 def offline_plan(manifest: Any, node_ids: Sequence[str], speed_gflops: float) -> Any:
@@ -23,25 +26,15 @@ def offline_plan(manifest: Any, node_ids: Sequence[str], speed_gflops: float) ->
     )
 
 
-def stage_ranges(assignments: Sequence[Any], replica: int = 0) -> list[tuple[str, int, int]]:
-    """(node, start, stop) of one replica's stages in pipeline order (plan objects or dicts)."""
-
-    def get(a: Any, key: str) -> Any:
-        return a[key] if isinstance(a, Mapping) else getattr(a, key)
-
-    rows = [
-        (str(get(a, "node_id")), int(get(a, "start")), int(get(a, "stop")))
-        for a in assignments
-        if int(get(a, "replica")) == replica
-    ]
+def stage_ranges(assignments: Sequence[Assignment], replica: int = 0) -> list[tuple[str, int, int]]:
+    """(node, start, stop) of one replica's stages in pipeline order."""
+    rows = [(a.node_id, a.start, a.stop) for a in assignments if a.replica == replica]
     return sorted(rows, key=lambda r: r[1])
 
 
-def describe_plan(assignments: Sequence[Any]) -> str:
+def describe_plan(assignments: Sequence[Assignment]) -> str:
     """'[0] [1] [2-3] [4]': the parts of each stage; further pipelines as '+ replica [..]'."""
-    replicas = sorted(
-        {int(a["replica"] if isinstance(a, Mapping) else a.replica) for a in assignments}
-    )
+    replicas = sorted({a.replica for a in assignments})
     texts = []
     for r in replicas:
         stages = stage_ranges(assignments, r)

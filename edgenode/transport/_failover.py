@@ -10,12 +10,13 @@ already full, and hide its backpressure from the caller. A node that answered "n
 agreed" (FAILED_PRECONDITION) or gave up at its own deadline (DEADLINE_EXCEEDED) is alive,
 but another may do better: the request goes there too while the client's deadline allows.
 
-``ClusterClient`` knows the members from its seeds and from the view of the first node that
-answers a status call (its own address and every peer it counts alive), asked again in the
-background every ``MEMBERS_REFRESH_S`` while requests flow, soon after a node goes away, and
-before a request gives up; so a node that restarted on a new port, or a new member, is found
-without a status call per request. Each request tries each member at most once, so when
-every node is gone it ends with one error, before its deadline, that lists what was tried.
+``Failover`` (one per cluster) knows the members from its seeds and from the view of the
+first node that answers a status call (its own address and every peer it counts alive),
+asked again in the background every ``MEMBERS_REFRESH_S`` while requests flow, soon after a
+node goes away, and before a request gives up; so a node that restarted on a new port, or a
+new member, is found without a status call per request. Each request tries each member at
+most once, so when every node is gone it ends with one error, before its deadline, that
+lists what was tried.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ __all__ = [
     "DOWN_HOLD_S",
     "MEMBERS_REFRESH_S",
     "Answer",
-    "ClusterClient",
+    "Failover",
     "InferNodes",
     "View",
     "next_step",
@@ -81,7 +82,7 @@ class View:
 
 
 class InferNodes(Protocol):
-    """How a ClusterClient reaches single nodes (ControlClient implements it)."""
+    """How a Failover reaches single nodes (ControlClient implements it)."""
 
     async def infer_once(
         self, address: str, inputs: Mapping[str, np.ndarray]
@@ -113,7 +114,7 @@ class Answer:
         return self.outputs
 
 
-class ClusterClient:
+class Failover:
     """Requests to one cluster: each sent to an origin and, when that node goes away before
     answering, to another member, until one answers or the request's deadline passes.
 
@@ -145,7 +146,7 @@ class ClusterClient:
         self._closed = False
         self.add(seeds)
 
-    async def __aenter__(self) -> ClusterClient:
+    async def __aenter__(self) -> Failover:
         return self
 
     async def __aexit__(

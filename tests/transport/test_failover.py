@@ -1,4 +1,4 @@
-"""Clients fail over: ClusterClient over an in-memory cluster, and over real gRPC nodes.
+"""Clients fail over: Failover over an in-memory cluster, and over real gRPC nodes.
 
 The in-memory ``FakeNodes`` is a complete InferNodes: each node has a behaviour per request
 (answer, go away mid-request, refuse with a code), a view of the cluster, and counts of
@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 
 from edgenode.errors import InferenceFailed, Overloaded, PeerUnavailable
-from edgenode.transport import GrpcTransport
-from edgenode.transport._control import ControlClient
+from edgenode.transport import ControlClient, GrpcTransport
 from edgenode.transport._failover import (
     DOWN_HOLD_S,
     REFRESH_GAP_S,
-    ClusterClient,
+    Failover,
     View,
     next_step,
 )
@@ -87,9 +86,9 @@ def x(value: float) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[tuple[FakeNodes, ClusterClient, Clock]]:
+async def fake() -> AsyncIterator[tuple[FakeNodes, Failover, Clock]]:
     nodes, clock = FakeNodes(THREE), Clock()
-    cluster = ClusterClient(nodes, [A], clock=clock)
+    cluster = Failover(nodes, [A], clock=clock)
     try:
         assert await cluster.refresh()
         yield nodes, cluster, clock
@@ -214,7 +213,7 @@ async def test_when_every_node_is_gone_one_error_lists_what_was_tried(fake) -> N
 async def test_a_single_node_keeps_its_own_error() -> None:
     nodes = FakeNodes({"a": A})
     nodes.behaviour[A] = "unreachable"
-    async with ClusterClient(nodes, [A]) as cluster:
+    async with Failover(nodes, [A]) as cluster:
         with pytest.raises(PeerUnavailable, match=r"^10\.0\.0\.1:1: not reachable$"):
             await cluster.infer(x(1), timeout_s=5)
 
@@ -287,7 +286,7 @@ async def test_a_node_of_another_cluster_gets_no_request(caplog) -> None:
     stranger = "10.0.0.9:1"
     nodes = FakeNodes(THREE)
     nodes.behaviour[stranger] = "ok"
-    async with ClusterClient(nodes, [A, stranger]) as cluster:  # no view yet: both tried
+    async with Failover(nodes, [A, stranger]) as cluster:  # no view yet: both tried
         assert await cluster.refresh()  # A's view
         with caplog.at_level(logging.WARNING):
             other = View(node_id="z", identity="other/model", members={"z": stranger})

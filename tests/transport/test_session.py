@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from edgenode.errors import InferenceFailed, ModelError, Overloaded, PeerUnavailable
-from edgenode.transport import SERVICE_NAME, GrpcTransport
+from edgenode.transport import SERVICE_NAME, ControlClient, GrpcTransport
 from edgenode.transport import _session as session_module
-from edgenode.transport._control import ControlClient, control_handlers
+from edgenode.transport._control import control_handlers
 from edgenode.transport._session import END, ERROR
 from edgenode.transport.codec import FrameDecoder, RequestId, Tensor, encode_frames
 
