@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING
 from edgenode._cli_common import EXIT_OK, setup_tensorflow
 
 if TYPE_CHECKING:
+    from edgenode.client.cluster import ClusterClient, Found
     from edgenode.config import Config
-    from edgenode.mesh import PeerInfo
     from edgenode.runtime.parts import RunnerFactory
     from edgenode.transport import Security
-    from edgenode.transport._control import ControlClient
 from edgenode.errors import UsageError
 
 __all__ = ["DEFAULT_KEY", "client_security", "cmd_run", "find_nodes"]
@@ -131,18 +130,12 @@ def client_security(args: argparse.Namespace) -> Security:
     return Security(load_credentials(Path(key)))
 
 
-async def find_nodes(args: argparse.Namespace, client: ControlClient) -> dict[str, PeerInfo | None]:
+async def find_nodes(args: argparse.Namespace, client: ClusterClient) -> Found:
     """Nodes to ask, by address: every --peer (None: not asked who it is), else every node
     mDNS finds (of --cluster if given) that answers Hello as its record says, as it answered."""
-    from edgenode.mesh import Endpoint
-    from edgenode.mesh.browse import find_members
-
-    if args.peer:
-        return dict.fromkeys(str(Endpoint.parse(p)) for p in args.peer)
-    interfaces = args.interfaces.split(",") if args.interfaces else "all"
-    # A node that does not answer says why in a few words ("10.0.0.5:4000: connection
-    # refused"): ControlClient's calls translate gRPC's reasons (transport/_status.py).
-    found = await find_members(
-        client.hello, cluster=args.cluster, interfaces=interfaces, browse_s=args.wait
+    return await client.find(
+        peers=args.peer or (),
+        cluster=args.cluster,
+        interfaces=args.interfaces.split(",") if args.interfaces else "all",
+        browse_s=args.wait,
     )
-    return {str(m.endpoint): m for m in found}

@@ -41,8 +41,14 @@ from edgenode.runtime.parts import PartHost, RunnerFactory
 from edgenode.runtime.requests import Router
 from edgenode.runtime.selfbench import measure_speed, total_memory_bytes
 from edgenode.security import load_credentials
-from edgenode.transport import PROTOCOL_VERSION, GrpcTransport, Security, TransportConfig
-from edgenode.transport._control import ControlClient, control_handlers
+from edgenode.transport import (
+    PROTOCOL_VERSION,
+    ControlClient,
+    GrpcTransport,
+    Security,
+    TransportConfig,
+)
+from edgenode.transport._control import control_handlers
 
 __all__ = ["DEFAULT_SPLIT_PARTS", "Node", "node_security", "prepare_model"]
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from edgenode.transport import Security, run
-from edgenode.transport._control import ControlClient, status_to_dict
+from edgenode.client.cluster import ClusterClient
+from edgenode.transport import ControlClient, Security, run
 
 START_DEADLINE_S = 90.0
 # Pinned so slow that compute outweighs every hop: the plan spreads the parts over all nodes.
@@ -100,24 +100,22 @@ class NodeProcess:
 
 
 def statuses(addresses: list[str], key: Path | None = None) -> dict[str, dict[str, Any]]:
-    """GetStatus of every address that answers, by node id (as a member: ``key``)."""
+    """GetStatus of every address that answers, by node id (as a member: ``key``), as
+    `edgenode status --json` prints it."""
     from edgenode.security import load_credentials
     from edgenode.transport import Security
 
     security = Security(load_credentials(key)) if key else Security.insecure()
 
     async def ask() -> dict[str, dict[str, Any]]:
-        client = ControlClient(protocol=1, security=security)
         found = {}
-        try:
+        async with ClusterClient(security=security) as client:
             for address in addresses:
                 try:
-                    status = dict(status_to_dict(await client.status(address)))
+                    status = (await client.status(address)).to_json()
                 except Exception:  # noqa: BLE001  a node that is starting or stopping does not answer
                     continue
                 found[status["node"]["node_id"]] = status
-        finally:
-            await client.aclose()
         return found
 
     return run(ask())
@@ -236,7 +234,7 @@ def infer_checked(
     batches = [models.sample_inputs(split["model"], seed=s, batch=1) for s in (seed, seed + 10)]
 
     async def go() -> list[dict[str, Any]]:
-        client = ControlClient(protocol=1, security=security)
+        client = ControlClient(security=security)
         try:
             return [
                 await client.infer(address, b, timeout_s=60, failover=failover) for b in batches
