@@ -20,6 +20,7 @@ from edgenode.errors import ModelError
 from edgenode.mesh import NodeId, PeerInfo
 from edgenode.model.manifest import MANIFEST_NAME, Manifest
 from edgenode.runtime.negotiation import PlanState
+from edgenode.transport import MANIFEST_PART
 
 __all__ = [
     "RECENT_RUNS",
@@ -30,7 +31,6 @@ __all__ = [
     "load_state",
 ]
 
-MANIFEST_FILE = -1  # FetchFile's part index for manifest.json
 RECENT_RUNS = 256  # runs per part behind the percentiles GetStatus reports
 
 # How far a node is in serving the agreed plan: "waiting" (no agreed plan yet), "loading"
@@ -148,7 +148,7 @@ class NodeControl:
         """The file behind a FetchFile request; ModelError when this node cannot serve it."""
         if manifest_identity != self.manifest.identity:
             raise ModelError("this node serves another model or another cut of it")
-        if part == MANIFEST_FILE:
+        if part == MANIFEST_PART:
             path = self.directory / MANIFEST_NAME
         elif 0 <= part < len(self.manifest.parts):
             path = self.directory / self.manifest.parts[part].file
