@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +38,6 @@ MANIFEST_NAME = "manifest.json"
 _HASH_BLOCK_BYTES = 1 << 20
 # Tensor names starting with this are the wire's own: its control tensors (transport.codec).
 RESERVED_PREFIX = "!"
-_FAMILY = re.compile(r"[a-z0-9_]{1,64}")  # model.preprocess
 
 _V = TypeVar("_V")
 
@@ -222,7 +220,9 @@ class Manifest:
     @classmethod
     def from_json(cls, data: Any) -> Manifest:
         """Parse and validate a manifest; ManifestError names the offending field."""
-        return _parse(data)
+        from edgenode.model._manifest_parse import parse_manifest  # it builds this class
+
+        return parse_manifest(data)
 
     def write(self, directory: Path) -> Path:
         """Write ``manifest.json`` into ``directory``."""
@@ -324,194 +324,4 @@ def load_manifest(path: Path) -> Manifest:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
-    return _parse(data)
-
-
-# -- parsing ---------------------------------------------------------------------------
-
-
-def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if not isinstance(obj, Mapping):
-        raise ManifestError(f"{where}: expected an object, got {type(obj).__name__}")
-    if key not in obj:
-        raise ManifestError(f"{where}.{key}: missing")
-    value = obj[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ManifestError(f"{where}.{key}: expected {_kind_name(kind)}, got {value!r:.60}")
-    return value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
-
-
-def _shape(value: Any, where: str) -> tuple[int | None, ...]:
-    if not isinstance(value, list) or not all(
-        d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 0) for d in value
-    ):
-        raise ManifestError(f"{where}.shape: expected a list of sizes or null, got {value!r:.60}")
-    return tuple(value)
-
-
-def _tensor(obj: Any, where: str) -> TensorSpec:
-    return TensorSpec(
-        name=_field(obj, "name", str, where),
-        shape=_shape(_field(obj, "shape", list, where), where),
-        dtype=_field(obj, "dtype", str, where),
-    )
-
-
-def _output(obj: Any, where: str) -> OutputSpec:
-    base = _tensor(obj, where)
-    final = _field(obj, "final", bool, where)
-    return OutputSpec(name=base.name, shape=base.shape, dtype=base.dtype, final=final)
-
-
-def _list(obj: Mapping[str, Any], key: str, where: str) -> Sequence[Any]:
-    value: Sequence[Any] = _field(obj, key, list, where)
-    return value
-
-
-def _tensors(obj: Mapping[str, Any], key: str, where: str) -> tuple[TensorSpec, ...]:
-    return tuple(_tensor(t, f"{where}.{key}[{i}]") for i, t in enumerate(_list(obj, key, where)))
-
-
-def _name(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ManifestError(f"{where}: expected str, got {value!r:.60}")
-    return value
-
-
-def _optional_int(obj: Mapping[str, Any], key: str, where: str) -> int:
-    value: int = _field(obj, key, int, where) if key in obj else 0
-    return value
-
-
-def _parse(data: Any) -> Manifest:
-    fmt = _field(data, "format", str, "manifest")
-    if fmt != FORMAT:
-        raise ManifestError(f"manifest.format: unsupported {fmt!r}, expected {FORMAT!r}")
-    m = _field(data, "model", dict, "manifest")
-    outputs = tuple(
-        _name(o, f"model.outputs[{i}]") for i, o in enumerate(_list(m, "outputs", "model"))
-    )
-    model = ModelSpec(
-        name=_field(m, "name", str, "model"),
-        sha256=_field(m, "sha256", str, "model"),
-        inputs=_tensors(m, "inputs", "model"),
-        outputs=outputs,
-        output_names=_output_names(m, outputs),
-        preprocess=_preprocess(m),
-        ops=_optional_int(m, "ops", "model"),
-        macs=_optional_int(m, "macs", "model"),
-        flops=_optional_int(m, "flops", "model"),
-        param_bytes=_optional_int(m, "param_bytes", "model"),
-    )
-    parts = []
-    for i, p in enumerate(_list(data, "parts", "manifest")):
-        where = f"parts[{i}]"
-        ops = _field(p, "ops", dict, where) if isinstance(p, Mapping) and "ops" in p else {}
-        parts.append(
-            PartSpec(
-                index=_field(p, "index", int, where),
-                file=_field(p, "file", str, where),
-                sha256=_field(p, "sha256", str, where),
-                inputs=_tensors(p, "inputs", where),
-                outputs=tuple(
-                    _output(t, f"{where}.outputs[{j}]")
-                    for j, t in enumerate(_list(p, "outputs", where))
-                ),
-                start=_optional_int(ops, "start", f"{where}.ops"),
-                stop=_optional_int(ops, "stop", f"{where}.ops"),
-                macs=_optional_int(p, "macs", where),
-                flops=_field(p, "flops", int, where),
-                param_bytes=_field(p, "param_bytes", int, where),
-            )
-        )
-    manifest = Manifest(
-        model=model,
-        parts=tuple(parts),
-        created_by=str(data.get("created_by", "")),
-        link=_link(data["link"]) if "link" in data else None,
-    )
-    _check(manifest)
-    return manifest
-
-
-def _preprocess(m: Mapping[str, Any]) -> str | None:
-    """``model.preprocess``: a family name of lower-case letters, digits and ``_``, or None."""
-    if "preprocess" not in m:
-        return None
-    family = str(_field(m, "preprocess", str, "model"))
-    if not _FAMILY.fullmatch(family):
-        raise ManifestError(f"model.preprocess: {family!r} is not a preprocessing family name")
-    return family
-
-
-def _output_names(m: Mapping[str, Any], outputs: Sequence[str]) -> tuple[str, ...] | None:
-    """``model.output_names``: one distinct name per model output, or None when absent."""
-    if "output_names" not in m:
-        return None
-    names = tuple(
-        _name(o, f"model.output_names[{i}]")
-        for i, o in enumerate(_list(m, "output_names", "model"))
-    )
-    if len(names) != len(outputs):
-        raise ManifestError(
-            f"model.output_names: {len(names)} names for {len(outputs)} model outputs; "
-            "expected one per output"
-        )
-    for i, tensor in enumerate(outputs):
-        if tensor in outputs[:i]:
-            raise ManifestError(f"model.outputs[{i}]: {tensor!r} is listed twice")
-    for i, name in enumerate(names):
-        if not name:
-            raise ManifestError(f"model.output_names[{i}]: '' is empty")
-        if name.startswith(RESERVED_PREFIX):
-            raise ManifestError(
-                f"model.output_names[{i}]: {name!r} starts with {RESERVED_PREFIX!r}, "
-                "reserved by the protocol"
-            )
-        if name in names[:i]:
-            raise ManifestError(f"model.output_names[{i}]: {name!r} names two outputs")
-    return names
-
-
-def _link(data: Any) -> LinkSpec:
-    bandwidth = _field(data, "bandwidth_bytes_per_s", (int, float), "link")
-    latency = _field(data, "latency_s", (int, float), "link")
-    if isinstance(bandwidth, bool) or not 0 < bandwidth < float("inf"):
-        raise ManifestError(f"link.bandwidth_bytes_per_s: must be positive, got {bandwidth!r}")
-    if isinstance(latency, bool) or not 0 <= latency < float("inf"):
-        raise ManifestError(f"link.latency_s: must be 0 or more, got {latency!r}")
-    return LinkSpec(bandwidth_bytes_per_s=float(bandwidth), latency_s=float(latency))
-
-
-def _check(manifest: Manifest) -> None:
-    """Cross-field checks: indices, file names, dataflow and final outputs."""
-    if not manifest.parts:
-        raise ManifestError("manifest.parts: empty")
-    available = {t.name for t in manifest.model.inputs}
-    finals: set[str] = set()
-    for i, part in enumerate(manifest.parts):
-        if part.index != i:
-            raise ManifestError(f"parts[{i}].index: expected {i}, got {part.index}")
-        if Path(part.file).name != part.file or part.file in ("", ".", ".."):
-            raise ManifestError(f"parts[{i}].file: {part.file!r} must be a plain file name")
-        for t in part.inputs:
-            if t.name not in available:
-                raise ManifestError(
-                    f"parts[{i}].inputs: {t.name!r} is neither a model input nor an "
-                    "output of an earlier part"
-                )
-        for out in part.outputs:
-            available.add(out.name)
-            if out.final:
-                finals.add(out.name)
-    missing = set(manifest.model.outputs) - finals
-    extra = finals - set(manifest.model.outputs)
-    if missing:
-        raise ManifestError(f"model outputs {sorted(missing)} are not marked final in any part")
-    if extra:
-        raise ManifestError(f"outputs {sorted(extra)} are marked final but are not model outputs")
+    return Manifest.from_json(data)
