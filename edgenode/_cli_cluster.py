@@ -5,6 +5,7 @@ edgenode.cli)."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from edgenode.transport import Security
 from edgenode.errors import UsageError
 
-__all__ = ["DEFAULT_KEY", "client_security", "cmd_run", "find_nodes"]
+__all__ = ["DEFAULT_KEY", "check_ready_file", "client_security", "cmd_run", "find_nodes"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -47,7 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = config.override("security", key="", insecure=True)
     elif args.key:
         config = config.override("security", key=args.key, insecure=False)
-    _check_before_tensorflow(config)
+    ready_file = Path(args.ready_file) if args.ready_file else None
+    _check_before_tensorflow(config, ready_file)
     security = node_security(config)  # a missing or bad key: one line before anything starts
     if config.model.backend == "keras" or not Path(config.model.source).is_dir():
         setup_tensorflow(args, threads=config.model.threads)
@@ -71,25 +73,46 @@ def cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_stop)
-        node = Node(config, state_dir=state_dir, runner_factory=runners, security=security)
+        node = Node(
+            config,
+            state_dir=state_dir,
+            runner_factory=runners,
+            security=security,
+            ready_file=ready_file,
+        )
         await node.run(stop, on_agreed=on_agreed)
 
     run(main())
     return EXIT_OK
 
 
-def _check_before_tensorflow(config: Config) -> None:
-    """The listen addresses and the model, checked in a moment rather than after the
-    seconds TensorFlow takes to import: the errors a mistyped command line meets first."""
+def _check_before_tensorflow(config: Config, ready_file: Path | None = None) -> None:
+    """The listen addresses, the model and the ready file's directory, checked in a moment
+    rather than after the seconds TensorFlow takes to import: the errors a mistyped command
+    line meets first."""
     from edgenode.config import parse_address
     from edgenode.model.loading import check_model_source
     from edgenode.transport import check_listen_address
 
+    if ready_file is not None:
+        check_ready_file(ready_file)
     check_listen_address(*parse_address(config.node.listen, key="node.listen"))
     if config.node.metrics_listen:
         check_listen_address(*parse_address(config.node.metrics_listen, key="node.metrics_listen"))
     if not Path(config.model.source).is_dir():
         check_model_source(config.model.source, weights=config.model.weights)
+
+
+def check_ready_file(path: Path) -> None:
+    """UsageError unless ``path`` can be written later: its directory exists, and it is not
+    a directory itself."""
+    directory = path.parent
+    if not directory.is_dir():
+        raise UsageError(f"--ready-file: directory {directory} does not exist")
+    if path.is_dir():
+        raise UsageError(f"--ready-file: {path} is a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"--ready-file: directory {directory} is not writable")
 
 
 def _test_mutation(threads: int) -> RunnerFactory | None:

@@ -369,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--threads", type=_positive_int, help="override model.threads (threads per part)"
     )
+    run.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="once the node serves, write FILE (atomically) as JSON: node_id, address "
+        "(host:port) and pid; removed when the node stops",
+    )
     run.set_defaults(func=cmd_run, log_level=logging.INFO, end_process=True)
 
     status = sub.add_parser(

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import re
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -50,7 +53,7 @@ from edgenode.transport import (
 )
 from edgenode.transport._control import control_handlers
 
-__all__ = ["DEFAULT_SPLIT_PARTS", "Node", "node_security", "prepare_model"]
+__all__ = ["DEFAULT_SPLIT_PARTS", "Node", "node_security", "prepare_model", "write_ready_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +122,30 @@ async def _first_error() -> AsyncIterator[None]:
         raise first from group
 
 
+def write_ready_file(path: Path, *, node_id: str, address: str) -> None:
+    """Write ``path`` as JSON {node_id, address, pid} atomically: a reader sees the whole
+    file or none (a temporary file in the same directory, then os.replace)."""
+    text = json.dumps({"node_id": node_id, "address": address, "pid": os.getpid()})
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise EdgenodeError(f"cannot write the ready file {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text + "\n")
+        os.replace(temp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise EdgenodeError(f"cannot write the ready file {path}: {exc.strerror or exc}") from None
+
+
+def _remove_ready_file(path: Path) -> None:
+    """Best effort: a node that cannot remove its ready file still stops."""
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def _count(count: int, noun: str) -> str:
     """'1 part', '3 parts': for log lines."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
@@ -143,12 +170,16 @@ class Node:
         state_dir: Path,
         runner_factory: RunnerFactory | None = None,
         security: Security | None = None,
+        ready_file: Path | None = None,
     ) -> None:
         """``runner_factory``: how parts are loaded (default: by ``model.backend``);
-        ``security``: what ``node_security(config)`` gave, when the caller checked it first."""
+        ``security``: what ``node_security(config)`` gave, when the caller checked it first;
+        ``ready_file``: written once the node serves (``write_ready_file``), removed when it
+        stops."""
         self._config = config
         self._security = security
         self._state_dir = state_dir
+        self._ready_file = ready_file
         self._runner_factory = runner_factory
         self._running: _Running | None = None
         self.metrics = NodeMetrics()
@@ -172,6 +203,9 @@ class Node:
         config = self._config
         # Before the slow part: a bad key fails at once.
         security = self._security or node_security(config)
+        if self._ready_file is not None:
+            # A file left by a killed run must not announce this one's address early.
+            _remove_ready_file(self._ready_file)
         manifest, directory = await asyncio.to_thread(prepare_model, config.model, self._state_dir)
         speed = config.node.speed_gflops * 1e9 or await asyncio.to_thread(measure_speed)
         host, port = parse_address(config.node.listen, key="node.listen")
@@ -260,6 +294,14 @@ class Node:
                 _count(config.model.threads, "thread"),
                 speed / 1e9,
             )
+            if self._ready_file is not None:
+                await asyncio.to_thread(
+                    write_ready_file,
+                    self._ready_file,
+                    node_id=local.node_id,
+                    address=f"{local.host}:{bound_port}",
+                )
+                stack.callback(_remove_ready_file, self._ready_file)
             async with _first_error(), asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(negotiator.run()),

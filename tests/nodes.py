@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,7 +20,6 @@ from edgenode.transport import ControlClient, Security, run
 START_DEADLINE_S = 90.0
 # Pinned so slow that compute outweighs every hop: the plan spreads the parts over all nodes.
 SLOW_GFLOPS = 0.000001
-_SERVING = re.compile(r"serving on (\S+:\d+)")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -59,10 +58,12 @@ class NodeProcess:
         """``insecure``: add --insecure (tests of other things run insecure clusters)."""
         self.name = name
         self.log_path = workdir / f"{name}.log"
+        self.ready_path = workdir / f"{name}.ready.json"  # `run --ready-file`
         self._log = self.log_path.open("w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgenode.cli", "run", "--name", name, *args]
+            [sys.executable, "-m", "edgenode.cli", "run", "--name", name]
+            + ["--ready-file", str(self.ready_path), *args]
             + (["--insecure"] if insecure else []),
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -74,12 +75,21 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    def ready(self) -> dict[str, Any] | None:
+        """The ready file this run wrote once serving (None before: a file a killed earlier
+        run of the same name left behind does not count)."""
+        try:
+            ready: dict[str, Any] = json.loads(self.ready_path.read_text())
+        except FileNotFoundError:
+            return None
+        return ready if ready["pid"] == self.process.pid else None
+
     def wait_serving(self, deadline_s: float = START_DEADLINE_S) -> str:
         def found() -> str | None:
             if self.process.poll() is not None:
                 raise AssertionError(f"node {self.name} exited early:\n{self.log()}")
-            match = _SERVING.search(self.log())
-            return match.group(1) if match else None
+            ready = self.ready()
+            return str(ready["address"]) if ready else None
 
         self.address = wait_until(found, deadline_s, f"node {self.name} to serve")
         return self.address

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,7 +19,6 @@ POLL_S = 0.1
 SETTLE_WINDOW_S = 0.5
 SETTLE_DEADLINE_S = 15.0
 IDLE_CPU_PCT = 10.0  # an idle node uses ~2 % of a core (gauges, plan checks, mDNS)
-_SERVING = re.compile(r"serving on (\S+:\d+)")
 
 
 class NodeProc:
@@ -37,11 +36,12 @@ class NodeProc:
     ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
+        self.ready_path = workdir / f"{name}.ready.json"  # `run --ready-file`
         command = ["taskset", "-c", str(core)] if core is not None else []
         command += [
             sys.executable, "-m", "edgenode.cli", "run", "--name", name, "--config", str(config),
             "--listen", "127.0.0.1:0", "--model", str(model_dir), "--interfaces", "127.0.0.1",
-            "--state-dir", str(workdir / name), "--insecure",
+            "--state-dir", str(workdir / name), "--ready-file", str(self.ready_path), "--insecure",
         ]  # fmt: skip
         if threads is not None:
             command += ["--threads", str(threads)]
@@ -60,12 +60,20 @@ class NodeProc:
         if self.process.poll() is not None:
             raise RuntimeError(f"node {self.name} exited:\n{self.log_tail()}")
 
+    def ready_address(self) -> str | None:
+        """host:port from the ready file this run wrote once serving (taskset execs the
+        node, so its pid is ours; a file an earlier, killed run left behind does not count)."""
+        try:
+            ready = json.loads(self.ready_path.read_text())
+        except FileNotFoundError:
+            return None
+        return str(ready["address"]) if ready["pid"] == self.process.pid else None
+
     async def wait_serving(self, deadline: float) -> str:
         while not self.address:
             self.check_alive()
-            match = _SERVING.search(self.log_path.read_text(errors="replace"))
-            if match:
-                self.address = match.group(1)
+            if address := self.ready_address():
+                self.address = address
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"node {self.name} did not serve in time:\n{self.log_tail()}")
