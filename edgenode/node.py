@@ -39,7 +39,7 @@ from edgenode.planning import ClusterPlan
 from edgenode.runtime.control import NodeControl
 from edgenode.runtime.follow import follow_plan, tell_router
 from edgenode.runtime.metrics import MetricsServer, NodeMetrics, sample_gauges
-from edgenode.runtime.negotiation import Negotiator, PlanState
+from edgenode.runtime.negotiation import Negotiator, PlanState, link_of
 from edgenode.runtime.parts import PartHost, RunnerFactory
 from edgenode.runtime.requests import Router
 from edgenode.runtime.selfbench import measure_speed, total_memory_bytes
@@ -222,7 +222,13 @@ class Node:
             client = ControlClient(security=security)
             stack.push_async_callback(client.aclose)
             discovery = self._discovery(local, client)
-            negotiator = Negotiator(discovery=discovery, manifest=manifest, peers=client)
+            negotiator = Negotiator(
+                discovery=discovery,
+                graph=manifest.cost_graph(),
+                manifest_digest=manifest.identity,
+                link=link_of(manifest),
+                peers=client,
+            )
             part_host = await stack.enter_async_context(
                 PartHost(
                     manifest,

@@ -1,10 +1,10 @@
 """Negotiating the plan: every node computes it, then confirms that all owners agree.
 
-There is no coordinator. Each node feeds the same inputs (the manifest and the
-membership sorted by node id) to the same pure planner, so nodes that see the same
-members compute the same plan. A node serves a plan only once every member has
-reported the same digest (asked over gRPC through ``PlanPeers``); until then it
-keeps serving the previous agreed plan, so a switch is atomic from its point of view.
+There is no coordinator. Each node feeds the same inputs (the manifest's cost graph,
+identity and link, and the membership sorted by node id) to the same pure planner, so
+nodes that see the same members compute the same plan. A node serves a plan only once
+every member has reported the same digest (asked over gRPC through ``PlanPeers``); until
+then it keeps serving the previous agreed plan, so a switch is atomic from its point of view.
 
 Membership changes are debounced (a burst of joins gives one re-plan). A member
 that cannot be reached several times in a row while confirming is marked dead,
@@ -45,7 +45,7 @@ from edgenode.mesh import (
 )
 from edgenode.mesh.vetting import CHECK_MAX_BACKOFF_S, Vetting
 from edgenode.model.manifest import Manifest
-from edgenode.planning import ClusterPlan, Link, plan_cluster
+from edgenode.planning import ClusterPlan, CostGraph, Link, plan_cluster
 
 __all__ = ["DEFAULT_LINK", "Negotiator", "PlanPeers", "PlanState", "link_of"]
 
@@ -105,15 +105,20 @@ class PlanState:
 
 
 class Negotiator:
-    """Runs the negotiation for one node; ``run()`` until cancelled."""
+    """Runs the negotiation for one node; ``run()`` until cancelled.
+
+    It plans ``graph`` (the manifest's cost graph) for ``link`` (``link_of(manifest)``);
+    ``manifest_digest`` (the manifest's identity) goes into every plan's digest.
+    """
 
     def __init__(
         self,
         *,
         discovery: Discovery,
-        manifest: Manifest,
+        graph: CostGraph,
+        manifest_digest: str,
+        link: Link,
         peers: PlanPeers,
-        link: Link | None = None,
         debounce: Debounce | None = None,
         confirm_interval_s: float = CONFIRM_INTERVAL_S,
         check_interval_s: float = CHECK_INTERVAL_S,
@@ -125,11 +130,10 @@ class Negotiator:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._discovery = discovery
-        self._manifest = manifest
-        self._graph = manifest.cost_graph()
-        self._manifest_digest = manifest.identity
+        self._graph = graph
+        self._manifest_digest = manifest_digest
         self._peers = peers
-        self._link = link or link_of(manifest)
+        self._link = link
         self._debounce = debounce or Debounce()
         self._confirm_interval_s = confirm_interval_s
         self._check_interval_s = check_interval_s

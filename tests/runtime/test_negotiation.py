@@ -14,7 +14,7 @@ import pytest
 
 from edgenode.mesh import Debounce, Endpoint, InMemoryNetwork, PeerInfo
 from edgenode.model.manifest import LinkSpec
-from edgenode.runtime.negotiation import Negotiator, PlanPeers, PlanState
+from edgenode.runtime.negotiation import Negotiator, PlanPeers, PlanState, link_of
 from tests.runtime.fakes import InMemoryPlanPeers, chain_manifest, peer_info
 
 DEADLINE_S = 5.0
@@ -41,7 +41,9 @@ class Cluster:
         await discovery.start()
         negotiator = Negotiator(
             discovery=discovery,
-            manifest=self.manifest,
+            graph=self.manifest.cost_graph(),
+            manifest_digest=self.manifest.identity,
+            link=link_of(self.manifest),
             peers=peers or self.peers,
             debounce=FAST,
             ask_timeout_s=0.2,
