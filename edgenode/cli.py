@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
-import re
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from edgenode import __version__
+from edgenode._cli_args import (
+    Parser,
+    int_list,
+    node_speeds,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    shape,
+    size,
+)
 from edgenode._cli_cluster import DEFAULT_KEY, cmd_run
 from edgenode._cli_common import (
     EXIT_FAILURE,
@@ -48,123 +55,7 @@ DEFAULT_PROFILE_SEGMENTS = 16  # edgenode.model.profile.DEFAULT_SEGMENTS
 DEFAULT_CREDENTIAL_DAYS = 3650  # edgenode.security.DEFAULT_DAYS
 DEFAULT_NODE_MEMORY = "4GiB"  # what `plan` assumes each node gives a part
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "kib": 2**10,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 2**20,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 2**30,
-}
-
-
-# -- argument types ------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected more than 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated whole numbers, got {text!r}"
-        ) from None
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    values = _int_list(text.replace("x", ","))
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected a shape such as 224,224,3, got {text!r}")
-    return tuple(values)
-
-
-def _size(text: str) -> int:
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"expected a size such as 512MiB or 2GB, got {text!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
-
-
-def _nodes(text: str) -> list[float]:
-    """'5' -> five equal nodes; '1,1,2' -> three nodes with those relative speeds."""
-    try:
-        if "," not in text:
-            count = int(text)
-            if count < 1:
-                raise ValueError
-            return [1.0] * count
-        speeds = [float(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a node count (5) or relative speeds (1,1,2), got {text!r}"
-        ) from None
-    if any(s <= 0 for s in speeds):
-        raise argparse.ArgumentTypeError("node speeds must be positive")
-    return speeds
-
-
-# -- help ---------------------------------------------------------------------------------
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Shows the default of every option that takes a value and has one, in one form.
-
-    Options whose default is None say in their help what happens when they are not given;
-    flags (store_true, count) have nothing to show."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS):
-            return text
-        if "%(default)" in text:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser (also for every subcommand) whose help shows defaults."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", _HelpFormatter)
-        super().__init__(**kwargs)
+_Parser = Parser  # the parser class of every command, by its former name (tests/test_cli.py)
 
 
 def _no_command(parser: argparse.ArgumentParser) -> int:
@@ -192,7 +83,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--input-shape",
-        type=_shape,
+        type=shape,
         metavar="H,W,C",
         help="input shape without the batch dimension (default: the model's native size)",
     )
@@ -204,7 +95,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = _Parser(
+    parser = Parser(
         prog="edgenode",
         description="Run one neural network across several small devices as a peer-to-peer "
         "cluster.",
@@ -215,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     # No command is a usage error that lists the commands, not argparse's one-line complaint.
     parser.set_defaults(func=lambda _args: _no_command(parser))
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     split = sub.add_parser(
         "split",
@@ -225,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_arguments(split)
     split.add_argument(
-        "--parts", type=_positive_int, help="number of parts (needed unless --at or --per-op)"
+        "--parts", type=positive_int, help="number of parts (needed unless --at or --per-op)"
     )
     split.add_argument("--out", required=True, metavar="DIR", help="output directory")
     split.add_argument(
@@ -239,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "points within +-50%% of equal work, or equal operation counts",
     )
     split.add_argument(
-        "--at", type=_int_list, metavar="K,K,...", help="cut before these op positions"
+        "--at", type=int_list, metavar="K,K,...", help="cut before these op positions"
     )
     split.add_argument("--per-op", action="store_true", help="one operation per part")
     split.add_argument(
@@ -255,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.add_argument(
         "--link-mbps",
-        type=_positive_float,
+        type=positive_float,
         metavar="MBIT_S",
         help="the network the cluster plans for, in Mbit/s, written into the manifest so "
         "every node plans alike; Wi-Fi is often 20-100 "
@@ -263,13 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.add_argument(
         "--hop-latency-ms",
-        type=_non_negative_float,
+        type=non_negative_float,
         metavar="MS",
         help=f"fixed cost of one hop for the planner (default: {DEFAULT_HOP_LATENCY_MS})",
     )
     split.add_argument("--tolerance", type=float, default=1e-6, help=argparse.SUPPRESS)
     split.add_argument(
-        "--threads", type=_positive_int, help="TensorFlow threads (default: one per core)"
+        "--threads", type=positive_int, help="TensorFlow threads (default: one per core)"
     )
     split.set_defaults(needs_tensorflow=True, check=check_split, func=cmd_split)
 
@@ -282,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(plan)
     plan.add_argument(
         "--nodes",
-        type=_nodes,
+        type=node_speeds,
         required=True,
         metavar="N|S,S,...",
         help="number of equal nodes, or their relative speeds (1,1,2)",
@@ -293,28 +184,28 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--profile", metavar="FILE", help="per-op latencies from `edgenode profile`")
     plan.add_argument(
         "--node-memory",
-        type=_size,
+        type=size,
         default=DEFAULT_NODE_MEMORY,  # a string default goes through type= like an argument
         metavar="SIZE",
         help="memory each node gives a part",
     )
     plan.add_argument(
         "--bandwidth",
-        type=_size,
+        type=size,
         default=f"{DEFAULT_LINK_MBPS / 8:g}MB",  # gigabit Ethernet
         metavar="BYTES_PER_S",
         help="link bandwidth per second; the default is gigabit Ethernet",
     )
     plan.add_argument(
         "--hop-latency-ms",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=DEFAULT_HOP_LATENCY_MS,
         metavar="MS",
         help="fixed cost of a hop",
     )
-    plan.add_argument("--max-parts", type=_positive_int, help="at most this many parts")
+    plan.add_argument("--max-parts", type=positive_int, help="at most this many parts")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
-    plan.add_argument("--threads", type=_positive_int, default=1, help="TensorFlow threads")
+    plan.add_argument("--threads", type=positive_int, default=1, help="TensorFlow threads")
     plan.set_defaults(needs_tensorflow=True, check=check_plan, func=cmd_plan)
 
     prof = sub.add_parser(
@@ -327,15 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(prof)
     prof.add_argument("--out", default="profile.json", metavar="FILE", help="output file")
     prof.add_argument(
-        "--runs", type=_positive_int, default=DEFAULT_PROFILE_RUNS, help="timed runs per op"
+        "--runs", type=positive_int, default=DEFAULT_PROFILE_RUNS, help="timed runs per op"
     )
     prof.add_argument(
         "--segments",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_PROFILE_SEGMENTS,
         help="segments timed as parts to calibrate the ops",
     )
-    prof.add_argument("--threads", type=_positive_int, default=1, help="TensorFlow threads")
+    prof.add_argument("--threads", type=positive_int, default=1, help="TensorFlow threads")
     prof.set_defaults(needs_tensorflow=True, check=check_profile, func=cmd_profile)
 
     run = sub.add_parser(
@@ -367,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where a node keeps the parts it cuts or fetches",
     )
     run.add_argument(
-        "--threads", type=_positive_int, help="override model.threads (threads per part)"
+        "--threads", type=positive_int, help="override model.threads (threads per part)"
     )
     run.add_argument(
         "--ready-file",
@@ -407,13 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--wait-ready",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="first wait until N nodes serve one agreed plan with their parts loaded",
     )
     status.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_READY_TIMEOUT_S,
         metavar="SECONDS",
         help="how long --wait-ready waits",
@@ -445,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--wait", type=float, default=1.5, help="seconds to browse for nodes")
     infer.add_argument("--cluster", metavar="NAME", help=cluster_help)
     _add_security_arguments(infer)
-    infer.add_argument("--top", type=_positive_int, default=5, help="classes to show")
+    infer.add_argument("--top", type=positive_int, default=5, help="classes to show")
     infer.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
-    infer.add_argument("--concurrency", type=_positive_int, default=4, help="in flight")
+    infer.add_argument("--concurrency", type=positive_int, default=4, help="in flight")
     infer.add_argument(
         "--save-outputs",
         metavar="FILE.npz",
@@ -500,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         "through the cluster, print each one's top classes, compare every answer with the "
         "whole model run locally (logits), time both, and stop the nodes.",
     )
-    demo.add_argument("--nodes", type=_positive_int, default=3, help="how many nodes")
+    demo.add_argument("--nodes", type=positive_int, default=3, help="how many nodes")
     demo.add_argument(
         "--model",
         default="EfficientNetLite0",
@@ -514,15 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
         "EfficientNetLite0, whose weights come with edgenode[keras]; none for other models)",
     )
     demo.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for random weights")
-    demo.add_argument("--parts", type=_positive_int, default=8, help="parts to cut it into")
+    demo.add_argument("--parts", type=positive_int, default=8, help="parts to cut it into")
     demo.add_argument(
         "--image",
         action="append",
         metavar="FILE",
         help="an image; repeat for more (default: the three photos shipped with edgenode)",
     )
-    demo.add_argument("--top", type=_positive_int, default=3, help="classes shown per image")
-    demo.add_argument("--requests", type=_positive_int, default=20, help="timed requests per image")
+    demo.add_argument("--top", type=positive_int, default=3, help="classes shown per image")
+    demo.add_argument("--requests", type=positive_int, default=20, help="timed requests per image")
     demo.set_defaults(needs_tensorflow=True, func=cmd_demo)
     return parser
 
