@@ -119,14 +119,8 @@ class Record:
         )
 
 
-class Forger:
-    """A zeroconf responder that announces records under other nodes' names; see the module."""
-
-    def __init__(self, interfaces: Sequence[str] = (LOOPBACK,)) -> None:
-        # The synchronous Zeroconf runs its own event loop in a daemon thread, so the
-        # (synchronous) tests can announce and keep answering while they poll the nodes.
-        self._zc = Zeroconf(interfaces=list(interfaces))
-        self._registered: dict[str, ServiceInfo] = {}  # lower-cased instance name -> record
+class _Closing:
+    """A context manager that calls ``close`` on leaving."""
 
     def __enter__(self) -> Self:
         return self
@@ -138,6 +132,19 @@ class Forger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Forger(_Closing):
+    """A zeroconf responder that announces records under other nodes' names; see the module."""
+
+    def __init__(self, interfaces: Sequence[str] = (LOOPBACK,)) -> None:
+        # The synchronous Zeroconf runs its own event loop in a daemon thread, so the
+        # (synchronous) tests can announce and keep answering while they poll the nodes.
+        self._zc = Zeroconf(interfaces=list(interfaces))
+        self._registered: dict[str, ServiceInfo] = {}  # lower-cased instance name -> record
 
     def close(self) -> None:
         """Withdraw silently, then close: Zeroconf.close says goodbye for what is registered."""
@@ -257,7 +264,7 @@ def announced(record: Record) -> Callable[[Sequence[DNSRecord]], bool]:
     return check
 
 
-class Observer:
+class Observer(_Closing):
     """Every mDNS response arriving on one interface, read from a socket of its own."""
 
     def __init__(self, interface: str = LOOPBACK) -> None:
@@ -274,17 +281,6 @@ class Observer:
             sock.close()
             raise
         self._sock = sock
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._sock.close()
