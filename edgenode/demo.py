@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import re
 import signal
 import sys
 import time
@@ -44,7 +44,6 @@ WARM_UP_TIMEOUT_S = 120.0
 # than MIN_REQUEST_TIMEOUT_S: a loaded 2-core machine can stall a process for seconds.
 DEADLINE_FACTOR = 20.0
 MIN_REQUEST_TIMEOUT_S = 5.0
-_SERVING = re.compile(rb"serving on (\S+:\d+)")
 
 
 @dataclass(slots=True)
@@ -54,14 +53,19 @@ class LocalNode:
     name: str
     process: asyncio.subprocess.Process
     log: Path
+    ready_file: Path  # `edgenode run --ready-file`: written once the node serves
     address: str = ""
 
 
 async def _wait_serving(node: LocalNode, deadline: float) -> None:
+    """Until the node's ready file names the address it serves on."""
     while True:
-        match = _SERVING.search(node.log.read_bytes())
-        if match:
-            node.address = match.group(1).decode()
+        try:
+            ready = json.loads(node.ready_file.read_text())
+        except FileNotFoundError:
+            ready = None
+        if ready is not None and ready.get("pid") == node.process.pid:
+            node.address = str(ready["address"])
             return
         if node.process.returncode is not None:
             tail = node.log.read_text(errors="replace").strip().splitlines()[-1:]
@@ -94,14 +98,16 @@ async def local_cluster(
         for i in range(count):
             name = f"demo-{i}"
             log = workdir / f"{name}.log"
+            ready_file = workdir / f"{name}.ready.json"
             with log.open("wb") as out:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "edgenode.cli", "run", "--config", str(config),
                     "--name", name, "--listen", "127.0.0.1:0", "--model", str(model_dir),
                     "--interfaces", "127.0.0.1", "--state-dir", str(workdir / name),
+                    "--ready-file", str(ready_file),
                     stdout=out, stderr=asyncio.subprocess.STDOUT,
                 )  # fmt: skip
-            nodes.append(LocalNode(name=name, process=process, log=log))
+            nodes.append(LocalNode(name=name, process=process, log=log, ready_file=ready_file))
         deadline = time.monotonic() + START_TIMEOUT_S
         for node in nodes:
             await _wait_serving(node, deadline)
