@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +14,9 @@ from harness.models import manifest_of, sample_inputs
 from harness.nodes import NodeProc
 from harness.plans import describe_plan, offline_plan, planning_speed, stage_ranges
 from harness.report import met, ms, say, spread_ms, summary, table, timed
+from harness.rounds import interleaved_async
 
-from _inference.context import Context
+from _inference.context import Context, Section
 
 RATIO_TARGET = 1.5
 
@@ -28,6 +29,59 @@ class LatencySetup:
     backend: str  # keras | litert
     local: Path  # 1-part split for the local baseline
     one_part_each: bool = True
+
+
+def keras_and_litert(ctx: Context, model: str) -> list[LatencySetup]:
+    """5 nodes with one part each, Keras and LiteRT parts, each against its 1-part split."""
+    sp = ctx.splits
+    return [
+        LatencySetup(
+            label="5 nodes, Keras parts",
+            tag="keras",
+            directory=sp.get(model, 5),
+            backend="keras",
+            local=sp.get(model, 1),
+        ),
+        LatencySetup(
+            label="5 nodes, LiteRT parts",
+            tag="lite",
+            directory=sp.get(model, 5, fmt="litert"),
+            backend="litert",
+            local=sp.get(model, 1, fmt="litert"),
+        ),
+    ]
+
+
+async def measure_latency(
+    ctx: Context, sec: Section, model: str, setups: Sequence[LatencySetup], key: str
+) -> dict[str, Any]:
+    """`compare_latency` on 5 nodes, its targets recorded, its results the section's data
+    and ``ctx.shared[key]`` (for later sections' plots and predictions)."""
+    results = await compare_latency(ctx, model, setups, nodes=5)
+    ctx.targets += ratio_targets(results)
+    ctx.shared[key] = results
+    sec.data = results
+    return results
+
+
+async def local_and_cluster(
+    ctx: Context,
+    local: Callable[[], Any],
+    origin: str,
+    inputs: Mapping[str, np.ndarray],
+    per_round: int,
+) -> dict[str, list[list[float]]]:
+    """``per_round`` local runs, then as many requests to the cluster, in each of the
+    settings' rounds; per side, the seconds of each round."""
+
+    async def measure(side: str) -> list[float]:
+        if side == "local":
+            return timed(local, per_round, warmup=2)
+        return await ctx.client.latencies(origin, inputs, per_round)
+
+    return await interleaved_async(
+        ["local", "cluster"], ctx.settings.rounds, measure, label=str, what="latency round"
+    )
 
 
 async def compare_latency(
@@ -56,15 +110,13 @@ async def compare_latency(
         async with running(ctx.client, make) as cluster:
             await ctx.client.latencies(cluster.origin, inputs, s.warmup)
             before = await stage_counters(ctx.client, cluster)
-            local_times: list[float] = []
-            cluster_times: list[float] = []
-            ratios = []
-            for _ in range(s.rounds):
-                lt = timed(local, per_round, warmup=2)
-                ct = await ctx.client.latencies(cluster.origin, inputs, per_round)
-                local_times += lt
-                cluster_times += ct
-                ratios.append(statistics.fmean(ct) / statistics.fmean(lt))
+            runs = await local_and_cluster(ctx, local, cluster.origin, inputs, per_round)
+            local_times = [t for times in runs["local"] for t in times]
+            cluster_times = [t for times in runs["cluster"] for t in times]
+            ratios = [
+                statistics.fmean(ct) / statistics.fmean(lt)
+                for lt, ct in zip(runs["local"], runs["cluster"], strict=True)
+            ]
             after = await stage_counters(ctx.client, cluster)
             stages = cluster.stages
             entry = {

@@ -16,6 +16,7 @@ from harness.models import manifest_of, sample_inputs
 from harness.nodes import NodeProc, cpu_seconds, settle, stop_nodes
 from harness.plans import describe_plan, planning_speed
 from harness.report import met, ms, say, summary, table
+from harness.rounds import interleaved_async
 
 from _inference.context import Context, Section
 
@@ -115,21 +116,17 @@ async def section_pipelining(ctx: Context, sec: Section) -> None:
                 await ctx.client.latencies(address, inputs, s.warmup)
         compared = {labels[1]: clusters["two"], labels[2]: clusters["prof"]}
         before = {k: await stage_counters(ctx.client, c) for k, c in compared.items()}
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in targets}
-        for r in range(s.load_rounds):
-            k = r % len(labels)
-            for label in labels[k:] + labels[:k]:  # rotate the order each round
-                result = await offered_load(
-                    ctx.client,
-                    targets[label],
-                    pids[label],
-                    inputs,
-                    s.concurrency,
-                    s.load_seconds,
-                    1.0,
-                )
-                runs[label].append(result)
-                say(f"pipelining round {r + 1}: {label}: {result['rps']:.1f} req/s")
+
+        async def load(label: str) -> dict[str, Any]:
+            result = await offered_load(
+                ctx.client, targets[label], pids[label], inputs, s.concurrency, s.load_seconds, 1.0
+            )
+            say(f"pipelining: {label}: {result['rps']:.1f} req/s")
+            return result
+
+        runs = await interleaved_async(
+            labels, s.load_rounds, load, label=str, what="pipelining round", rotate=True
+        )
         two_plan = describe_plan(clusters["two"].assignments)
         cuts = {g: [p.start for p in manifest_of(groups[g][0]).parts] for g in ("two", "prof")}
         stage_s = {}  # per pipeline: mean seconds per part on its node under load

@@ -10,10 +10,10 @@ from harness.report import ms, say, spread_ms, summary, table, timed
 from _inference.context import Context, Section
 from _inference.latency import (
     LatencySetup,
-    compare_latency,
+    keras_and_litert,
     latency_table,
+    measure_latency,
     plan_notes,
-    ratio_targets,
 )
 
 
@@ -21,20 +21,7 @@ async def section_prototype(ctx: Context, sec: Section) -> None:
     model = ctx.args.model
     sp = ctx.splits
     setups = [
-        LatencySetup(
-            label="5 nodes, Keras parts",
-            tag="keras",
-            directory=sp.get(model, 5),
-            backend="keras",
-            local=sp.get(model, 1),
-        ),
-        LatencySetup(
-            label="5 nodes, LiteRT parts",
-            tag="lite",
-            directory=sp.get(model, 5, fmt="litert"),
-            backend="litert",
-            local=sp.get(model, 1, fmt="litert"),
-        ),
+        *keras_and_litert(ctx, model),
         LatencySetup(
             label="per-op: 5 nodes, one operation per part, Keras",
             tag="perop",
@@ -44,10 +31,7 @@ async def section_prototype(ctx: Context, sec: Section) -> None:
             one_part_each=False,
         ),
     ]
-    results = await compare_latency(ctx, model, setups, nodes=5)
-    ctx.targets += ratio_targets(results)
-    ctx.shared["prototype"] = results
-    sec.data = results
+    results = await measure_latency(ctx, sec, model, setups, "prototype")
     s = ctx.settings
     idle_rows = [
         idle_breakdown(ctx, setup, results["setups"][i]) for i, setup in enumerate(setups[:2])

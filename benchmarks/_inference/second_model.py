@@ -8,38 +8,13 @@ from harness.models import manifest_of
 from harness.report import ms, table
 
 from _inference.context import Context, Section
-from _inference.latency import (
-    LatencySetup,
-    compare_latency,
-    latency_table,
-    plan_notes,
-    ratio_targets,
-)
+from _inference.latency import keras_and_litert, latency_table, measure_latency, plan_notes
 
 
 async def section_second_model(ctx: Context, sec: Section) -> None:
     model = ctx.args.second_model
-    sp = ctx.splits
-    setups = [
-        LatencySetup(
-            label="5 nodes, Keras parts",
-            tag="keras",
-            directory=sp.get(model, 5),
-            backend="keras",
-            local=sp.get(model, 1),
-        ),
-        LatencySetup(
-            label="5 nodes, LiteRT parts",
-            tag="lite",
-            directory=sp.get(model, 5, fmt="litert"),
-            backend="litert",
-            local=sp.get(model, 1, fmt="litert"),
-        ),
-    ]
-    results = await compare_latency(ctx, model, setups, nodes=5)
-    ctx.targets += ratio_targets(results)
-    ctx.shared["second"] = results
-    sec.data = results
+    setups = keras_and_litert(ctx, model)
+    results = await measure_latency(ctx, sec, model, setups, "second")
     manifest = manifest_of(setups[0].directory)
     keras, lite = results["setups"]
     keras_local = statistics.median(keras["local_s"])
