@@ -354,7 +354,7 @@ class Node:
             port=port,
             protocol=PROTOCOL_VERSION,
             cluster=config.cluster.name,
-            model_sha256=manifest.identity,
+            manifest_identity=manifest.identity,
             capacity=Capacity(speed=speed, memory_bytes=total_memory_bytes()),
             incarnation=new_incarnation(),
             started_ms=time.time_ns() // 1_000_000,

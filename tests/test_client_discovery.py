@@ -52,7 +52,7 @@ def record(node_id: str, port: int, cluster: str, *, model: str = MODEL) -> Peer
         port=port,
         protocol=1,
         cluster=cluster,
-        model_sha256=model,
+        manifest_identity=model,
         capacity=Capacity(speed=1.0, memory_bytes=2**30),
         incarnation=new_incarnation(),
     )

@@ -118,8 +118,10 @@ class ClusterClient:
                 errors.append(str(exc))
         else:
             raise PeerUnavailable("; ".join(errors) or "no node to ask")
-        same = (entry.node.cluster, entry.node.model_sha256)
-        seeds = [a for a, n in found.items() if n is None or (n.cluster, n.model_sha256) == same]
+        same = (entry.node.cluster, entry.node.manifest_identity)
+        seeds = [
+            a for a, n in found.items() if n is None or (n.cluster, n.manifest_identity) == same
+        ]
         self._failover = self._nodes.cluster([address, *seeds])
         self._failover.learn(address, view_of(entry, address))
         self._entry, self._entry_address, self._manifest = entry, address, None
@@ -143,7 +145,7 @@ class ClusterClient:
         if self._manifest is None:
             entry = self.entry
             raw = await self._nodes.fetch_bytes(
-                self._entry_address, entry.node.model_sha256, MANIFEST_PART
+                self._entry_address, entry.node.manifest_identity, MANIFEST_PART
             )
             try:
                 self._manifest = Manifest.from_json(json.loads(raw))

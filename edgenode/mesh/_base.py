@@ -38,7 +38,7 @@ class OnceLog:
 
 def check_same_member(old: PeerInfo, new: PeerInfo) -> None:
     """Raise UsageError unless `new` may replace `old` as the same member's record."""
-    for field in ("node_id", "incarnation", "cluster", "protocol", "model_sha256"):
+    for field in ("node_id", "incarnation", "cluster", "protocol", "manifest_identity"):
         if getattr(old, field) != getattr(new, field):
             raise UsageError(
                 f"announce() cannot change {field} ({getattr(old, field)!r} -> "

@@ -119,7 +119,8 @@ class PeerInfo:
     port: int  # gRPC port
     protocol: int  # edgenode wire protocol version
     cluster: str
-    model_sha256: str  # lower-case hex digest of the model the cluster serves
+    # sha256 (lower-case hex) of the manifest the cluster serves: the model and its cut
+    manifest_identity: str
     capacity: Capacity
     incarnation: int  # differs between runs of the same node, see new_incarnation()
     # When this run started (Unix ms); 0 when unknown. Only the control plane's Hello carries
@@ -141,10 +142,10 @@ class PeerInfo:
         _check_port(self.port)
         if not 0 <= self.protocol <= _MAX_PROTOCOL:
             raise UsageError(f"protocol version must be 0-{_MAX_PROTOCOL}, got {self.protocol}")
-        if not _SHA256_RE.fullmatch(self.model_sha256):
+        if not _SHA256_RE.fullmatch(self.manifest_identity):
             raise UsageError(
-                f"model_sha256 must be {_SHA256_HEX_CHARS} lower-case hex digits, "
-                f"got {self.model_sha256!r}"
+                f"manifest_identity must be {_SHA256_HEX_CHARS} lower-case hex digits, "
+                f"got {self.manifest_identity!r}"
             )
         if not 0 <= self.incarnation <= MAX_INCARNATION:
             raise UsageError(f"incarnation must fit in 64 bits, got {self.incarnation}")
@@ -183,8 +184,8 @@ def other_cluster(local: PeerInfo, peer: PeerInfo) -> str | None:
         return f"other cluster {peer.cluster!r} (ours is {local.cluster!r})"
     if peer.protocol != local.protocol:
         return f"protocol version {peer.protocol} (ours is {local.protocol})"
-    if peer.model_sha256 != local.model_sha256:
-        return f"model {peer.model_sha256[:12]} (ours is {local.model_sha256[:12]})"
+    if peer.manifest_identity != local.manifest_identity:
+        return f"model {peer.manifest_identity[:12]} (ours is {local.manifest_identity[:12]})"
     return None
 
 

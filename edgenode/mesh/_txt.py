@@ -52,7 +52,7 @@ def encode_txt(info: PeerInfo) -> bytes:
         KEY_NAME: info.name,
         KEY_CLUSTER: info.cluster,
         KEY_PROTOCOL: str(info.protocol),
-        KEY_MODEL: info.model_sha256,
+        KEY_MODEL: info.manifest_identity,
         KEY_SPEED: repr(float(info.capacity.speed)),
         KEY_MEMORY: str(info.capacity.memory_bytes),
         KEY_INCARNATION: format(info.incarnation, "x"),
@@ -123,7 +123,7 @@ def peer_from_txt(fields: Mapping[str, str], *, addresses: tuple[str, ...], port
             port=port,
             protocol=int(_field(fields, KEY_PROTOCOL, _UINT_RE)),
             cluster=_field(fields, KEY_CLUSTER),
-            model_sha256=_field(fields, KEY_MODEL),
+            manifest_identity=_field(fields, KEY_MODEL),
             capacity=Capacity(
                 speed=float(_field(fields, KEY_SPEED, _FLOAT_RE)),
                 memory_bytes=int(_field(fields, KEY_MEMORY, _UINT_RE)),

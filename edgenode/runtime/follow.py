@@ -29,7 +29,7 @@ class PartFiles(Protocol):
     """Where missing part files come from (the RPC client: FetchFile from a peer)."""
 
     async def fetch_file(
-        self, peer: PeerInfo, model_sha256: str, part: int, path: Path, sha256: str
+        self, peer: PeerInfo, manifest_identity: str, part: int, path: Path, sha256: str
     ) -> None:
         """Download part ``part`` from ``peer`` into ``path``, verified against ``sha256``."""
 

@@ -124,7 +124,7 @@ class ControlClient:
             raise PeerUnavailable(f"{address} sent an invalid status: {exc}") from None
 
     async def fetch_file(
-        self, peer: PeerInfo, model_sha256: str, part: int, path: Path, sha256: str
+        self, peer: PeerInfo, manifest_identity: str, part: int, path: Path, sha256: str
     ) -> None:
         """Download a part file from ``peer`` into ``path``, verified, written atomically."""
         call = self._channel(str(peer.endpoint)).unary_stream(
@@ -137,9 +137,8 @@ class ControlClient:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with partial.open("wb") as out:
-                stream = call(
-                    pb.FileRequest(model_sha256=model_sha256, part=part), timeout=FETCH_TIMEOUT_S
-                )
+                request = pb.FileRequest(model_sha256=manifest_identity, part=part)
+                stream = call(request, timeout=FETCH_TIMEOUT_S)
                 async for chunk in stream:
                     digest.update(chunk.data)
                     await asyncio.to_thread(out.write, chunk.data)
@@ -155,7 +154,7 @@ class ControlClient:
         finally:
             partial.unlink(missing_ok=True)
 
-    async def fetch_bytes(self, address: str, model_sha256: str, part: int) -> bytes:
+    async def fetch_bytes(self, address: str, manifest_identity: str, part: int) -> bytes:
         """A small file (the manifest: part -1) from the node at ``address``."""
         call = self._channel(address).unary_stream(
             f"/{SERVICE_NAME}/FetchFile",
@@ -165,7 +164,7 @@ class ControlClient:
         chunks = []
         try:
             async for chunk in call(
-                pb.FileRequest(model_sha256=model_sha256, part=part), timeout=FETCH_TIMEOUT_S
+                pb.FileRequest(model_sha256=manifest_identity, part=part), timeout=FETCH_TIMEOUT_S
             ):
                 chunks.append(chunk.data)
         except grpc.aio.AioRpcError as exc:
@@ -288,6 +287,6 @@ def view_of(status: NodeReport, address: str) -> View:
         members[peer.node_id] = str(peer.endpoint)
     return View(
         node_id=status.node_id,
-        identity=f"{status.node.cluster}/{status.node.model_sha256[:12]}",
+        identity=f"{status.node.cluster}/{status.node.manifest_identity[:12]}",
         members=members,
     )

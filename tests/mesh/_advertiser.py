@@ -29,7 +29,7 @@ async def main(args: argparse.Namespace) -> None:
         port=args.port,
         protocol=1,
         cluster=args.cluster,
-        model_sha256=args.model,
+        manifest_identity=args.model,
         capacity=Capacity(speed=1.0, memory_bytes=2**30),
         incarnation=args.incarnation if args.incarnation is not None else new_incarnation(),
     )

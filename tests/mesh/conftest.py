@@ -42,7 +42,7 @@ def make_info(suffix: str, index: int, **changes: object) -> PeerInfo:
         port=BASE_PORT + index,
         protocol=1,
         cluster=f"test-{suffix}",
-        model_sha256=MODEL,
+        manifest_identity=MODEL,
         capacity=Capacity(speed=1.0 + index, memory_bytes=(index + 1) * 2**30),
         incarnation=new_incarnation(),
     )

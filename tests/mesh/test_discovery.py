@@ -52,7 +52,7 @@ async def test_incompatible_peers_are_ignored(backend, mesh_logs):
     odd = {
         "other cluster": backend.info(1, cluster="elsewhere"),
         "protocol version 2": backend.info(2, protocol=2),
-        "model cdcd": backend.info(3, model_sha256="cd" * 32),
+        "model cdcd": backend.info(3, manifest_identity="cd" * 32),
     }
     for info in odd.values():
         await backend.start(info)
@@ -120,7 +120,7 @@ async def test_announce_cannot_change_identity(backend):
     for change in (
         {"cluster": "other"},
         {"protocol": 9},
-        {"model_sha256": "ef" * 32},
+        {"manifest_identity": "ef" * 32},
         {"incarnation": new_incarnation()},
     ):
         with pytest.raises(UsageError, match=next(iter(change))):

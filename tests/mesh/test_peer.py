@@ -31,7 +31,7 @@ from .conftest import make_info
         ({"port": 0}, "port"),
         ({"port": 65536}, "port"),
         ({"protocol": -1}, "protocol"),
-        ({"model_sha256": "ab" * 31}, "model_sha256"),
+        ({"manifest_identity": "ab" * 31}, "manifest_identity"),
         ({"incarnation": -1}, "incarnation"),
         ({"incarnation": 2**64}, "incarnation"),
     ],
@@ -88,7 +88,7 @@ def test_incompatibility():
     assert incompatibility(local, local) == "own node id"
     assert "cluster" in incompatibility(local, replace(peer, cluster="b"))
     assert "protocol" in incompatibility(local, replace(peer, protocol=3))
-    assert "model" in incompatibility(local, replace(peer, model_sha256="00" * 32))
+    assert "model" in incompatibility(local, replace(peer, manifest_identity="00" * 32))
 
 
 def test_endpoint_and_host():

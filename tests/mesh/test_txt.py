@@ -62,7 +62,7 @@ def test_decode_reads_the_hand_written_record():
         port=50051,
         protocol=1,
         cluster="home",
-        model_sha256="ab" * 32,
+        manifest_identity="ab" * 32,
         capacity=Capacity(speed=2.5, memory_bytes=1024),
         incarnation=255,
     )
@@ -98,7 +98,7 @@ def test_round_trip(name, cluster, node_id, speed, memory, incarnation, protocol
         port=50051,
         protocol=protocol,
         cluster=cluster,
-        model_sha256="0f" * 32,
+        manifest_identity="0f" * 32,
         capacity=Capacity(speed=speed, memory_bytes=memory),
         incarnation=incarnation,
     )
@@ -125,7 +125,7 @@ def test_longest_fields_fit():
         (txt(*good_items(mem=b"-1")), "'mem' has an invalid value"),
         (txt(*good_items(mem=b"\xd9\xa1")), "'mem' has an invalid value"),  # Arabic-Indic 1
         (txt(*good_items(inc=b"1" * 17)), "'inc' has an invalid value"),
-        (txt(*good_items(m=b"AB" * 32)), "model_sha256"),
+        (txt(*good_items(m=b"AB" * 32)), "manifest_identity"),
         (txt(*good_items(id=b"Pi_1")), "node id"),
         (txt(*good_items(n=b"a\nb")), "printable"),
         (txt(*good_items(c=b"x" * 64)), "cluster name"),

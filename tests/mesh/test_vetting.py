@@ -31,7 +31,7 @@ def record(node_id: str, port: int, inc: int = 1, **changes: object) -> PeerInfo
         port=port,
         protocol=1,
         cluster="home",
-        model_sha256=MODEL,
+        manifest_identity=MODEL,
         capacity=Capacity(speed=1e9, memory_bytes=2**30),
         incarnation=inc,
         started_ms=1000 + inc,

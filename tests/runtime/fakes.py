@@ -54,7 +54,7 @@ def peer_info(node_id: str, port: int, manifest: Manifest, speed: float = 1e9) -
         port=port,
         protocol=1,
         cluster="test",
-        model_sha256=manifest.identity,
+        manifest_identity=manifest.identity,
         capacity=Capacity(speed=speed, memory_bytes=GIB),
         incarnation=port,
     )
