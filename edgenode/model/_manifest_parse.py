@@ -13,14 +13,17 @@ from typing import Any
 
 from edgenode.errors import ManifestError
 from edgenode.model.manifest import (
+    DEFAULT_WIRE_FORMAT,
     FORMAT,
     RESERVED_PREFIX,
+    WIRE_FORMATS,
     LinkSpec,
     Manifest,
     ModelSpec,
     OutputSpec,
     PartSpec,
     TensorSpec,
+    WireFormat,
 )
 
 __all__ = ["parse_manifest"]
@@ -133,6 +136,7 @@ def parse_manifest(data: Any) -> Manifest:
         parts=tuple(parts),
         created_by=str(data.get("created_by", "")),
         link=_link(data["link"]) if "link" in data else None,
+        wire_format=_wire_format(data),
     )
     _check(manifest)
     return manifest
@@ -175,6 +179,19 @@ def _output_names(m: Mapping[str, Any], outputs: Sequence[str]) -> tuple[str, ..
         if name in names[:i]:
             raise ManifestError(f"model.output_names[{i}]: {name!r} names two outputs")
     return names
+
+
+def _wire_format(data: Mapping[str, Any]) -> WireFormat:
+    """``wire_format``: one of WIRE_FORMATS; absent (a manifest written before it): float32."""
+    if "wire_format" not in data:
+        return DEFAULT_WIRE_FORMAT
+    value = _field(data, "wire_format", str, "manifest")
+    for known in WIRE_FORMATS:
+        if value == known:
+            return known
+    raise ManifestError(
+        f"manifest.wire_format: unknown {value!r:.40}; expected one of {', '.join(WIRE_FORMATS)}"
+    )
 
 
 def _link(data: Any) -> LinkSpec:

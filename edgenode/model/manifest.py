@@ -12,15 +12,17 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, Literal, TypeVar, get_args
 
 from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ManifestError
 from edgenode.planning import CostGraph, OpCost, TensorCost
 
 __all__ = [
+    "DEFAULT_WIRE_FORMAT",
     "FORMAT",
     "MANIFEST_NAME",
+    "WIRE_FORMATS",
     "LinkSpec",
     "Manifest",
     "ManifestError",
@@ -28,9 +30,11 @@ __all__ = [
     "OutputSpec",
     "PartSpec",
     "TensorSpec",
+    "WireFormat",
     "file_sha256",
     "link_spec",
     "load_manifest",
+    "wire_nbytes",
 ]
 
 FORMAT = "edgenode-manifest/1"
@@ -38,6 +42,15 @@ MANIFEST_NAME = "manifest.json"
 _HASH_BLOCK_BYTES = 1 << 20
 # Tensor names starting with this are the wire's own: its control tensors (transport.codec).
 RESERVED_PREFIX = "!"
+
+# How intermediate tensors travel between nodes (transport.codec encodes them): float32 is
+# bit-exact; float16 and int8 (per-tensor affine) trade accuracy for a half or a quarter of the
+# bytes. One per cluster: part of the manifest's identity, so of every plan's digest.
+WireFormat = Literal["float32", "float16", "int8"]
+WIRE_FORMATS: Final[tuple[WireFormat, ...]] = get_args(WireFormat)
+DEFAULT_WIRE_FORMAT: Final[WireFormat] = "float32"
+_WIRE_ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1}  # encoded bytes per float32 element
+_INT8_HEADER_BYTES = 12  # the scale and zero point each int8 tensor's header adds, at most
 
 _V = TypeVar("_V")
 
@@ -151,6 +164,7 @@ class Manifest:
     parts: tuple[PartSpec, ...]
     created_by: str = ""
     link: LinkSpec | None = None
+    wire_format: WireFormat = DEFAULT_WIRE_FORMAT
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as a JSON-ready dict (format ``edgenode-manifest/1``)."""
@@ -186,6 +200,11 @@ class Manifest:
                 for p in self.parts
             ],
             **({"link": self.link.to_json()} if self.link is not None else {}),
+            # Only when not the default: a float32 manifest keeps the digest and identity
+            # it had before wire formats existed.
+            **(
+                {"wire_format": self.wire_format} if self.wire_format != DEFAULT_WIRE_FORMAT else {}
+            ),
         }
 
     def dumps(self) -> str:
@@ -232,7 +251,10 @@ class Manifest:
 
     def cost_graph(self) -> CostGraph:
         """The planner's view of the parts: each part is one op, boundary tensors link them
-        (``split.layer_cost_graph`` is the finer view, one op per layer, used to choose cuts)."""
+        (``split.layer_cost_graph`` is the finer view, one op per layer, used to choose cuts).
+
+        A tensor sent from part to part costs its size in the manifest's wire format; the
+        model's inputs and final outputs travel exact (float32)."""
         producer: dict[str, int] = {t.name: -1 for t in self.model.inputs}
         specs: dict[str, TensorSpec] = {t.name: t for t in self.model.inputs}
         consumers: dict[str, list[int]] = {}
@@ -255,7 +277,11 @@ class Manifest:
                     name=name,
                     producer=producer[name],
                     consumers=tuple(consumers.get(name, ())),
-                    nbytes=_nbytes(specs[name]),
+                    nbytes=(
+                        _nbytes(specs[name])
+                        if name in finals or producer[name] < 0
+                        else wire_nbytes(specs[name], self.wire_format)
+                    ),
                     final=name in finals,
                 )
                 for name in producer
@@ -301,6 +327,16 @@ def _nbytes(spec: TensorSpec) -> int:
     for dim in spec.shape:
         count *= dim if dim is not None else 1
     return count * _ITEMSIZE.get(spec.dtype, 4)
+
+
+def wire_nbytes(spec: TensorSpec, wire_format: WireFormat) -> int:
+    """Bytes of one sample of ``spec`` sent between parts in ``wire_format`` (only float32
+    tensors are encoded; int8 adds its scale and zero point to the header)."""
+    if spec.dtype != "float32" or wire_format == DEFAULT_WIRE_FORMAT:
+        return _nbytes(spec)
+    count = _nbytes(spec) // _ITEMSIZE["float32"]
+    extra = _INT8_HEADER_BYTES if wire_format == "int8" else 0
+    return count * _WIRE_ITEMSIZE[wire_format] + extra
 
 
 def file_sha256(path: Path) -> str:

@@ -5,6 +5,13 @@ array's own memory) into the message bytes. Receiving, a tensor that arrived who
 is a zero-copy view of that frame's bytes; a chunked tensor is written chunk by chunk into one
 buffer allocated from its header. Received arrays are read-only.
 
+Wire formats: a float32 tensor whose ``wire_format`` is float16 or int8 travels encoded
+(``TensorHeader.encoding``): rounded to float16, or quantized per tensor to int8 with a scale
+and zero point over its range (zero included, so the zero point is an int8; each element
+comes back within scale/2). The header keeps the tensor's own dtype (float32) and shape; the
+decoder gives back float32 arrays. A tensor the format cannot carry faithfully (NaN or inf
+for int8, a value beyond float16's range) and any tensor of another dtype travel as they are.
+
 The Frame and TensorPart wrappers are read and written here directly in protobuf wire format
 (they are a few tags and lengths); the TensorHeader message goes through the generated class.
 Tests check both directions against the generated classes.
@@ -33,7 +40,7 @@ from edgenode.errors import (
     ProtocolError,
     TensorTooLarge,
 )
-from edgenode.model.manifest import RESERVED_PREFIX
+from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, RESERVED_PREFIX, WireFormat
 
 __all__ = [
     "CHUNK_BYTES",
@@ -88,6 +95,21 @@ _DTYPES: dict[int, np.dtype[Any]] = {
     pb.DTYPE_COMPLEX128: np.dtype("<c16"),
 }
 _CODES: dict[np.dtype[Any], int] = {dt: code for code, dt in _DTYPES.items()}
+_FLOAT32 = np.dtype("<f4")
+
+# The element type of the encoded data, per encoding (None: the tensor's own dtype).
+_ENCODED_DTYPES: dict[int, np.dtype[Any] | None] = {
+    pb.ENCODING_NONE: None,
+    pb.ENCODING_FLOAT16: np.dtype("<f2"),
+    pb.ENCODING_INT8_AFFINE: np.dtype("i1"),
+}
+_FORMATS: dict[int, WireFormat] = {
+    pb.ENCODING_NONE: DEFAULT_WIRE_FORMAT,
+    pb.ENCODING_FLOAT16: "float16",
+    pb.ENCODING_INT8_AFFINE: "int8",
+}
+_INT8_MIN, _INT8_MAX = -128, 127
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # Wire types and the tags of the hand-coded messages (field number << 3 | wire type).
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -106,6 +128,9 @@ class Tensor:
     name: str
     array: npt.NDArray[Any]
     plan_digest: str = ""
+    # How a float32 array travels (other dtypes always travel as they are); on a received
+    # tensor, how it travelled.
+    wire_format: WireFormat = DEFAULT_WIRE_FORMAT
 
     @property
     def nbytes(self) -> int:
@@ -150,8 +175,8 @@ def encode_frames(
     # Checked before the first frame, so a bad tensor never leaves half a send on a stream.
     prepared = []
     for tensor in tensors:
-        data = _wire_bytes(tensor)
-        prepared.append((data, _header(tensor, data, checksum).SerializeToString()))
+        data, wire = _wire_bytes(tensor)
+        prepared.append((data, _header(tensor, data, wire, checksum).SerializeToString()))
     return _frames(prepared, chunk_bytes)
 
 
@@ -175,8 +200,21 @@ def _frames(prepared: list[tuple[memoryview, bytes]], chunk_bytes: int) -> Itera
         yield b"".join(pieces)
 
 
-def _wire_bytes(tensor: Tensor) -> memoryview:
-    """The array's bytes, C-ordered and little-endian; a view when it already is."""
+@dataclass(frozen=True, slots=True)
+class _Wire:
+    """How one tensor's data is encoded: TensorHeader.encoding, scale and zero_point."""
+
+    encoding: int = pb.ENCODING_NONE
+    scale: float = 0.0
+    zero_point: int = 0
+
+
+_RAW = _Wire()
+
+
+def _wire_bytes(tensor: Tensor) -> tuple[memoryview, _Wire]:
+    """The data to send: the array's bytes, C-ordered and little-endian (a view when it
+    already is), or a float32 array encoded in the tensor's wire format."""
     array = np.asarray(tensor.array)
     wire = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     if wire not in _CODES:
@@ -184,12 +222,61 @@ def _wire_bytes(tensor: Tensor) -> memoryview:
             f"tensor {tensor.name!r} of request {tensor.request_id!r}: dtype {array.dtype} "
             f"cannot travel (supported: {', '.join(str(d) for d in _CODES)})"
         )
+    if wire == _FLOAT32 and array.size and tensor.wire_format != DEFAULT_WIRE_FORMAT:
+        encoded = _encode(array, tensor.wire_format)
+        if encoded is not None:
+            return encoded
     if array.dtype != wire or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=wire)
-    return array.reshape(-1).view(np.uint8).data
+    return array.reshape(-1).view(np.uint8).data, _RAW
 
 
-def _header(tensor: Tensor, data: memoryview, checksum: bool) -> pb.TensorHeader:
+def _encode(array: npt.NDArray[Any], wire_format: WireFormat) -> tuple[memoryview, _Wire] | None:
+    """A non-empty float32 array in ``wire_format``; None when that would lose more than the
+    format's rounding (the caller sends it as float32)."""
+    if wire_format == "float16":
+        with np.errstate(over="ignore"):  # overflow is detected below, not warned about
+            half = np.ascontiguousarray(array, dtype="<f2")
+        if not np.isfinite(half).all() and (np.isinf(half) & np.isfinite(array)).any():
+            return None  # a finite value beyond float16's range would arrive as inf
+        return half.reshape(-1).view(np.uint8).data, _Wire(pb.ENCODING_FLOAT16)
+    if wire_format == "int8":
+        return _quantize(array)
+    raise InvalidTensor(f"unknown wire format {wire_format!r}")
+
+
+def _quantize(array: npt.NDArray[Any]) -> tuple[memoryview, _Wire] | None:
+    """int8 affine over the array's range with zero included: value = scale * (q - zero_point),
+    q = round(value / scale) + zero_point; each element decodes within scale/2."""
+    lo, hi = float(array.min()), float(array.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None  # NaN or inf: int8 cannot carry it
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = _int8_scale(hi - lo)
+    if max(-lo, hi) + scale > _FLOAT32_MAX:
+        return None  # within a step of float32's largest value: it could decode as inf
+    # -lo / scale is within 0..255, so the zero point is an int8 and lo..hi maps into
+    # -128.5..127.5 before rounding: no element is clipped by more than rounding.
+    zero_point = min(max(round(_INT8_MIN - lo / scale), _INT8_MIN), _INT8_MAX)
+    q = np.empty(array.size, dtype=np.float64)
+    np.divide(array.reshape(-1), scale, out=q)
+    q += zero_point
+    np.rint(q, out=q)
+    np.clip(q, _INT8_MIN, _INT8_MAX, out=q)
+    return q.astype("i1").view(np.uint8).data, _Wire(pb.ENCODING_INT8_AFFINE, scale, zero_point)
+
+
+def _int8_scale(width: float) -> float:
+    """The smallest float32 step (a header's ``float scale``) with 255 steps >= width."""
+    if width == 0.0:
+        return 1.0  # an all-zero tensor: any positive scale decodes it exactly
+    scale = np.float32(width / 255)
+    while float(scale) * 255 < width:
+        scale = np.nextafter(scale, np.float32(np.inf))
+    return float(scale)
+
+
+def _header(tensor: Tensor, data: memoryview, wire: _Wire, checksum: bool) -> pb.TensorHeader:
     array = tensor.array
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     header = pb.TensorHeader(
@@ -200,6 +287,10 @@ def _header(tensor: Tensor, data: memoryview, checksum: bool) -> pb.TensorHeader
         shape=array.shape,
         byte_length=len(data),
     )
+    if wire.encoding != pb.ENCODING_NONE:
+        header.encoding = wire.encoding  # type: ignore[assignment]
+        header.scale = wire.scale
+        header.zero_point = wire.zero_point
     if checksum:
         header.crc32 = zlib.crc32(data)
     return header
@@ -239,6 +330,7 @@ class _Assembly:
     plan_digest: str
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
+    wire: _Wire
     crc32: int | None
     buffer: npt.NDArray[np.uint8]
     filled: int = 0
@@ -341,7 +433,7 @@ class FrameDecoder:
                 f"{current.label()}: header of {label} arrived after {current.filled} of "
                 f"{current.buffer.nbytes} bytes"
             )
-        dtype, shape = self._check_header(header, label)
+        dtype, shape, wire = self._check_header(header, label)
         # A retry under a new plan reuses the request id: the plan digest is part of the key.
         key = (rid, header.plan_digest)
         names = self._seen.get(key)
@@ -363,13 +455,14 @@ class FrameDecoder:
             )
         if end - start == length:  # whole tensor in this frame: a view, no copy
             array = np.frombuffer(frame, dtype=np.uint8, count=length, offset=start)
-            return self._complete(rid, name, header.plan_digest, dtype, shape, crc, array)
+            return self._complete(rid, name, header.plan_digest, dtype, shape, wire, crc, array)
         self._current = _Assembly(
             request_id=rid,
             name=name,
             plan_digest=header.plan_digest,
             dtype=dtype,
             shape=shape,
+            wire=wire,
             crc32=crc,
             buffer=np.empty(length, dtype=np.uint8),
         )
@@ -378,10 +471,12 @@ class FrameDecoder:
 
     def _check_header(
         self, header: pb.TensorHeader, label: str
-    ) -> tuple[np.dtype[Any], tuple[int, ...]]:
+    ) -> tuple[np.dtype[Any], tuple[int, ...], _Wire]:
         dtype = _DTYPES.get(header.dtype)
         if dtype is None:
             raise InvalidTensor(f"{label}: unknown dtype {header.dtype}")
+        wire = _check_encoding(header, dtype, label)
+        encoded = _ENCODED_DTYPES[wire.encoding] or dtype
         shape = tuple(header.shape)
         if len(shape) > MAX_NDIM:
             raise InvalidTensor(f"{label}: {len(shape)} dimensions, at most {MAX_NDIM}")
@@ -390,18 +485,21 @@ class FrameDecoder:
         # numpy refuses shapes whose non-zero dimensions multiply past its index type.
         if math.prod(d for d in shape if d) * dtype.itemsize >= 1 << 63:
             raise InvalidTensor(f"{label}: shape {list(shape)} overflows: absurd dimensions")
-        needed = math.prod(shape) * dtype.itemsize
+        needed = math.prod(shape) * encoded.itemsize
         if needed != header.byte_length:
+            form = f"{dtype}" if encoded is dtype else f"{dtype} encoded as {encoded}"
             raise InvalidTensor(
-                f"{label}: shape {list(shape)} of {dtype} needs {needed} bytes but the header "
+                f"{label}: shape {list(shape)} of {form} needs {needed} bytes but the header "
                 f"declares byte length {header.byte_length}"
             )
-        if needed > self._max_tensor_bytes:
+        # The limit is on what the receiver holds once decoded, not on the wire bytes.
+        decoded = math.prod(shape) * dtype.itemsize
+        if decoded > self._max_tensor_bytes:
             raise TensorTooLarge(
-                f"{label}: {needed} bytes exceeds this node's limit of "
+                f"{label}: {decoded} bytes exceeds this node's limit of "
                 f"{self._max_tensor_bytes} bytes per tensor"
             )
-        return dtype, shape
+        return dtype, shape, wire
 
     def _continue(self, view: memoryview, offset: int, start: int, end: int) -> Tensor | None:
         current = self._current
@@ -433,6 +531,7 @@ class FrameDecoder:
             current.plan_digest,
             current.dtype,
             current.shape,
+            current.wire,
             current.crc32,
             current.buffer,
         )
@@ -444,6 +543,7 @@ class FrameDecoder:
         plan_digest: str,
         dtype: np.dtype[Any],
         shape: tuple[int, ...],
+        wire: _Wire,
         crc: int | None,
         data: npt.NDArray[np.uint8],
     ) -> Tensor:
@@ -452,11 +552,61 @@ class FrameDecoder:
                 f"tensor {name!r} of request {rid!r}: crc32 of the data is "
                 f"{actual:#010x}, header declares {crc:#010x}"
             )
-        array = data.view(dtype).reshape(shape)
+        array = _decode(data, dtype, wire).reshape(shape)
         array.flags.writeable = False
         self.tensors += 1
         self.bytes += int(data.nbytes)
-        return Tensor(request_id=rid, name=name, array=array, plan_digest=plan_digest)
+        return Tensor(
+            request_id=rid,
+            name=name,
+            array=array,
+            plan_digest=plan_digest,
+            wire_format=_FORMATS[wire.encoding],
+        )
+
+
+def _check_encoding(header: pb.TensorHeader, dtype: np.dtype[Any], label: str) -> _Wire:
+    """The header's encoding, scale and zero point; InvalidTensor unless they go together."""
+    encoding = int(header.encoding)
+    scale, zero_point = float(header.scale), int(header.zero_point)
+    if encoding not in _ENCODED_DTYPES:
+        raise InvalidTensor(f"{label}: unknown encoding {encoding}")
+    if encoding == pb.ENCODING_NONE:
+        wire = _RAW
+    elif dtype != _FLOAT32:
+        raise InvalidTensor(
+            f"{label}: encoding {pb.Encoding.Name(encoding)} on dtype {dtype}; only float32 "
+            "tensors are encoded"
+        )
+    elif encoding == pb.ENCODING_INT8_AFFINE:
+        if not (math.isfinite(scale) and scale > 0):
+            raise InvalidTensor(f"{label}: int8 scale {scale!r} must be finite and positive")
+        if not _INT8_MIN <= zero_point <= _INT8_MAX:
+            raise InvalidTensor(
+                f"{label}: int8 zero point {zero_point} is outside {_INT8_MIN}..{_INT8_MAX}"
+            )
+        return _Wire(encoding, scale, zero_point)
+    else:
+        wire = _Wire(encoding)
+    if scale != 0.0 or zero_point != 0:
+        raise InvalidTensor(
+            f"{label}: scale {scale!r} and zero point {zero_point} given, but the encoding "
+            f"is {pb.Encoding.Name(encoding)}, not int8"
+        )
+    return wire
+
+
+def _decode(data: npt.NDArray[np.uint8], dtype: np.dtype[Any], wire: _Wire) -> npt.NDArray[Any]:
+    """The tensor's elements (flat) from its data: a view when sent as is, else float32."""
+    if wire.encoding == pb.ENCODING_NONE:
+        return data.view(dtype)
+    if wire.encoding == pb.ENCODING_FLOAT16:
+        return data.view("<f2").astype(np.float32)
+    out = data.view(np.int8).astype(np.float32)
+    out -= np.float32(wire.zero_point)
+    with np.errstate(over="ignore"):  # only a hand-made scale gets here: inf, not a warning
+        out *= np.float32(wire.scale)
+    return out
 
 
 # -- protobuf wire format ------------------------------------------------------------------

@@ -25,6 +25,12 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT64: _ClassVar[DType]
     DTYPE_COMPLEX64: _ClassVar[DType]
     DTYPE_COMPLEX128: _ClassVar[DType]
+
+class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENCODING_NONE: _ClassVar[Encoding]
+    ENCODING_FLOAT16: _ClassVar[Encoding]
+    ENCODING_INT8_AFFINE: _ClassVar[Encoding]
 DTYPE_UNSPECIFIED: DType
 DTYPE_BOOL: DType
 DTYPE_INT8: DType
@@ -40,6 +46,9 @@ DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
 DTYPE_COMPLEX64: DType
 DTYPE_COMPLEX128: DType
+ENCODING_NONE: Encoding
+ENCODING_FLOAT16: Encoding
+ENCODING_INT8_AFFINE: Encoding
 
 class HelloRequest(_message.Message):
     __slots__ = ("protocol",)
@@ -176,7 +185,7 @@ class FileChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class TensorHeader(_message.Message):
-    __slots__ = ("request_id", "plan_digest", "name", "dtype", "shape", "byte_length", "crc32")
+    __slots__ = ("request_id", "plan_digest", "name", "dtype", "shape", "byte_length", "crc32", "encoding", "scale", "zero_point")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_DIGEST_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +193,9 @@ class TensorHeader(_message.Message):
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     BYTE_LENGTH_FIELD_NUMBER: _ClassVar[int]
     CRC32_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    ZERO_POINT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     plan_digest: str
     name: str
@@ -191,7 +203,10 @@ class TensorHeader(_message.Message):
     shape: _containers.RepeatedScalarFieldContainer[int]
     byte_length: int
     crc32: int
-    def __init__(self, request_id: _Optional[str] = ..., plan_digest: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., byte_length: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...
+    encoding: Encoding
+    scale: float
+    zero_point: int
+    def __init__(self, request_id: _Optional[str] = ..., plan_digest: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., byte_length: _Optional[int] = ..., crc32: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., scale: _Optional[float] = ..., zero_point: _Optional[int] = ...) -> None: ...
 
 class TensorPart(_message.Message):
     __slots__ = ("header", "offset", "data")
