@@ -16,7 +16,13 @@ from edgenode.planning._costs import (
     stage_cost,
     stage_memory_bytes,
 )
-from edgenode.planning.cluster import Assignment, ClusterPlan, plan_cluster
+from edgenode.planning.cluster import (
+    Assignment,
+    ClusterPlan,
+    plan_cluster,
+    quantize_link,
+    quantize_speed,
+)
 from edgenode.planning.partition import (
     MAX_EXACT_NODES,
     TIE_REL_TOL,
@@ -48,6 +54,8 @@ __all__ = [
     "plan_cluster",
     "plan_parts",
     "plan_pipeline",
+    "quantize_link",
+    "quantize_speed",
     "stage_cost",
     "stage_memory_bytes",
 ]

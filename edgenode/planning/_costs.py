@@ -83,11 +83,18 @@ class CostGraph:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSpec:
-    """A device: its speed in work units per second and the bytes it can hold for its part."""
+    """A device: its speed in work units per second, the bytes it can hold for its part, and
+    the bandwidth of its own link (0: as fast as the cluster's ``Link``)."""
 
     node_id: str
     speed: float
     memory_bytes: int
+    link_bytes_per_s: float = 0.0
+
+    def bandwidth(self, link: Link) -> float:
+        """Bytes per second this node sends at: the cluster's link, or its own when slower."""
+        own = self.link_bytes_per_s
+        return min(own, link.bandwidth_bytes_per_s) if own > 0 else link.bandwidth_bytes_per_s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,7 +190,7 @@ def make_stage(
 ) -> StageCost:
     """Build a StageCost; the arithmetic matches the planner's tables operation for operation."""
     compute_s = work / node.speed
-    send_s = send_bytes / link.bandwidth_bytes_per_s
+    send_s = send_bytes / node.bandwidth(link)
     hop_s = link.latency_s if send_bytes > 0 else 0.0
     return StageCost(
         node_id=node.node_id,

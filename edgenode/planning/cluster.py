@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -99,6 +100,16 @@ def quantize_speed(speed: float) -> float:
     return float(f"{speed:.{SPEED_DIGITS}g}")
 
 
+def quantize_link(bytes_per_s: float) -> float:
+    """A measured link bandwidth rounded to the nearest power of two in Mbit/s (1, 2, 4, ...
+    1024 ...; 0 stays 0, unknown): measurements of one link vary by some percent, and a plan
+    should change only when the link really does (Wi-Fi 30 Mbit/s -> 32, gigabit -> 1024)."""
+    if bytes_per_s <= 0:
+        return 0.0
+    mbit = bytes_per_s * 8 / 1e6
+    return 2.0 ** round(math.log2(max(mbit, 1.0))) * 1e6 / 8
+
+
 def plan_cluster(
     graph: CostGraph, members: Sequence[NodeSpec], link: Link, *, manifest_digest: str
 ) -> ClusterPlan:
@@ -112,7 +123,12 @@ def plan_cluster(
         raise PlanError("no members to plan for")
     ordered = sorted(members, key=lambda m: m.node_id)
     spare = [
-        NodeSpec(node_id=m.node_id, speed=quantize_speed(m.speed), memory_bytes=m.memory_bytes)
+        NodeSpec(
+            node_id=m.node_id,
+            speed=quantize_speed(m.speed),
+            memory_bytes=m.memory_bytes,
+            link_bytes_per_s=quantize_link(m.link_bytes_per_s),
+        )
         for m in ordered
     ]
     best = plan_pipeline(graph, spare, link)

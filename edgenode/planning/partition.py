@@ -91,6 +91,11 @@ def _check_nodes(nodes: Sequence[NodeSpec]) -> tuple[NodeSpec, ...]:
         check_speed(node)
         if node.memory_bytes < 0:
             raise PlanError(f"node {node.node_id!r} has negative memory_bytes {node.memory_bytes}")
+        if not (math.isfinite(node.link_bytes_per_s) and node.link_bytes_per_s >= 0):
+            raise PlanError(
+                f"node {node.node_id!r} has link_bytes_per_s {node.link_bytes_per_s!r}: "
+                "finite and >= 0 (0: the cluster's link)"
+            )
     return ordered
 
 
@@ -100,20 +105,25 @@ def _check_parts(n_ops: int, parts: int) -> None:
 
 
 def _flipped_costs(
-    tables: CostTables, link: Link, kinds: Sequence[tuple[float, int]]
+    tables: CostTables, link: Link, kinds: Sequence[NodeSpec]
 ) -> list[NDArray[np.float64]]:
     # cost[a, j] = time of part [a, n - j) on a node of each kind; inf where empty or won't fit.
     # Stops run backwards so that the furthest stop within a limit is a row's first match.
     prefix = tables.work_prefix
     work = prefix[None, ::-1] - prefix[:, None]
     send = tables.send_bytes[:, ::-1]
-    comm = send / link.bandwidth_bytes_per_s
-    comm += np.where(send > 0, link.latency_s, 0.0)
+    hops = np.where(send > 0, link.latency_s, 0.0)
     memory = np.ascontiguousarray(tables.memory_bytes[:, ::-1])
+    comms: dict[float, NDArray[np.float64]] = {}
     costs = []
-    for speed, memory_bytes in kinds:
+    for kind in kinds:
+        bandwidth = kind.bandwidth(link)
+        if bandwidth not in comms:
+            comms[bandwidth] = send / bandwidth
+            comms[bandwidth] += hops
+        speed, memory_bytes = kind.speed, kind.memory_bytes
         cost = work / speed
-        cost += comm
+        cost += comms[bandwidth]
         np.putmask(cost, memory > min(memory_bytes, _MAX_MEMORY_BYTES), np.inf)
         costs.append(cost)
     return costs
@@ -292,9 +302,16 @@ def plan_pipeline(
     parts = len(ordered) if max_parts is None else min(max_parts, len(ordered))
     tables = build_tables(graph)
     n = tables.n
-    kinds: dict[tuple[float, int], int] = {}
-    kind_of = [kinds.setdefault((v.speed, v.memory_bytes), len(kinds)) for v in ordered]
-    flipped = _flipped_costs(tables, link, list(kinds))
+    kinds: dict[tuple[float, int, float], int] = {}
+    specs: list[NodeSpec] = []
+    kind_of = []
+    for v in ordered:
+        key = (v.speed, v.memory_bytes, v.bandwidth(link))
+        if key not in kinds:
+            kinds[key] = len(kinds)
+            specs.append(v)
+        kind_of.append(kinds[key])
+    flipped = _flipped_costs(tables, link, specs)
     exact = len(ordered) <= MAX_EXACT_NODES
     seq = list(range(len(ordered)))
     if not exact:
@@ -344,7 +361,8 @@ def plan_parts(graph: CostGraph, parts: int, link: Link = _DEFAULT_LINK) -> tupl
     check_link(link)
     _check_parts(len(graph.ops), parts)
     tables = build_tables(graph)
-    cost = _flipped_costs(tables, link, [(1.0, _MAX_MEMORY_BYTES)])[0][:, ::-1]
+    unit = NodeSpec(node_id="unit", speed=1.0, memory_bytes=_MAX_MEMORY_BYTES)
+    cost = _flipped_costs(tables, link, [unit])[0][:, ::-1]
     # Equal nodes make the subset search moot; bottleneck[b] is the best for [0, b) in j parts.
     bottleneck = cost[0]
     for _ in range(parts - 1):
