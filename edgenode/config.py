@@ -21,6 +21,7 @@ from typing import Any, Literal
 from edgenode.defaults import HOP_LATENCY_MS, MAX_TENSOR_BYTES
 from edgenode.errors import ConfigError
 from edgenode.ids import NODE_ID_MAX_CHARS, node_id_from_name, valid_node_id
+from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, WireFormat
 
 __all__ = [
     "ClusterConfig",
@@ -95,6 +96,9 @@ class ModelConfig:
     # directory's manifest carries its own: `edgenode split --link-mbps`). 0: gigabit.
     link_mbps: float = 0.0
     hop_latency_ms: float = HOP_LATENCY_MS
+    # How intermediate tensors travel between nodes, for a model the node cuts itself (a
+    # split directory's manifest carries its own: `edgenode split --wire-format`).
+    wire_format: WireFormat = DEFAULT_WIRE_FORMAT
 
     @property
     def custom_link(self) -> bool:
@@ -217,6 +221,11 @@ def _check(config: Config) -> None:
         raise ConfigError(
             "model.link_mbps, model.hop_latency_ms: only for a model the node cuts itself; "
             "a split directory's manifest sets the link (edgenode split --link-mbps)"
+        )
+    if config.model.wire_format != DEFAULT_WIRE_FORMAT and Path(config.model.source).is_dir():
+        raise ConfigError(
+            "model.wire_format: only for a model the node cuts itself; a split directory's "
+            "manifest sets it (edgenode split --wire-format)"
         )
     if _looks_like_path(config.model.source) and not Path(config.model.source).exists():
         raise ConfigError(f"model.source: {config.model.source} does not exist")

@@ -18,14 +18,17 @@ from edgenode.model.cost import OpStats, graph_stats
 from edgenode.model.graph import LayerGraph, build_graph
 from edgenode.model.loading import model_sha256
 from edgenode.model.manifest import (
+    DEFAULT_WIRE_FORMAT,
     MANIFEST_NAME,
     RESERVED_PREFIX,
+    WIRE_FORMATS,
     LinkSpec,
     Manifest,
     ModelSpec,
     OutputSpec,
     PartSpec,
     TensorSpec,
+    WireFormat,
     file_sha256,
 )
 from edgenode.model.preprocess import family_of
@@ -157,15 +160,21 @@ def split_model(
     fmt: str = "keras",
     op_seconds: dict[str, float] | None = None,
     link: LinkSpec | None = None,
+    wire_format: WireFormat = DEFAULT_WIRE_FORMAT,
     progress: Progress | None = None,
 ) -> SplitResult:
     """Cut ``model``, export every part into ``out`` and write ``manifest.json`` last
-    (with ``link``, the network the cluster plans for; None: gigabit Ethernet).
+    (with ``link``, the network the cluster plans for; None: gigabit Ethernet; and
+    ``wire_format``, how intermediate tensors travel between nodes).
 
     Files are written into a temporary directory beside ``out`` and moved into place
     at the end, so an interrupted split never leaves a manifest that lies.
     """
     say = progress or (lambda _msg: None)
+    if wire_format not in WIRE_FORMATS:
+        raise ModelError(
+            f"unknown wire format {wire_format!r}; expected one of {', '.join(WIRE_FORMATS)}"
+        )
     graph = build_graph(model)
     stats = graph_stats(graph)
     chosen = choose_cuts(graph, stats, parts=parts, method=method, at=cuts, op_seconds=op_seconds)
@@ -212,6 +221,7 @@ def split_model(
             parts=tuple(specs),
             created_by=f"edgenode {__version__}",
             link=link,
+            wire_format=wire_format,
         )
         manifest.write(staging)
         _replace_directory(staging, out)

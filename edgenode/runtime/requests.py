@@ -7,6 +7,8 @@ request (join buffer), runs its parts back to back on a worker thread, and sends
 each output straight to the owners of the parts that read it (in its own replica) and
 every final output to the origin. Intermediate tensors never go back through the
 origin or the client. Tensors for this node itself are handed over without the network.
+Intermediate tensors travel in the manifest's wire format (``transport.codec`` encodes
+them); the client's inputs and the final outputs travel exact.
 
 Failures come back to the origin as notices: control tensors (``transport.codec``) ``!retry`` or
 ``!fail`` whose bytes are a UTF-8 message. A stage that receives a tensor stamped with
@@ -49,7 +51,7 @@ from edgenode.errors import (
     RequestTimeout,
     TransportError,
 )
-from edgenode.model.manifest import Manifest
+from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, WireFormat
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.parts import PartHost
 from edgenode.runtime.stages import NodeRole, consumers_of, recipients, role_of
@@ -424,11 +426,19 @@ class Router:
             for index, seconds in zip(stage.parts, result.seconds, strict=True):
                 self._on_stage(index, seconds)
         values = {**join.values, **result.outputs}
-        tensors = [Tensor(RequestId(request), name, values[name], plan) for name in stage.sends]
+        tensors = [
+            Tensor(RequestId(request), name, values[name], plan, self._wire_of(name))
+            for name in stage.sends
+        ]
         try:
             await self._route(stage.plan, stage.replica, tensors, producer_parts=stage.parts)
         except EdgenodeError as exc:
             self._notify(request, plan, RETRY, f"{self._me}: {exc}")
+
+    def _wire_of(self, name: str) -> WireFormat:
+        """How a stage's output travels: finals exact (the origin answers with them), the
+        others in the cluster's wire format (handed over locally, they are never encoded)."""
+        return DEFAULT_WIRE_FORMAT if name in self._finals else self._manifest.wire_format
 
     async def _route(
         self,
