@@ -197,15 +197,26 @@ def status_table(statuses: Sequence[NodeReport], *, wide: bool = False) -> str:
             per_part = ", ".join(
                 f"{s.part}: {s.p50_s * 1e3:.2f}/{s.p90_s * 1e3:.2f}" for s in st.stages
             )
-            row += [st.requests_failed, format_bytes(node.capacity.memory_bytes), per_part or "-"]
+            row += [
+                st.requests_failed,
+                format_bytes(node.capacity.memory_bytes),
+                _link_label(node.capacity.link_bytes_per_s),
+                per_part or "-",
+            ]
         rows.append(row)
     headers = ["node", "address", "parts", "plan", "agreed", "state", "requests here",
                "part runs", "run p50 ms", "up", "GFLOP/s"]  # fmt: skip
     if wide:
-        headers += ["failed here", "memory", "part run ms p50/p90"]
+        headers += ["failed here", "memory", "link Mbit/s", "part run ms p50/p90"]
         return format_table(headers, rows)
     # address, uptime and speed while they fit (always with --wide)
     return format_table(headers, rows, max_width=TABLE_WIDTH, optional=(1, 9, 10))
+
+
+def _link_label(bytes_per_s: float) -> str:
+    """The node's own link as measured or configured; "-": not known, or as fast as the
+    cluster's link (the planner then uses the cluster's)."""
+    return f"{bytes_per_s * 8 / 1e6:g}" if bytes_per_s else "-"
 
 
 def _duration(seconds: float) -> str:

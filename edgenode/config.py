@@ -9,6 +9,7 @@ one-machine configuration. Command-line flags override the file only when given
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
 import tomllib
 import types
@@ -63,6 +64,9 @@ class NodeConfig:
     listen: str = f"0.0.0.0:{DEFAULT_PORT}"
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; "" disables it
     speed_gflops: float = 0.0  # speed score to advertise; 0 measures it at start-up
+    # This node's own link in Mbit/s, for the planner; 0 measures it with a timed transfer
+    # to a peer once it has one, and again now and then (edgenode.runtime.linkmeter).
+    link_mbps: float = 0.0
 
     @property
     def node_id(self) -> str:
@@ -201,6 +205,8 @@ def _check(config: Config) -> None:
         )
     if config.node.speed_gflops < 0:
         raise ConfigError("node.speed_gflops: must be positive, or 0 to measure at start-up")
+    if not (math.isfinite(config.node.link_mbps) and config.node.link_mbps >= 0):
+        raise ConfigError("node.link_mbps: must be positive, or 0 to measure it with a peer")
     if not config.cluster.name:
         raise ConfigError("cluster.name: must not be empty")
     if config.security.key and config.security.insecure:

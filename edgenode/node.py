@@ -38,6 +38,7 @@ from edgenode.model.manifest import Manifest, link_spec, load_manifest
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.control import NodeControl
 from edgenode.runtime.follow import follow_plan, tell_router
+from edgenode.runtime.linkmeter import measure_link
 from edgenode.runtime.metrics import MetricsServer, NodeMetrics, sample_gauges
 from edgenode.runtime.negotiation import Negotiator, PlanState, link_of
 from edgenode.runtime.parts import PartHost, RunnerFactory
@@ -326,6 +327,14 @@ class Node:
                         follow_plan(negotiator, part_host, client, manifest, directory, on_agreed)
                     ),
                 ]
+                if not config.node.link_mbps:
+                    meter = measure_link(
+                        membership=lambda: negotiator.membership,
+                        publish=negotiator.publish_local,
+                        prober=client,
+                        cap_bytes_per_s=link_of(manifest).bandwidth_bytes_per_s,
+                    )
+                    tasks.append(group.create_task(meter))
                 await stop.wait()
                 deadline = config.limits.request_deadline_s
                 logger.info("stopping: finishing requests started here (at most %g s)", deadline)
@@ -355,7 +364,11 @@ class Node:
             protocol=PROTOCOL_VERSION,
             cluster=config.cluster.name,
             manifest_identity=manifest.identity,
-            capacity=Capacity(speed=speed, memory_bytes=total_memory_bytes()),
+            capacity=Capacity(
+                speed=speed,
+                memory_bytes=total_memory_bytes(),
+                link_bytes_per_s=config.node.link_mbps * 1e6 / 8,  # 0: measured later
+            ),
             incarnation=new_incarnation(),
             started_ms=time.time_ns() // 1_000_000,
         )

@@ -3,6 +3,7 @@ and the README's "A cluster on one machine" block, run as written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -181,10 +182,23 @@ def test_table_shows_the_plan_apart_from_what_is_loaded() -> None:
         "agreed": "yes", "state": "ready", "requests here": "0", "part runs": "4",
         "run p50 ms": "60.00",  # the sum of the medians of its parts, not of part 6 (old)
         "up": "12m05s", "GFLOP/s": "1", "failed here": "0", "memory": "1.0 GiB",
+        "link Mbit/s": "-",
         "part run ms p50/p90": "0: 10.00/10.00, 1: 20.00/20.00, 2: 30.00/30.00, 6: 500.00/500.00",
     }  # fmt: skip
     assert (b["parts"], b["state"]) == ("3-4", "unloading 0-2, 5-6")
     assert (c["parts"], c["state"]) == ("5-7", "loading 6-7")
+
+
+def test_wide_table_shows_each_nodes_own_link() -> None:
+    """Measured or configured (node.link_mbps); "-" when the node plans with the cluster's."""
+    a = status("a", THREE)
+    slow = dataclasses.replace(a.node.capacity, link_bytes_per_s=32e6 / 8)
+    b = dataclasses.replace(
+        status("b", THREE), node=dataclasses.replace(a.node, node_id="b", capacity=slow)
+    )
+    cells = _cells(status_table([a, b], wide=True))
+    assert [c["link Mbit/s"] for c in cells] == ["-", "32"]
+    assert b.to_json()["node"]["link_bytes_per_s"] == 4e6
 
 
 def test_table_fits_100_columns_and_wide_shows_every_column() -> None:

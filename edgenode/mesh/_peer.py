@@ -93,10 +93,12 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Capacity:
-    """What a node offers the planner: a speed score and the bytes it can hold for its part."""
+    """What a node offers the planner: a speed score, the bytes it can hold for its part, and
+    its own link."""
 
     speed: float  # work units per second, from the node's self-benchmark
     memory_bytes: int
+    link_bytes_per_s: float = 0.0  # measured or configured; 0: not known (the cluster's link)
 
     def __post_init__(self) -> None:
         if isinstance(self.speed, bool) or not isinstance(self.speed, int | float):
@@ -107,6 +109,11 @@ class Capacity:
             raise UsageError(f"memory_bytes must be an int, got {self.memory_bytes!r}")
         if self.memory_bytes < 0:
             raise UsageError(f"memory_bytes must be >= 0, got {self.memory_bytes}")
+        link = self.link_bytes_per_s
+        if isinstance(link, bool) or not isinstance(link, int | float):
+            raise UsageError(f"link_bytes_per_s must be a number, got {link!r}")
+        if not (math.isfinite(link) and link >= 0):
+            raise UsageError(f"link_bytes_per_s must be finite and >= 0, got {link!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -38,6 +38,7 @@ KEY_MODEL = "m"
 KEY_SPEED = "s"
 KEY_MEMORY = "mem"
 KEY_INCARNATION = "inc"
+KEY_LINK = "l"  # optional: only a node that knows its link announces it
 
 _UINT_RE = re.compile(r"[0-9]{1,20}")
 _HEX64_RE = re.compile(r"[0-9a-f]{1,16}")
@@ -57,6 +58,8 @@ def encode_txt(info: PeerInfo) -> bytes:
         KEY_MEMORY: str(info.capacity.memory_bytes),
         KEY_INCARNATION: format(info.incarnation, "x"),
     }
+    if info.capacity.link_bytes_per_s:
+        fields[KEY_LINK] = repr(float(info.capacity.link_bytes_per_s))
     out = bytearray()
     for key, value in fields.items():
         item = f"{key}={value}".encode()
@@ -127,6 +130,9 @@ def peer_from_txt(fields: Mapping[str, str], *, addresses: tuple[str, ...], port
             capacity=Capacity(
                 speed=float(_field(fields, KEY_SPEED, _FLOAT_RE)),
                 memory_bytes=int(_field(fields, KEY_MEMORY, _UINT_RE)),
+                link_bytes_per_s=(
+                    float(_field(fields, KEY_LINK, _FLOAT_RE)) if KEY_LINK in fields else 0.0
+                ),
             ),
             incarnation=int(_field(fields, KEY_INCARNATION, _HEX64_RE), 16),
         )

@@ -82,7 +82,10 @@ class Membership:
         """`members` as the planner's node specs, in the same order."""
         return tuple(
             NodeSpec(
-                node_id=p.node_id, speed=p.capacity.speed, memory_bytes=p.capacity.memory_bytes
+                node_id=p.node_id,
+                speed=p.capacity.speed,
+                memory_bytes=p.capacity.memory_bytes,
+                link_bytes_per_s=p.capacity.link_bytes_per_s,
             )
             for p in self.members
         )

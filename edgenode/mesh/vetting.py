@@ -12,8 +12,9 @@ answer at all, and another member answers with its own id):
   member's id. The same run there: the member moved. Another run: it replaces the member only
   when the member's endpoint no longer answers as that run (else two nodes claim one id, and
   the member stays). Until then the member is used where it was.
-- A member's record that changes nothing else (capacity, name, a forged cluster or memory
-  field that passed discovery's filter): nothing to do; those come from ``Hello``.
+- A member's record that changes nothing the cluster uses (a name): nothing to do. One whose
+  capacity differs from the member's (it measured its link again, or a forged memory field
+  passed discovery's filter): ``Hello`` is asked, and its answer, not the record, applied.
 - A removal (an mDNS goodbye, a record turned incompatible): the member is asked where it is.
   It stays if it answers as itself, is replaced if another run of it answers there, and is
   marked dead otherwise, so the liveness probes can bring it back if it answers later.
@@ -205,8 +206,15 @@ class Vetting:
             return known is None or await self._check_gone(known)
         if (hint.node_id, hint.incarnation) in self._left:
             return True  # a lingering record of a run that said goodbye
-        if known is not None and known.same_run(hint) and hint.reachable_at(known.endpoint):
-            return True  # nothing the cluster uses changed (capacity comes from Hello)
+        if (
+            known is not None
+            and known.same_run(hint)
+            and hint.reachable_at(known.endpoint)
+            and hint.capacity == known.capacity
+        ):
+            return True  # nothing the cluster uses changed
+        # Otherwise ask: a new record, a move, or a member that says its capacity changed
+        # (it measured its link again): what the answer says, not the record, is applied.
         found = await self._find(hint)
         if found is None:
             return False

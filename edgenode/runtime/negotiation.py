@@ -172,6 +172,11 @@ class Negotiator:
         computed = self._state.computed
         return computed.digest if computed is not None else ""
 
+    async def publish_local(self, info: PeerInfo) -> None:
+        """This node's record changed (its measured link): announce it and plan with it."""
+        await self._discovery.announce(info)
+        self._set_membership(self._membership.with_local(info))
+
     def mark_dead(self, node_id: NodeId, incarnation: int | None = None) -> None:
         """Drop a peer the transport found dead; re-plan without it."""
         self._set_membership(self._membership.mark_dead(node_id, incarnation))

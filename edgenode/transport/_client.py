@@ -51,6 +51,11 @@ _UNREACHABLE = frozenset(
 )
 CONTROL_TIMEOUT_S = 2.0  # a control call slower than this: the peer is unavailable
 FETCH_TIMEOUT_S = 300.0  # a whole part file
+PROBE_S = 0.5  # a link probe sends for this long ...
+PROBE_CHUNK_BYTES = 256 << 10  # ... in chunks of this size ...
+PROBE_MIN_BYTES = 1 << 20  # ... and at least this much, then waits for the peer's count;
+PROBE_MAX_BYTES = 64 << 20  # it stops here even before PROBE_S (over 1 Gbit/s: enough said)
+PROBE_TIMEOUT_S = 30.0  # 1 MiB over a 1 Mbit/s link takes 8 s
 MANIFEST_PART = -1  # FetchFile's part index of manifest.json
 
 
@@ -153,6 +158,38 @@ class ControlClient:
             raise TransportError(f"{peer.node_id}: {reason}") from None
         finally:
             partial.unlink(missing_ok=True)
+
+    async def probe(self, endpoint: Endpoint, *, seconds: float = PROBE_S) -> float:
+        """Bytes per second this node sends to the node at ``endpoint``: a timed transfer
+        of ``seconds`` (at least PROBE_MIN_BYTES, at most PROBE_MAX_BYTES), timed until the
+        peer has read it all, so that what waits in buffers is counted. PeerUnavailable when
+        it fails."""
+        call = self._channel(str(endpoint)).stream_unary(
+            f"/{SERVICE_NAME}/Probe", response_deserializer=pb.ProbeReply.FromString
+        )
+        chunk = pb.ProbeChunk(data=bytes(PROBE_CHUNK_BYTES)).SerializeToString()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stream = call(timeout=PROBE_TIMEOUT_S)
+        sent = 0
+        try:
+            while sent < PROBE_MIN_BYTES or (
+                loop.time() - started < seconds and sent < PROBE_MAX_BYTES
+            ):
+                await stream.write(chunk)
+                sent += len(chunk)
+            await stream.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            pass  # the call ended early: its status, below, says why
+        try:
+            reply = await stream
+        except grpc.aio.AioRpcError as exc:
+            reason = failure_reason(exc.code(), exc.details(), timeout_s=PROBE_TIMEOUT_S)
+            raise PeerUnavailable(f"{endpoint}: {reason}") from None
+        elapsed = loop.time() - started
+        if reply.bytes != sent or elapsed <= 0:
+            raise PeerUnavailable(f"{endpoint} counted {reply.bytes} of {sent} probe bytes")
+        return sent / elapsed
 
     async def fetch_bytes(self, address: str, manifest_identity: str, part: int) -> bytes:
         """A small file (the manifest: part -1) from the node at ``address``."""

@@ -34,6 +34,7 @@ __all__ = ["FILE_CHUNK_BYTES", "control_handlers"]
 logger = logging.getLogger(__name__)
 
 FILE_CHUNK_BYTES = 1 << 20  # FetchFile streams a file in chunks of this size
+PROBE_MAX_BYTES = 256 << 20  # a Probe call sending more is refused (clients send <= 64 MiB)
 
 
 def _plan_reply(state: PlanView) -> pb.PlanReply:
@@ -148,6 +149,17 @@ def control_handlers(
             handler, response_serializer=reply.SerializeToString
         )
 
+    async def probe(chunks: AsyncIterator[bytes], context: Any) -> pb.ProbeReply:
+        # The chunks are counted, not parsed: a ProbeChunk is one tag, a length, the bytes.
+        total = 0
+        async for chunk in chunks:
+            total += len(chunk)
+            if total > PROBE_MAX_BYTES:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"a probe is at most {PROBE_MAX_BYTES} B"
+                )
+        return pb.ProbeReply(bytes=total)
+
     async def fetch_file_raw(data: bytes, context: Any) -> AsyncIterator[pb.FileChunk]:
         request = await parse(pb.FileRequest, data, context)
         async for chunk in fetch_file(request, context):
@@ -160,6 +172,9 @@ def control_handlers(
         "GetStatus": unary(get_status, pb.StatusRequest, pb.NodeStatus),
         "FetchFile": grpc.unary_stream_rpc_method_handler(
             fetch_file_raw, response_serializer=pb.FileChunk.SerializeToString
+        ),
+        "Probe": grpc.stream_unary_rpc_method_handler(
+            probe, response_serializer=pb.ProbeReply.SerializeToString
         ),
     }
     if router is not None:

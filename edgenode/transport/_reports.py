@@ -103,6 +103,7 @@ def record_of(info: PeerInfo) -> pb.NodeRecord:
         model_sha256=info.manifest_identity,
         speed=info.capacity.speed,
         memory_bytes=info.capacity.memory_bytes,
+        link_bytes_per_s=info.capacity.link_bytes_per_s,
         incarnation=info.incarnation,
         started_ms=info.started_ms,
     )
@@ -118,7 +119,11 @@ def peer_from_record(record: pb.NodeRecord) -> PeerInfo:
         protocol=record.protocol,
         cluster=record.cluster,
         manifest_identity=record.model_sha256,
-        capacity=Capacity(speed=record.speed, memory_bytes=record.memory_bytes),
+        capacity=Capacity(
+            speed=record.speed,
+            memory_bytes=record.memory_bytes,
+            link_bytes_per_s=record.link_bytes_per_s,
+        ),
         incarnation=record.incarnation,
         started_ms=record.started_ms,
     )

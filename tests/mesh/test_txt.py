@@ -173,3 +173,15 @@ def test_speed_round_trips_exactly():
     for speed in (0.1, 1 / 3, math.pi * 1e-7, 123456789.123, 5e-324):
         info = make_info("x", 1, capacity=Capacity(speed=speed, memory_bytes=0))
         assert decode_txt(encode_txt(info), addresses=info.addresses, port=info.port) == info
+
+
+def test_a_known_link_is_announced_and_an_unknown_one_is_not():
+    known = make_info("x", 1, capacity=Capacity(speed=1.0, memory_bytes=0, link_bytes_per_s=4e6))
+    text = encode_txt(known)
+    assert b"l=4000000.0" in text
+    assert decode_txt(text, addresses=known.addresses, port=known.port) == known
+    unknown = make_info("x", 1, capacity=Capacity(speed=1.0, memory_bytes=0))
+    assert b"l=" not in encode_txt(unknown)
+    for bad in (b"l=-1", b"l=fast", b"l=1e999"):
+        with pytest.raises(InvalidPeerRecord):
+            decode_txt(txt(*good_items(), bad), **WHERE)

@@ -313,3 +313,25 @@ async def test_a_node_of_another_cluster_with_our_name_does_not_stop_us(node: No
     node.table.twin(dataclasses.replace(stranger, cluster="home"))  # its TXT says ours
     await node.settled()
     assert node.task is not None and not node.task.done()
+
+
+async def test_a_member_that_measured_its_link_again_is_asked_and_updated(node: Node) -> None:
+    """Its new capacity comes from Hello; a forged capacity changes nothing but one Hello."""
+    b = record("b", 2)
+    await node.member(b)
+    measured = record(
+        "b", 2, capacity=Capacity(speed=1e9, memory_bytes=2**30, link_bytes_per_s=4e6)
+    )
+    node.greeter.listen(measured)
+    asked = node.greeter.calls[at(2)]
+    node.table.upsert(measured)
+    await node.settled()
+    assert node.membership.get(NodeId("b")) == measured
+    assert node.greeter.calls[at(2)] == asked + 1
+    forged = record("b", 2, capacity=Capacity(speed=1e9, memory_bytes=2**30, link_bytes_per_s=1.0))
+    node.table.upsert(forged)
+    await node.settled()
+    assert node.membership.get(NodeId("b")) == measured
+    node.table.upsert(dataclasses.replace(measured, name="renamed"))  # nothing the plan uses
+    await node.settled()
+    assert node.greeter.calls[at(2)] == asked + 2

@@ -76,6 +76,7 @@ def test_generated_module_imports_from_the_installed_package() -> None:
         "GetPlan",
         "GetStatus",
         "FetchFile",
+        "Probe",
     }
 
 

@@ -57,7 +57,7 @@ class HelloRequest(_message.Message):
     def __init__(self, protocol: _Optional[int] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("node_id", "name", "addresses", "port", "protocol", "cluster", "model_sha256", "speed", "memory_bytes", "incarnation", "started_ms")
+    __slots__ = ("node_id", "name", "addresses", "port", "protocol", "cluster", "model_sha256", "speed", "memory_bytes", "incarnation", "started_ms", "link_bytes_per_s")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class NodeRecord(_message.Message):
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    LINK_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -80,7 +81,20 @@ class NodeRecord(_message.Message):
     memory_bytes: int
     incarnation: int
     started_ms: int
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., port: _Optional[int] = ..., protocol: _Optional[int] = ..., cluster: _Optional[str] = ..., model_sha256: _Optional[str] = ..., speed: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., incarnation: _Optional[int] = ..., started_ms: _Optional[int] = ...) -> None: ...
+    link_bytes_per_s: float
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., port: _Optional[int] = ..., protocol: _Optional[int] = ..., cluster: _Optional[str] = ..., model_sha256: _Optional[str] = ..., speed: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., incarnation: _Optional[int] = ..., started_ms: _Optional[int] = ..., link_bytes_per_s: _Optional[float] = ...) -> None: ...
+
+class ProbeChunk(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class ProbeReply(_message.Message):
+    __slots__ = ("bytes",)
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    bytes: int
+    def __init__(self, bytes: _Optional[int] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("node_id", "incarnation")

@@ -1,0 +1,86 @@
+"""This node's own link, measured for the planner.
+
+A node whose link is not configured (``node.link_mbps = 0``) measures it once it has a
+peer, and again every ``LINK_REFRESH_S``: a timed transfer (the Probe RPC) to up to
+``PROBES_PER_ROUND`` peers. A transfer is as slow as the slower end, so the fastest of them is
+taken as this node's link, rounded to a power of two in Mbit/s (``quantize_link``) so that
+jitter changes nothing. A link at least as fast as the cluster's (the manifest's: what the
+cluster was cut for, gigabit by default) is recorded as 0, "the cluster's link": a loopback
+or 10-gigabit host plans, and announces, exactly as before. A new value goes into this
+node's record (Hello answers it; mDNS announces it, and the peers ask Hello again), which
+re-plans the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Protocol
+
+from edgenode.errors import EdgenodeError
+from edgenode.mesh import Endpoint, PeerInfo
+from edgenode.mesh.membership import Membership
+from edgenode.planning import quantize_link
+
+__all__ = ["LINK_REFRESH_S", "PROBES_PER_ROUND", "LinkProber", "measure_link"]
+
+logger = logging.getLogger(__name__)
+
+LINK_REFRESH_S = 600.0  # the link is measured again this often
+PROBES_PER_ROUND = 3  # peers a measurement tries, the fastest counting
+WAIT_FOR_PEER_S = 0.5  # while alone, look for a peer this often
+RETRY_S = 5.0  # after a round in which no peer could be measured
+
+
+class LinkProber(Protocol):
+    """A timed transfer to a peer (ControlClient implements it)."""
+
+    async def probe(self, endpoint: Endpoint) -> float:
+        """Bytes per second sent to the node at ``endpoint``; PeerUnavailable if it fails."""
+        ...
+
+
+async def measure_link(
+    *,
+    membership: Callable[[], Membership],
+    publish: Callable[[PeerInfo], Awaitable[None]],
+    prober: LinkProber,
+    cap_bytes_per_s: float,
+    refresh_s: float = LINK_REFRESH_S,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Measure this node's link now and then and ``publish`` its record when the rounded
+    value changes; runs until cancelled."""
+    turn = 0
+    while True:
+        peers = sorted(membership().alive, key=lambda p: p.node_id)
+        if not peers:
+            await sleep(WAIT_FOR_PEER_S)
+            continue
+        chosen = [peers[(turn + i) % len(peers)] for i in range(min(PROBES_PER_ROUND, len(peers)))]
+        turn += 1
+        rates = []
+        for peer in chosen:
+            try:
+                rates.append(await prober.probe(peer.endpoint))
+            except EdgenodeError as exc:
+                logger.info("could not measure the link to %s: %s", peer.node_id, exc)
+        if not rates:
+            await sleep(RETRY_S)
+            continue
+        measured = max(rates)
+        value = quantize_link(measured)
+        if value >= cap_bytes_per_s:
+            value = 0.0  # as fast as the cluster's link: nothing to tell the planner
+        local = membership().local
+        if value != local.capacity.link_bytes_per_s:
+            logger.info(
+                "link measured at %.1f Mbit/s (to %s): planning with %s",
+                measured * 8 / 1e6,
+                ", ".join(p.node_id for p in chosen),
+                f"{value * 8 / 1e6:g} Mbit/s" if value else "the cluster's link",
+            )
+            await publish(replace(local, capacity=replace(local.capacity, link_bytes_per_s=value)))
+        await sleep(refresh_s)

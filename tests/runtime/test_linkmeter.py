@@ -1,0 +1,142 @@
+"""measure_link: this node's link, measured with peers, rounded, published only on change.
+
+The membership is the real one; the prober is a complete in-memory stand-in (a rate per
+peer, or a failure); sleeping is a step the test drives, so no time passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from edgenode.errors import PeerUnavailable
+from edgenode.mesh import Endpoint, PeerEvent, PeerEventKind, PeerInfo
+from edgenode.mesh.membership import Membership
+from edgenode.runtime.linkmeter import PROBES_PER_ROUND, measure_link
+from tests.runtime.fakes import chain_manifest, peer_info
+
+MANIFEST = chain_manifest(2)
+GIGABIT = 125e6  # bytes/s: the cluster's link
+MBIT = 1e6 / 8
+
+
+@dataclass
+class Rig:
+    membership: Membership
+    rates: dict[int, float | None] = field(default_factory=dict)  # by port; None: fails
+    probed: list[int] = field(default_factory=list)
+    published: list[PeerInfo] = field(default_factory=list)
+    naps: asyncio.Queue[float] = field(default_factory=asyncio.Queue)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def probe(self, endpoint: Endpoint) -> float:
+        self.probed.append(endpoint.port)
+        rate = self.rates[endpoint.port]
+        if rate is None:
+            raise PeerUnavailable(f"{endpoint}: connection refused")
+        return rate
+
+    async def publish(self, info: PeerInfo) -> None:
+        self.published.append(info)
+        self.membership = self.membership.with_local(info)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.naps.put(seconds)
+        await self.wake.wait()
+        self.wake.clear()
+
+    def join(self, node_id: str, port: int, rate: float | None) -> None:
+        self.rates[port] = rate
+        peer = peer_info(node_id, port, MANIFEST)
+        self.membership = self.membership.apply(PeerEvent(PeerEventKind.JOINED, peer))
+
+    async def nap(self) -> float:
+        """Until the meter sleeps: how long it asked for."""
+        return await asyncio.wait_for(self.naps.get(), 5)
+
+    def go_on(self) -> None:
+        self.wake.set()
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    rig = Rig(Membership.of(peer_info("me", 1, MANIFEST)))
+    task = asyncio.create_task(
+        measure_link(
+            membership=lambda: rig.membership,
+            publish=rig.publish,
+            prober=rig,
+            cap_bytes_per_s=GIGABIT,
+            refresh_s=600.0,
+            sleep=rig.sleep,
+        )
+    )
+    yield rig
+    task.cancel()
+
+
+def link_of(info: PeerInfo) -> float:
+    return info.capacity.link_bytes_per_s
+
+
+async def test_alone_it_waits_then_measures_the_first_peer(rig: Rig) -> None:
+    assert await rig.nap() == 0.5 and rig.probed == []
+    rig.join("b", 2, 31 * MBIT)  # Wi-Fi: 31 Mbit/s measured
+    rig.go_on()
+    assert await rig.nap() == 600.0
+    assert rig.probed == [2]
+    assert [link_of(p) for p in rig.published] == [32 * MBIT]  # rounded: 32 Mbit/s
+    assert link_of(rig.membership.local) == 32 * MBIT
+
+
+async def test_the_fastest_peer_counts_and_jitter_publishes_nothing(rig: Rig) -> None:
+    await rig.nap()
+    rig.join("b", 2, 7.5 * MBIT)  # b's own link is slow
+    rig.join("c", 3, 29 * MBIT)
+    rig.join("d", 4, None)  # does not answer
+    rig.go_on()
+    await rig.nap()
+    assert sorted(rig.probed) == [2, 3, 4]
+    assert [link_of(p) for p in rig.published] == [32 * MBIT]
+    rig.rates[3] = 33 * MBIT  # some percent faster: the same power of two
+    rig.go_on()
+    await rig.nap()
+    assert len(rig.published) == 1
+    rig.rates.update({2: 90 * MBIT, 3: 100 * MBIT, 4: 95 * MBIT})  # a better link now
+    rig.go_on()
+    await rig.nap()
+    assert [link_of(p) for p in rig.published] == [32 * MBIT, 128 * MBIT]
+
+
+async def test_a_link_as_fast_as_the_clusters_is_not_published(rig: Rig) -> None:
+    await rig.nap()
+    rig.join("b", 2, 9.4e9 / 8)  # loopback
+    rig.go_on()
+    assert await rig.nap() == 600.0
+    assert rig.published == [] and link_of(rig.membership.local) == 0
+
+
+async def test_no_peer_measured_is_tried_again_soon(rig: Rig) -> None:
+    await rig.nap()
+    rig.join("b", 2, None)
+    rig.go_on()
+    assert await rig.nap() == 5.0
+    rig.rates[2] = 3 * MBIT
+    rig.go_on()
+    await rig.nap()
+    assert [link_of(p) for p in rig.published] == [4 * MBIT]
+
+
+async def test_each_round_asks_a_few_peers_in_turn(rig: Rig) -> None:
+    await rig.nap()
+    for i in range(5):
+        rig.join(f"p{i}", 10 + i, 20 * MBIT)
+    rig.go_on()
+    await rig.nap()
+    rig.go_on()
+    await rig.nap()
+    assert len(rig.probed) == 2 * PROBES_PER_ROUND
+    assert rig.probed[:PROBES_PER_ROUND] != rig.probed[PROBES_PER_ROUND:]
