@@ -18,7 +18,13 @@ from google.protobuf.message import DecodeError
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
 from edgenode.errors import EdgenodeError, ModelError
 from edgenode.mesh import NodeId, valid_node_id
-from edgenode.transport._reports import record_of
+from edgenode.transport._reports import (
+    message_of,
+    plan_message,
+    plan_report,
+    record_of,
+    report_from,
+)
 from edgenode.transport._services import ControlService, InferenceService, PlanView, StatusView
 from edgenode.transport._session import infer_status, session_handler, unknown_input
 from edgenode.transport.codec import (
@@ -38,37 +44,11 @@ PROBE_MAX_BYTES = 256 << 20  # a Probe call sending more is refused (clients sen
 
 
 def _plan_reply(state: PlanView) -> pb.PlanReply:
-    agreed = state.agreed
-    return pb.PlanReply(
-        computed_digest=state.computed.digest if state.computed else "",
-        agreed_digest=agreed.digest if agreed else "",
-        assignments=[
-            pb.Assignment(node_id=a.node_id, start=a.start, stop=a.stop, replica=a.replica)
-            for a in (agreed.assignments if agreed else ())
-        ],
-        members=list(state.members),
-        idle=list(agreed.idle if agreed else ()),
-    )
+    return plan_message(plan_report(state))
 
 
 def _status_reply(status: StatusView) -> pb.NodeStatus:
-    return pb.NodeStatus(
-        node=record_of(status.node),
-        address=status.address,
-        plan=_plan_reply(status.plan),
-        parts=list(status.parts),
-        owned=list(status.owned),
-        state=status.state,
-        requests_served=status.requests_served,
-        requests_failed=status.requests_failed,
-        part_runs=status.part_runs,
-        stages=[
-            pb.StageStats(part=s.part, count=s.count, mean_s=s.mean_s, p50_s=s.p50_s, p90_s=s.p90_s)
-            for s in status.stages
-        ],
-        peers=[record_of(p) for p in status.peers],
-        uptime_s=status.uptime_s,
-    )
+    return message_of(report_from(status))
 
 
 def control_handlers(

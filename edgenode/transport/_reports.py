@@ -17,8 +17,20 @@ from google.protobuf.json_format import MessageToDict
 from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
 from edgenode.mesh import Capacity, NodeId, PeerInfo
 from edgenode.planning import Assignment
+from edgenode.transport._services import PlanView, StatusView
 
-__all__ = ["NodeReport", "PlanReport", "StageReport", "peer_from_record", "record_of", "report_of"]
+__all__ = [
+    "NodeReport",
+    "PlanReport",
+    "StageReport",
+    "message_of",
+    "peer_from_record",
+    "plan_message",
+    "plan_report",
+    "record_of",
+    "report_from",
+    "report_of",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,22 +172,59 @@ def report_of(status: pb.NodeStatus) -> NodeReport:
     )
 
 
+def plan_report(state: PlanView) -> PlanReport:
+    """What a node's plan state says to others (GetPlan, and the plan in GetStatus)."""
+    computed, agreed = state.computed, state.agreed
+    return PlanReport(
+        computed_digest=computed.digest if computed else "",
+        agreed_digest=agreed.digest if agreed else "",
+        assignments=tuple(agreed.assignments) if agreed else (),
+        members=tuple(state.members),
+        idle=tuple(agreed.idle) if agreed else (),
+    )
+
+
+def report_from(status: StatusView) -> NodeReport:
+    """A node's own status (runtime's NodeStatus) as the report GetStatus sends."""
+    return NodeReport(
+        node=status.node,
+        address=status.address,
+        plan=plan_report(status.plan),
+        parts=tuple(status.parts),
+        owned=tuple(status.owned),
+        state=status.state,
+        requests_served=status.requests_served,
+        requests_failed=status.requests_failed,
+        part_runs=status.part_runs,
+        stages=tuple(
+            StageReport(part=s.part, count=s.count, mean_s=s.mean_s, p50_s=s.p50_s, p90_s=s.p90_s)
+            for s in status.stages
+        ),
+        peers=tuple(status.peers),
+        uptime_s=status.uptime_s,
+    )
+
+
+def plan_message(plan: PlanReport) -> pb.PlanReply:
+    """A PlanReport as its wire message."""
+    return pb.PlanReply(
+        computed_digest=plan.computed_digest,
+        agreed_digest=plan.agreed_digest,
+        assignments=[
+            pb.Assignment(node_id=a.node_id, start=a.start, stop=a.stop, replica=a.replica)
+            for a in plan.assignments
+        ],
+        members=list(plan.members),
+        idle=list(plan.idle),
+    )
+
+
 def message_of(report: NodeReport) -> pb.NodeStatus:
     """A NodeReport as its wire message (report_of's inverse)."""
-    plan = report.plan
     return pb.NodeStatus(
         node=record_of(report.node),
         address=report.address,
-        plan=pb.PlanReply(
-            computed_digest=plan.computed_digest,
-            agreed_digest=plan.agreed_digest,
-            assignments=[
-                pb.Assignment(node_id=a.node_id, start=a.start, stop=a.stop, replica=a.replica)
-                for a in plan.assignments
-            ],
-            members=list(plan.members),
-            idle=list(plan.idle),
-        ),
+        plan=plan_message(report.plan),
         parts=list(report.parts),
         owned=list(report.owned),
         state=report.state,
