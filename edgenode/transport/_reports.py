@@ -42,6 +42,10 @@ class PlanReport:
     assignments: tuple[Assignment, ...]  # of the agreed plan
     members: tuple[str, ...]
     idle: tuple[str, ...]
+    # The planner's prediction for the agreed plan (0.0 without one): its best pipeline's
+    # slowest stage (1 / pipelined throughput) and one request's latency through it.
+    bottleneck_s: float = 0.0
+    latency_s: float = 0.0
 
     @property
     def agreed(self) -> bool:
@@ -156,6 +160,8 @@ def report_of(status: pb.NodeStatus) -> NodeReport:
             ),
             members=tuple(plan.members),
             idle=tuple(plan.idle),
+            bottleneck_s=plan.bottleneck_s,
+            latency_s=plan.latency_s,
         ),
         parts=tuple(status.parts),
         owned=tuple(status.owned),
@@ -181,6 +187,8 @@ def plan_report(state: PlanView) -> PlanReport:
         assignments=tuple(agreed.assignments) if agreed else (),
         members=tuple(state.members),
         idle=tuple(agreed.idle) if agreed else (),
+        bottleneck_s=agreed.bottleneck_s if agreed else 0.0,
+        latency_s=agreed.latency_s if agreed else 0.0,
     )
 
 
@@ -216,6 +224,8 @@ def plan_message(plan: PlanReport) -> pb.PlanReply:
         ],
         members=list(plan.members),
         idle=list(plan.idle),
+        bottleneck_s=plan.bottleneck_s,
+        latency_s=plan.latency_s,
     )
 
 

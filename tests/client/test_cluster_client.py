@@ -129,6 +129,7 @@ async def test_connect_enters_at_the_first_node_that_answers(cluster) -> None:
         assert isinstance(entry, NodeReport)
         assert (client.entry_address, entry.node_id, entry.state) == (a.address, "a", "ready")
         assert entry.assigned == {0, 1} and entry.plan.agreed
+        assert (entry.plan.bottleneck_s, entry.plan.latency_s) == (0.1, 0.2)  # the prediction
         assert [p.node_id for p in entry.peers] == ["b"]
         manifest = await client.manifest()
         assert manifest.identity == MANIFEST.identity
