@@ -71,6 +71,18 @@ def main() -> None:
         "kill (SIGKILL): agreed": [],
         "kill (SIGKILL)": [],
     }
+
+    def depart(node: NodeProcess, sig: signal.Signals, label: str) -> None:
+        """Send ``sig`` to ``node`` (out of ``nodes`` already); time the survivors' agreement
+        (``label: agreed``) and their parts loaded (``label``)."""
+        t0 = time.monotonic()
+        node.signal(sig)
+        agreed_cluster(nodes, {n.name for n in nodes}, loaded=False)
+        results[f"{label}: agreed"].append(time.monotonic() - t0)
+        agreed_cluster(nodes, {n.name for n in nodes})
+        results[label].append(time.monotonic() - t0)
+        node.stop()
+
     try:
         for node in nodes:
             node.wait_serving()
@@ -85,23 +97,8 @@ def main() -> None:
             agreed_cluster(nodes, {n.name for n in nodes})
             results["join"].append(time.monotonic() - t0)
 
-            leaving = nodes.pop(0)
-            t0 = time.monotonic()
-            leaving.signal(signal.SIGTERM)
-            agreed_cluster(nodes, {n.name for n in nodes}, loaded=False)
-            results["leave (SIGTERM): agreed"].append(time.monotonic() - t0)
-            agreed_cluster(nodes, {n.name for n in nodes})
-            results["leave (SIGTERM)"].append(time.monotonic() - t0)
-            leaving.stop()
-
-            victim = nodes.pop(len(nodes) // 2)
-            t0 = time.monotonic()
-            victim.signal(signal.SIGKILL)
-            agreed_cluster(nodes, {n.name for n in nodes}, loaded=False)
-            results["kill (SIGKILL): agreed"].append(time.monotonic() - t0)
-            agreed_cluster(nodes, {n.name for n in nodes})
-            results["kill (SIGKILL)"].append(time.monotonic() - t0)
-            victim.stop()
+            depart(nodes.pop(0), signal.SIGTERM, "leave (SIGTERM)")
+            depart(nodes.pop(len(nodes) // 2), signal.SIGKILL, "kill (SIGKILL)")
             # back to N nodes for the next round
             nodes.append(start())
             nodes[-1].wait_serving()

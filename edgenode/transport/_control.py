@@ -40,7 +40,7 @@ __all__ = ["FILE_CHUNK_BYTES", "control_handlers"]
 logger = logging.getLogger(__name__)
 
 FILE_CHUNK_BYTES = 1 << 20  # FetchFile streams a file in chunks of this size
-PROBE_MAX_BYTES = 256 << 20  # a Probe call sending more is refused (clients send <= 64 MiB)
+PROBE_MAX_BYTES = 256 << 20  # a Probe call sending more is refused (clients send <= 16 MiB)
 
 
 def _plan_reply(state: PlanView) -> pb.PlanReply:
