@@ -14,6 +14,27 @@ def _fmt_size(size: int) -> str:
     return f"{size // MIB} MiB" if size >= MIB else f"{size // KIB} KiB"
 
 
+def _vs_floor(
+    title: str, results: dict[str, dict[str, Any]], key: str, floor: dict[int, float], digits: int
+) -> list[str]:
+    """A markdown table: per setup and size, ``results[setup][key][size]`` and its ratio to
+    ``floor[size]``."""
+    lines = [
+        "",
+        title,
+        "",
+        "| setup | " + " | ".join(_fmt_size(s) for s in floor) + " |",
+        "| --- |" + " ---: |" * len(floor),
+    ]
+    for label, res in results.items():
+        cells = []
+        for size in floor:
+            value = float(res[key][str(size)])
+            cells.append(f"{value:.{digits}f} ({value / floor[size]:.2f}x)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(
     results: dict[str, dict[str, Any]],
     experiments: dict[str, dict[str, Any]],
@@ -39,31 +60,11 @@ def write_report(
         f"Python {platform.python_version()}",
         f"- command: `{command}`" + (" (quick mode)" if quick else ""),
         "- two processes on 127.0.0.1; floor = best raw asyncio TCP socket of the same run",
-        "",
-        "## One-way throughput (GB/s) and ratio to the raw-socket floor",
-        "",
-        "| setup | " + " | ".join(_fmt_size(s) for s in raw_best) + " |",
-        "| --- |" + " ---: |" * len(raw_best),
     ]
-    for label, res in results.items():
-        cells = []
-        for size in raw_best:
-            gbps = float(res["throughput_gbps"][str(size)])
-            cells.append(f"{gbps:.2f} ({gbps / raw_best[size]:.2f}x)")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Round trip, back to back (ms, median) and ratio to the floor",
-        "",
-        "| setup | " + " | ".join(_fmt_size(s) for s in raw_rtt) + " |",
-        "| --- |" + " ---: |" * len(raw_rtt),
-    ]
-    for label, res in results.items():
-        cells = []
-        for size in raw_rtt:
-            ms = float(res["rtt_ms"][str(size)])
-            cells.append(f"{ms:.3f} ({ms / raw_rtt[size]:.2f}x)")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    title = "## One-way throughput (GB/s) and ratio to the raw-socket floor"
+    lines += _vs_floor(title, results, "throughput_gbps", raw_best, 2)
+    title = "## Round trip, back to back (ms, median) and ratio to the floor"
+    lines += _vs_floor(title, results, "rtt_ms", raw_rtt, 3)
     hop_raw = min(float(r["hop"]["hop_400k_us"]) for k, r in results.items() if k.startswith("raw"))
     lines += [
         "",
