@@ -278,3 +278,5 @@ if __name__ == "__main__":
         main()
     except subprocess.TimeoutExpired as e:
         sys.exit(f"edgelab: timed out: {e}")
+    except KeyboardInterrupt:  # the lab is gone already: its context closed on the way out
+        sys.exit(130)
