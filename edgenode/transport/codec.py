@@ -110,6 +110,7 @@ _FORMATS: dict[int, WireFormat] = {
 }
 _INT8_MIN, _INT8_MAX = -128, 127
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 
 # Wire types and the tags of the hand-coded messages (field number << 3 | wire type).
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -237,7 +238,8 @@ def _encode(array: npt.NDArray[Any], wire_format: WireFormat) -> tuple[memoryvie
     if wire_format == "float16":
         with np.errstate(over="ignore"):  # overflow is detected below, not warned about
             half = np.ascontiguousarray(array, dtype="<f2")
-        if not np.isfinite(half).all() and (np.isinf(half) & np.isfinite(array)).any():
+        lo, hi = float(array.min()), float(array.max())  # NaN if any: the slow check
+        if not max(-lo, hi) <= _FLOAT16_MAX and (np.isinf(half) & np.isfinite(array)).any():
             return None  # a finite value beyond float16's range would arrive as inf
         return half.reshape(-1).view(np.uint8).data, _Wire(pb.ENCODING_FLOAT16)
     if wire_format == "int8":

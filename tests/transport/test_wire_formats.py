@@ -183,6 +183,25 @@ def test_float16_sends_a_tensor_beyond_its_range_as_float32() -> None:
     np.testing.assert_array_equal(got.array, x)
 
 
+@pytest.mark.parametrize(
+    ("values", "encoded"),
+    [
+        ([65504.0, -1.0], True),  # float16's largest
+        ([65519.0], True),  # rounds down to 65504
+        ([-65520.0], False),  # rounds to -inf
+        ([np.nan, 70000.0], False),  # NaN beside an overflow: still caught
+        ([np.inf, 3.0], True),  # inf is inf in float16 too
+    ],
+)
+def test_float16_range_edges(values: list[float], encoded: bool) -> None:
+    x = np.array(values, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        expected = x.astype(np.float16).astype(np.float32) if encoded else x
+    got, head = roundtrip(x, "float16")
+    assert head.encoding == (pb.ENCODING_FLOAT16 if encoded else pb.ENCODING_NONE)
+    np.testing.assert_array_equal(got.array, expected)
+
+
 def test_float16_keeps_nan_and_inf_it_can_carry() -> None:
     x = np.array([1.0, np.nan, np.inf, -np.inf], dtype=np.float32)
     got, head = roundtrip(x, "float16")
