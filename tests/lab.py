@@ -123,12 +123,9 @@ def start_lab_nodes(
 def lab_cli(
     host: Host, *args: str, interfaces: Iterable[str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`edgenode ARGS --insecure` run on ``host``, browsing mDNS on the host's own addresses.
-
-    ``--interfaces`` is given explicitly because `status` and `infer` with the default ("all")
-    stop with "TypeError: choice must be a list or InterfaceChoice, got 'all'" (see
-    test_lab.py::test_status_browses_all_interfaces_by_default)."""
-    chosen = list(interfaces) if interfaces is not None else [i.address for i in host.interfaces]
+    """`edgenode ARGS --insecure` run on ``host``, browsing mDNS on ``interfaces`` (default:
+    all of the host's, as a user would)."""
+    chosen = list(interfaces) if interfaces is not None else []
     return host.run(
         [sys.executable, "-m", "edgenode.cli", *args, "--insecure"]
         + (["--interfaces", ",".join(chosen)] if chosen else []),

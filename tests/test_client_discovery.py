@@ -367,3 +367,8 @@ async def test_status_and_infer_succeed_beside_forged_records(
     assert {s["plan"]["agreed_digest"] for s in after.values()} == {
         members["found"][a.name]["plan"]["agreed_digest"]
     }
+
+
+async def test_browse_on_every_interface_by_default(suffix) -> None:
+    """The default ("all") is zeroconf's InterfaceChoice.All: no TypeError, nothing found."""
+    assert await browse(cluster=f"nobody-{suffix}", timeout_s=0.2) == []

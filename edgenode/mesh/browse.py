@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from zeroconf import DNSQuestionType, ServiceStateChange, Zeroconf
+from zeroconf import DNSQuestionType, InterfaceChoice, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from edgenode.errors import DiscoveryError, EdgenodeError
@@ -56,7 +56,8 @@ async def browse(
     as announced and not confirmed, ordered by node id then endpoint; malformed ones dropped."""
     found: dict[str, PeerInfo] = {}
     pending: set[asyncio.Task[None]] = set()
-    azc = AsyncZeroconf(interfaces=_check_interfaces(interfaces) or "all")
+    chosen = _check_interfaces(interfaces)
+    azc = AsyncZeroconf(interfaces=InterfaceChoice.All if chosen is None else chosen)
 
     async def resolve(name: str) -> None:
         info = AsyncServiceInfo(SERVICE_TYPE, name)
