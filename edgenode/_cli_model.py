@@ -67,6 +67,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         fmt=args.format,
         op_seconds=op_seconds,
         link=link,
+        wire_format=args.wire_format,
         progress=lambda m: say(args, m),
     )
     elapsed = time.perf_counter() - started

@@ -41,6 +41,7 @@ from edgenode._cli_model import (
 from edgenode._cli_status import DEFAULT_READY_TIMEOUT_S, cmd_status
 from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
+from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, WIRE_FORMATS
 
 logger = logging.getLogger("edgenode")
 
@@ -157,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=non_negative_float,
         metavar="MS",
         help=f"fixed cost of one hop for the planner (default: {DEFAULT_HOP_LATENCY_MS})",
+    )
+    split.add_argument(
+        "--wire-format",
+        choices=WIRE_FORMATS,
+        default=DEFAULT_WIRE_FORMAT,
+        help="how tensors travel between nodes, written into the manifest so every node "
+        "agrees: float32 (bit-exact), float16 (half the bytes) or int8 (a quarter, with a "
+        "per-tensor scale: for slow links; `benchmarks/wire_formats.py` measures the cost) "
+        "(default: %(default)s)",
     )
     split.add_argument("--tolerance", type=float, default=1e-6, help=argparse.SUPPRESS)
     split.add_argument(

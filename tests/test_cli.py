@@ -275,6 +275,18 @@ def test_split_writes_the_link_the_cluster_plans_for(small_model: Path, tmp_path
 
 
 @pytest.mark.tf
+def test_split_writes_the_wire_format(small_model: Path, tmp_path: Path) -> None:
+    split = ["split", "--model", str(small_model), "--parts", "2", "--no-verify"]
+    assert main([*split, "--wire-format", "int8", "--out", str(tmp_path / "int8")]) == 0
+    assert json.loads((tmp_path / "int8" / "manifest.json").read_text())["wire_format"] == "int8"
+    assert main([*split, "--out", str(tmp_path / "plain")]) == 0
+    assert "wire_format" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    with pytest.raises(SystemExit) as exit_info:
+        main([*split, "--wire-format", "int4", "--out", str(tmp_path / "x")])
+    assert exit_info.value.code == 2
+
+
+@pytest.mark.tf
 def test_a_node_cutting_the_model_itself_plans_for_its_configured_link(
     small_model: Path, tmp_path: Path
 ) -> None:
