@@ -34,7 +34,7 @@ from edgenode.mesh import (
     local_addresses,
     new_incarnation,
 )
-from edgenode.model.manifest import Manifest, link_spec, load_manifest
+from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, link_spec, load_manifest
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.control import NodeControl
 from edgenode.runtime.follow import follow_plan, tell_router
@@ -76,7 +76,9 @@ def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
 
     fmt = model.backend
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.stem if source.suffix else model.source)
-    target = state_dir / "models" / f"{slug}-{DEFAULT_SPLIT_PARTS}-{fmt}"
+    # float32 keeps the directory it always had; another wire format is another cut's files
+    wire = "" if model.wire_format == DEFAULT_WIRE_FORMAT else f"-{model.wire_format}"
+    target = state_dir / "models" / f"{slug}-{DEFAULT_SPLIT_PARTS}-{fmt}{wire}"
     keras_model = load_model(
         model.source,
         weights=model.weights,
@@ -84,7 +86,14 @@ def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
         seed=model.seed,
     )
     link = link_spec(model.link_mbps or None, model.hop_latency_ms) if model.custom_link else None
-    result = split_model(keras_model, target, parts=DEFAULT_SPLIT_PARTS, fmt=fmt, link=link)
+    result = split_model(
+        keras_model,
+        target,
+        parts=DEFAULT_SPLIT_PARTS,
+        fmt=fmt,
+        link=link,
+        wire_format=model.wire_format,
+    )
     return result.manifest, target
 
 

@@ -299,3 +299,6 @@ def test_a_node_cutting_the_model_itself_plans_for_its_configured_link(
     assert manifest.link == LinkSpec(bandwidth_bytes_per_s=2.5e6, latency_s=0.003)
     wired, _ = prepare_model(ModelConfig(source=str(small_model)), tmp_path / "b")
     assert wired.link is None and wired.identity != manifest.identity
+    compact = ModelConfig(source=str(small_model), wire_format="int8")
+    int8, _ = prepare_model(compact, tmp_path / "b")  # beside the float32 cut, not over it
+    assert int8.wire_format == "int8" and int8.identity != wired.identity
