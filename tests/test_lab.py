@@ -184,6 +184,35 @@ def test_a_host_with_two_interfaces_advertises_only_the_configured_one(
         _stop(nodes)
 
 
+@pytest.mark.tf
+def test_nodes_measure_their_own_links_and_the_slow_one_is_known(
+    lab: Lab, split: dict[str, Any], tmp_path: Path
+) -> None:
+    """Two wifi hosts (30 Mbit/s) and a poor-wifi one (8 Mbit/s): each node times a transfer
+    to its peers and announces the fastest, rounded to a power of two; the plan's cost then
+    uses it. A fourth node told its link in config announces that, unmeasured."""
+    config, cluster = _cluster(tmp_path)
+    told = tmp_path / "told.toml"
+    told.write_text(config.read_text().replace("[node]", "[node]\nlink_mbps = 50", 1))
+    assert "link_mbps = 50" in told.read_text()
+    wifi = _hosts(lab, "w1", "w2", profile="wifi")
+    poor = _hosts(lab, "p1", profile="poor-wifi")
+    (configured,) = _hosts(lab, "t1", profile="wifi")
+    nodes = start_lab_nodes([*wifi, *poor], tmp_path, split["dir"], config)
+    nodes += start_lab_nodes([configured], tmp_path, split["dir"], told)
+    mbit = {n.name: 32 for n in nodes[:2]} | {nodes[2].name: 8, nodes[3].name: 50}
+
+    def links() -> dict[str, float] | None:
+        found = lab_statuses(lab.hosts["client"], cluster)
+        seen = {n: st["node"]["link_bytes_per_s"] * 8 / 1e6 for n, st in found.items()}
+        return seen if seen == mbit else None
+
+    try:
+        wait_until(links, 90, f"links {mbit} Mbit/s in every node's record")
+    finally:
+        _stop(nodes)
+
+
 def test_status_browses_all_interfaces_by_default(lab: Lab) -> None:
     """No --interfaces: zeroconf is given InterfaceChoice.All (the string "all" once made
     `status` and `infer` stop with a TypeError), and nothing found is one line, exit 1."""
