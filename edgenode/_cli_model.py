@@ -134,11 +134,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     model = load_model_arg(args)
     graph = build_graph(model)
     stats = graph_stats(graph)
+    wire = args.wire_format
     if args.profile:
-        costs = layer_cost_graph(graph, stats, _profile_seconds(args.profile, graph))
+        seconds = _profile_seconds(args.profile, graph)
+        costs = layer_cost_graph(graph, stats, seconds, wire_format=wire)
         base_speed, unit = 1.0, "measured"
     else:
-        costs = layer_cost_graph(graph, stats)
+        costs = layer_cost_graph(graph, stats, wire_format=wire)
         if args.gflops:
             base_speed = args.gflops * 1e9
         else:
@@ -187,7 +189,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(
         f"\nmodel {graph.name}: {len(graph.ops)} ops, {sum(s.macs for s in stats) / 1e6:.1f} M "
         f"multiply-adds; speed basis: {unit}; link {args.bandwidth / 1e6:.0f} MB/s, "
-        f"{args.hop_latency_ms} ms per hop"
+        f"{args.hop_latency_ms} ms per hop; tensors between parts as {wire}"
     )
     print(
         f"predicted: bottleneck stage {plan.bottleneck_s * 1e3:.2f} ms "
@@ -206,6 +208,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def _plan_json(plan: Any, graph: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": graph.name,
+        "link_bytes_per_s": args.bandwidth,
+        "hop_latency_s": args.hop_latency_ms / 1e3,
+        "wire_format": args.wire_format,
         "bottleneck_s": plan.bottleneck_s,
         "latency_s": plan.latency_s,
         "single_node_id": plan.single_node_id,

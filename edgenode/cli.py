@@ -213,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="fixed cost of a hop",
     )
+    plan.add_argument(
+        "--wire-format",
+        choices=WIRE_FORMATS,
+        default=DEFAULT_WIRE_FORMAT,
+        help="how tensors travel between parts (as `split --wire-format`): the bytes per hop",
+    )
     plan.add_argument("--max-parts", type=positive_int, help="at most this many parts")
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--threads", type=positive_int, default=1, help="TensorFlow threads")

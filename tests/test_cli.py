@@ -231,6 +231,31 @@ def test_plan_and_profile(small_model: Path, tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.tf
+def test_plan_counts_the_wire_formats_bytes_per_hop(small_model: Path, capsys) -> None:
+    """Between parts a float32 tensor costs half as float16 and a quarter (plus its scale and
+    zero point) as int8; the model's input and its answer stay exact; `plan` says which."""
+    from edgenode.model.cost import graph_stats
+    from edgenode.model.graph import build_graph
+    from edgenode.model.loading import load_model
+    from edgenode.model.split import layer_cost_graph
+
+    graph = build_graph(load_model(str(small_model)))
+    stats = graph_stats(graph)
+    costs = {
+        w: layer_cost_graph(graph, stats, wire_format=w) for w in ("float32", "float16", "int8")
+    }
+    for exact, half, quarter in zip(*(c.tensors for c in costs.values()), strict=True):
+        if exact.producer < 0 or exact.final:
+            assert exact.nbytes == half.nbytes == quarter.nbytes
+        else:
+            assert (half.nbytes, quarter.nbytes) == (exact.nbytes // 2, exact.nbytes // 4 + 12)
+    base = ["plan", "--model", str(small_model), "--nodes", "2", "--gflops", "2", "--json"]
+    assert main([*base, "--wire-format", "int8"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["wire_format"] == "int8" and plan["link_bytes_per_s"] == 125e6
+
+
+@pytest.mark.tf
 def test_split_balances_on_a_profile(small_model: Path, tmp_path: Path, capsys) -> None:
     """With --profile, balanced cuts weigh ops by measured time, not FLOPs: an op the
     profile says is slow gets a part of its own."""

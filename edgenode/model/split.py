@@ -15,7 +15,7 @@ import numpy as np
 from edgenode import __version__
 from edgenode.errors import ModelError
 from edgenode.model.cost import OpStats, graph_stats
-from edgenode.model.graph import LayerGraph, build_graph
+from edgenode.model.graph import LayerGraph, TensorInfo, build_graph
 from edgenode.model.loading import model_sha256
 from edgenode.model.manifest import (
     DEFAULT_WIRE_FORMAT,
@@ -30,6 +30,7 @@ from edgenode.model.manifest import (
     TensorSpec,
     WireFormat,
     file_sha256,
+    wire_nbytes,
 )
 from edgenode.model.preprocess import family_of
 from edgenode.model.slicing import SUFFIX, Part, cut_graph, export_part, run_parts
@@ -52,10 +53,16 @@ Progress = Callable[[str], None]
 
 
 def layer_cost_graph(
-    graph: LayerGraph, stats: Sequence[OpStats], op_seconds: dict[str, float] | None = None
+    graph: LayerGraph,
+    stats: Sequence[OpStats],
+    op_seconds: dict[str, float] | None = None,
+    *,
+    wire_format: WireFormat = DEFAULT_WIRE_FORMAT,
 ) -> CostGraph:
     """The planner's view of the whole model, one op per layer: work per op (FLOPs, or measured
-    seconds); for the view of a cut model, one op per part, see ``Manifest.cost_graph``."""
+    seconds), and the bytes a tensor costs between nodes (``wire_format`` for those between
+    parts; model inputs and outputs exact); for the view of a cut model, one op per part, see
+    ``Manifest.cost_graph``."""
     if op_seconds is not None:
         missing = [op.name for op in graph.ops if op.name not in op_seconds]
         if missing:
@@ -71,12 +78,18 @@ def layer_cost_graph(
         for s in stats
     )
     finals = set(graph.outputs)
+
+    def nbytes(t: TensorInfo) -> int:
+        if t.producer < 0 or t.name in finals:
+            return t.nbytes
+        return wire_nbytes(TensorSpec(name=t.name, shape=t.shape, dtype=t.dtype), wire_format)
+
     tensors = tuple(
         TensorCost(
             name=t.name,
             producer=t.producer,
             consumers=t.consumers,
-            nbytes=t.nbytes,
+            nbytes=nbytes(t),
             final=t.name in finals,
         )
         for t in graph.tensors.values()
