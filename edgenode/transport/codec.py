@@ -12,9 +12,10 @@ comes back within scale/2). The header keeps the tensor's own dtype (float32) an
 decoder gives back float32 arrays. A tensor the format cannot carry faithfully (NaN or inf
 for int8, a value beyond float16's range) and any tensor of another dtype travel as they are.
 
-The Frame and TensorPart wrappers are read and written here directly in protobuf wire format
-(they are a few tags and lengths); the TensorHeader message goes through the generated class.
-Tests check both directions against the generated classes.
+The Frame and TensorPart wrappers are read and written directly in protobuf wire format
+(``_pbwire.py``: a few tags and lengths); the TensorHeader message goes through the generated
+class. A float32 tensor may travel in a smaller wire format (``_wire.py``). Tests check both
+directions against the generated classes.
 """
 
 from __future__ import annotations
@@ -41,6 +42,25 @@ from edgenode.errors import (
     TensorTooLarge,
 )
 from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, RESERVED_PREFIX, WireFormat
+from edgenode.transport._pbwire import (
+    LEN,
+    VARINT,
+    add_part,
+    read_tag,
+    read_varint,
+    skip,
+    span_end,
+)
+from edgenode.transport._wire import (
+    ENCODED_DTYPES,
+    FLOAT32,
+    FORMATS,
+    RAW,
+    Wire,
+    check_encoding,
+    decode,
+    encode,
+)
 
 __all__ = [
     "CHUNK_BYTES",
@@ -95,29 +115,7 @@ _DTYPES: dict[int, np.dtype[Any]] = {
     pb.DTYPE_COMPLEX128: np.dtype("<c16"),
 }
 _CODES: dict[np.dtype[Any], int] = {dt: code for code, dt in _DTYPES.items()}
-_FLOAT32 = np.dtype("<f4")
 
-# The element type of the encoded data, per encoding (None: the tensor's own dtype).
-_ENCODED_DTYPES: dict[int, np.dtype[Any] | None] = {
-    pb.ENCODING_NONE: None,
-    pb.ENCODING_FLOAT16: np.dtype("<f2"),
-    pb.ENCODING_INT8_AFFINE: np.dtype("i1"),
-}
-_FORMATS: dict[int, WireFormat] = {
-    pb.ENCODING_NONE: DEFAULT_WIRE_FORMAT,
-    pb.ENCODING_FLOAT16: "float16",
-    pb.ENCODING_INT8_AFFINE: "int8",
-}
-_INT8_MIN, _INT8_MAX = -128, 127
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-_FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
-
-# Wire types and the tags of the hand-coded messages (field number << 3 | wire type).
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
-_TAG_FRAME_PARTS = b"\x0a"  # Frame.parts = 1, LEN
-_TAG_PART_HEADER = b"\x0a"  # TensorPart.header = 1, LEN
-_TAG_PART_OFFSET = b"\x10"  # TensorPart.offset = 2, VARINT
-_TAG_PART_DATA = b"\x1a"  # TensorPart.data = 3, LEN
 _PART_OVERHEAD_BYTES = 32  # tags and lengths of one part, generously
 
 
@@ -190,30 +188,18 @@ def _frames(prepared: list[tuple[memoryview, bytes]], chunk_bytes: int) -> Itera
             yield b"".join(pieces)
             pieces, used = [], 0
         first = min(len(data), chunk_bytes)
-        _add_part(pieces, header, 0, data[:first])
+        add_part(pieces, header, 0, data[:first])
         used += size
         for offset in range(first, len(data), chunk_bytes):
             yield b"".join(pieces)
             chunk = data[offset : offset + chunk_bytes]
             pieces, used = [], len(chunk) + _PART_OVERHEAD_BYTES
-            _add_part(pieces, None, offset, chunk)
+            add_part(pieces, None, offset, chunk)
     if pieces:
         yield b"".join(pieces)
 
 
-@dataclass(frozen=True, slots=True)
-class _Wire:
-    """How one tensor's data is encoded: TensorHeader.encoding, scale and zero_point."""
-
-    encoding: int = pb.ENCODING_NONE
-    scale: float = 0.0
-    zero_point: int = 0
-
-
-_RAW = _Wire()
-
-
-def _wire_bytes(tensor: Tensor) -> tuple[memoryview, _Wire]:
+def _wire_bytes(tensor: Tensor) -> tuple[memoryview, Wire]:
     """The data to send: the array's bytes, C-ordered and little-endian (a view when it
     already is), or a float32 array encoded in the tensor's wire format."""
     array = np.asarray(tensor.array)
@@ -223,62 +209,16 @@ def _wire_bytes(tensor: Tensor) -> tuple[memoryview, _Wire]:
             f"tensor {tensor.name!r} of request {tensor.request_id!r}: dtype {array.dtype} "
             f"cannot travel (supported: {', '.join(str(d) for d in _CODES)})"
         )
-    if wire == _FLOAT32 and array.size and tensor.wire_format != DEFAULT_WIRE_FORMAT:
-        encoded = _encode(array, tensor.wire_format)
+    if wire == FLOAT32 and array.size and tensor.wire_format != DEFAULT_WIRE_FORMAT:
+        encoded = encode(array, tensor.wire_format)
         if encoded is not None:
             return encoded
     if array.dtype != wire or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=wire)
-    return array.reshape(-1).view(np.uint8).data, _RAW
+    return array.reshape(-1).view(np.uint8).data, RAW
 
 
-def _encode(array: npt.NDArray[Any], wire_format: WireFormat) -> tuple[memoryview, _Wire] | None:
-    """A non-empty float32 array in ``wire_format``; None when that would lose more than the
-    format's rounding (the caller sends it as float32)."""
-    if wire_format == "float16":
-        with np.errstate(over="ignore"):  # overflow is detected below, not warned about
-            half = np.ascontiguousarray(array, dtype="<f2")
-        lo, hi = float(array.min()), float(array.max())  # NaN if any: the slow check
-        if not max(-lo, hi) <= _FLOAT16_MAX and (np.isinf(half) & np.isfinite(array)).any():
-            return None  # a finite value beyond float16's range would arrive as inf
-        return half.reshape(-1).view(np.uint8).data, _Wire(pb.ENCODING_FLOAT16)
-    if wire_format == "int8":
-        return _quantize(array)
-    raise InvalidTensor(f"unknown wire format {wire_format!r}")
-
-
-def _quantize(array: npt.NDArray[Any]) -> tuple[memoryview, _Wire] | None:
-    """int8 affine over the array's range with zero included: value = scale * (q - zero_point),
-    q = round(value / scale) + zero_point; each element decodes within scale/2."""
-    lo, hi = float(array.min()), float(array.max())
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return None  # NaN or inf: int8 cannot carry it
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = _int8_scale(hi - lo)
-    if max(-lo, hi) + scale > _FLOAT32_MAX:
-        return None  # within a step of float32's largest value: it could decode as inf
-    # -lo / scale is within 0..255, so the zero point is an int8 and lo..hi maps into
-    # -128.5..127.5 before rounding: no element is clipped by more than rounding.
-    zero_point = min(max(round(_INT8_MIN - lo / scale), _INT8_MIN), _INT8_MAX)
-    q = np.empty(array.size, dtype=np.float64)
-    np.divide(array.reshape(-1), scale, out=q)
-    q += zero_point
-    np.rint(q, out=q)
-    np.clip(q, _INT8_MIN, _INT8_MAX, out=q)
-    return q.astype("i1").view(np.uint8).data, _Wire(pb.ENCODING_INT8_AFFINE, scale, zero_point)
-
-
-def _int8_scale(width: float) -> float:
-    """The smallest float32 step (a header's ``float scale``) with 255 steps >= width."""
-    if width == 0.0:
-        return 1.0  # an all-zero tensor: any positive scale decodes it exactly
-    scale = np.float32(width / 255)
-    while float(scale) * 255 < width:
-        scale = np.nextafter(scale, np.float32(np.inf))
-    return float(scale)
-
-
-def _header(tensor: Tensor, data: memoryview, wire: _Wire, checksum: bool) -> pb.TensorHeader:
+def _header(tensor: Tensor, data: memoryview, wire: Wire, checksum: bool) -> pb.TensorHeader:
     array = tensor.array
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     header = pb.TensorHeader(
@@ -298,28 +238,6 @@ def _header(tensor: Tensor, data: memoryview, wire: _Wire, checksum: bool) -> pb
     return header
 
 
-def _add_part(
-    out: list[bytes | memoryview], header: bytes | None, offset: int, data: memoryview
-) -> None:
-    body: list[bytes | memoryview] = []
-    if header is not None:
-        body += [_TAG_PART_HEADER, _varint(len(header)), header]
-    if offset:
-        body += [_TAG_PART_OFFSET, _varint(offset)]
-    if len(data):
-        body += [_TAG_PART_DATA, _varint(len(data)), data]
-    out += [_TAG_FRAME_PARTS, _varint(sum(len(b) for b in body)), *body]
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 # -- decoding ------------------------------------------------------------------------------
 
 
@@ -332,7 +250,7 @@ class _Assembly:
     plan_digest: str
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
-    wire: _Wire
+    wire: Wire
     crc32: int | None
     buffer: npt.NDArray[np.uint8]
     filled: int = 0
@@ -366,16 +284,16 @@ class FrameDecoder:
         view = memoryview(frame)
         pos, end = 0, len(view)
         while pos < end:
-            field, wire, pos = _read_tag(view, pos, end, "frame")
-            if field == 1 and wire == _LEN:
-                length, pos = _read_varint(view, pos, end, "frame")
-                stop = _span_end(pos, length, end, "frame part")
+            field, wire, pos = read_tag(view, pos, end, "frame")
+            if field == 1 and wire == LEN:
+                length, pos = read_varint(view, pos, end, "frame")
+                stop = span_end(pos, length, end, "frame part")
                 tensor = self._part(frame, view, pos, stop)
                 if tensor is not None:
                     done.append(tensor)
                 pos = stop
             else:
-                pos = _skip(view, field, wire, pos, end, "frame")
+                pos = skip(view, field, wire, pos, end, "frame")
         return done
 
     def finish(self) -> None:
@@ -398,24 +316,24 @@ class FrameDecoder:
         data_start = data_end = pos
         seen: set[int] = set()
         while pos < end:
-            field, wire, pos = _read_tag(view, pos, end, "tensor part")
+            field, wire, pos = read_tag(view, pos, end, "tensor part")
             if field in (1, 2, 3) and field in seen:
                 raise ProtocolError(f"tensor part repeats field {field}")
             seen.add(field)
-            if field == 1 and wire == _LEN:
-                length, pos = _read_varint(view, pos, end, "tensor part")
-                stop = _span_end(pos, length, end, "tensor header")
+            if field == 1 and wire == LEN:
+                length, pos = read_varint(view, pos, end, "tensor part")
+                stop = span_end(pos, length, end, "tensor header")
                 header, pos = view[pos:stop], stop
-            elif field == 2 and wire == _VARINT:
-                offset, pos = _read_varint(view, pos, end, "tensor part")
-            elif field == 3 and wire == _LEN:
-                length, pos = _read_varint(view, pos, end, "tensor part")
-                data_start, data_end = pos, _span_end(pos, length, end, "tensor data")
+            elif field == 2 and wire == VARINT:
+                offset, pos = read_varint(view, pos, end, "tensor part")
+            elif field == 3 and wire == LEN:
+                length, pos = read_varint(view, pos, end, "tensor part")
+                data_start, data_end = pos, span_end(pos, length, end, "tensor data")
                 pos = data_end
             elif field in (1, 2, 3):
                 raise ProtocolError(f"tensor part field {field} has wire type {wire}")
             else:
-                pos = _skip(view, field, wire, pos, end, "tensor part")
+                pos = skip(view, field, wire, pos, end, "tensor part")
         if header is not None:
             return self._start(frame, header, offset, data_start, data_end)
         return self._continue(view, offset, data_start, data_end)
@@ -473,12 +391,12 @@ class FrameDecoder:
 
     def _check_header(
         self, header: pb.TensorHeader, label: str
-    ) -> tuple[np.dtype[Any], tuple[int, ...], _Wire]:
+    ) -> tuple[np.dtype[Any], tuple[int, ...], Wire]:
         dtype = _DTYPES.get(header.dtype)
         if dtype is None:
             raise InvalidTensor(f"{label}: unknown dtype {header.dtype}")
-        wire = _check_encoding(header, dtype, label)
-        encoded = _ENCODED_DTYPES[wire.encoding] or dtype
+        wire = check_encoding(header, dtype, label)
+        encoded = ENCODED_DTYPES[wire.encoding] or dtype
         shape = tuple(header.shape)
         if len(shape) > MAX_NDIM:
             raise InvalidTensor(f"{label}: {len(shape)} dimensions, at most {MAX_NDIM}")
@@ -545,7 +463,7 @@ class FrameDecoder:
         plan_digest: str,
         dtype: np.dtype[Any],
         shape: tuple[int, ...],
-        wire: _Wire,
+        wire: Wire,
         crc: int | None,
         data: npt.NDArray[np.uint8],
     ) -> Tensor:
@@ -554,7 +472,7 @@ class FrameDecoder:
                 f"tensor {name!r} of request {rid!r}: crc32 of the data is "
                 f"{actual:#010x}, header declares {crc:#010x}"
             )
-        array = _decode(data, dtype, wire).reshape(shape)
+        array = decode(data, dtype, wire).reshape(shape)
         array.flags.writeable = False
         self.tensors += 1
         self.bytes += int(data.nbytes)
@@ -563,96 +481,5 @@ class FrameDecoder:
             name=name,
             array=array,
             plan_digest=plan_digest,
-            wire_format=_FORMATS[wire.encoding],
+            wire_format=FORMATS[wire.encoding],
         )
-
-
-def _check_encoding(header: pb.TensorHeader, dtype: np.dtype[Any], label: str) -> _Wire:
-    """The header's encoding, scale and zero point; InvalidTensor unless they go together."""
-    encoding = int(header.encoding)
-    scale, zero_point = float(header.scale), int(header.zero_point)
-    if encoding not in _ENCODED_DTYPES:
-        raise InvalidTensor(f"{label}: unknown encoding {encoding}")
-    if encoding == pb.ENCODING_NONE:
-        wire = _RAW
-    elif dtype != _FLOAT32:
-        raise InvalidTensor(
-            f"{label}: encoding {pb.Encoding.Name(encoding)} on dtype {dtype}; only float32 "
-            "tensors are encoded"
-        )
-    elif encoding == pb.ENCODING_INT8_AFFINE:
-        if not (math.isfinite(scale) and scale > 0):
-            raise InvalidTensor(f"{label}: int8 scale {scale!r} must be finite and positive")
-        if not _INT8_MIN <= zero_point <= _INT8_MAX:
-            raise InvalidTensor(
-                f"{label}: int8 zero point {zero_point} is outside {_INT8_MIN}..{_INT8_MAX}"
-            )
-        return _Wire(encoding, scale, zero_point)
-    else:
-        wire = _Wire(encoding)
-    if scale != 0.0 or zero_point != 0:
-        raise InvalidTensor(
-            f"{label}: scale {scale!r} and zero point {zero_point} given, but the encoding "
-            f"is {pb.Encoding.Name(encoding)}, not int8"
-        )
-    return wire
-
-
-def _decode(data: npt.NDArray[np.uint8], dtype: np.dtype[Any], wire: _Wire) -> npt.NDArray[Any]:
-    """The tensor's elements (flat) from its data: a view when sent as is, else float32."""
-    if wire.encoding == pb.ENCODING_NONE:
-        return data.view(dtype)
-    if wire.encoding == pb.ENCODING_FLOAT16:
-        return data.view("<f2").astype(np.float32)
-    out = data.view(np.int8).astype(np.float32)
-    out -= np.float32(wire.zero_point)
-    with np.errstate(over="ignore"):  # only a hand-made scale gets here: inf, not a warning
-        out *= np.float32(wire.scale)
-    return out
-
-
-# -- protobuf wire format ------------------------------------------------------------------
-
-
-def _read_varint(view: memoryview, pos: int, end: int, where: str) -> tuple[int, int]:
-    result = shift = 0
-    while pos < end:
-        byte = view[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 64:
-            raise ProtocolError(f"garbage bytes in {where}: varint longer than 10 bytes")
-    raise ProtocolError(f"garbage bytes in {where}: truncated varint")
-
-
-def _read_tag(view: memoryview, pos: int, end: int, where: str) -> tuple[int, int, int]:
-    key, pos = _read_varint(view, pos, end, where)
-    field, wire = key >> 3, key & 7
-    if field == 0:
-        raise ProtocolError(f"garbage bytes in {where}: field number 0")
-    return field, wire, pos
-
-
-def _span_end(pos: int, length: int, end: int, what: str) -> int:
-    if length > end - pos:
-        raise ProtocolError(
-            f"garbage bytes: {what} declares {length} bytes, only {end - pos} remain"
-        )
-    return pos + length
-
-
-def _skip(view: memoryview, field: int, wire: int, pos: int, end: int, where: str) -> int:
-    """Step over an unknown field (kept for forward compatibility)."""
-    if wire == _VARINT:
-        return _read_varint(view, pos, end, where)[1]
-    if wire == _I64:
-        return _span_end(pos, 8, end, f"field {field} of {where}")
-    if wire == _I32:
-        return _span_end(pos, 4, end, f"field {field} of {where}")
-    if wire == _LEN:
-        length, pos = _read_varint(view, pos, end, where)
-        return _span_end(pos, length, end, f"field {field} of {where}")
-    raise ProtocolError(f"garbage bytes in {where}: field {field} has wire type {wire}")
