@@ -32,7 +32,7 @@ from harness.lab import (  # noqa: E402  (benchmarks/ is put on sys.path just ab
     unavailable,
 )
 
-from tests.nodes import START_DEADLINE_S, wait_until  # noqa: E402
+from tests.nodes import START_DEADLINE_S, all_agreed, wait_until  # noqa: E402
 
 __all__ = [
     "PROFILES",
@@ -146,19 +146,7 @@ def lab_statuses(client: Host, cluster: str, *args: str) -> dict[str, dict[str, 
 
 
 def _agreed(found: dict[str, dict[str, Any]], members: set[str]) -> bool:
-    if set(found) != members:
-        return False
-    digests = set()
-    for st in found.values():
-        plan = st["plan"]
-        if set(plan["members"]) != members or not plan["agreed_digest"]:
-            return False
-        if plan["agreed_digest"] != plan["computed_digest"]:
-            return False
-        digests.add(plan["agreed_digest"])
-        if st.get("state") not in (None, "ready"):
-            return False
-    return len(digests) == 1
+    return set(found) == members and all_agreed(found, members, loaded=True)
 
 
 def lab_wait_agreed(

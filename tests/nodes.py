@@ -141,31 +141,36 @@ def agreed_cluster(
         found = statuses([n.address for n in nodes], key)
         if set(found) != {n.name for n in nodes}:
             return None
-        digests = set()
-        for st in found.values():
-            plan = st["plan"]
-            if set(plan["members"]) != members or not plan["agreed_digest"]:
-                return None
-            if plan["agreed_digest"] != plan["computed_digest"]:
-                return None
-            digests.add(plan["agreed_digest"])
-        if len(digests) != 1:
-            return None
-        if not loaded:
-            return found
-        # every node has loaded exactly what the plan gives it
-        for st in found.values():
-            me = st["node"]["node_id"]
-            own = [
-                list(range(a["start"], a["stop"]))
-                for a in st["plan"]["assignments"]
-                if a["node_id"] == me
-            ]
-            if sorted(st["parts"]) != (own[0] if own else []):
-                return None
-        return found
+        return found if all_agreed(found, members, loaded=loaded) else None
 
     return wait_until(check, START_DEADLINE_S, f"agreement among {sorted(members)}")
+
+
+def all_agreed(found: dict[str, dict[str, Any]], members: set[str], *, loaded: bool) -> bool:
+    """Whether every status in ``found`` (as `status --json` prints them) serves one agreed
+    plan over exactly ``members`` and, when ``loaded``, has loaded exactly its parts of it."""
+    digests = set()
+    for st in found.values():
+        plan = st["plan"]
+        if set(plan["members"]) != members or not plan["agreed_digest"]:
+            return False
+        if plan["agreed_digest"] != plan["computed_digest"]:
+            return False
+        digests.add(plan["agreed_digest"])
+    if len(digests) != 1:
+        return False
+    if not loaded:
+        return True
+    for st in found.values():  # every node has loaded exactly what the plan gives it
+        me = st["node"]["node_id"]
+        own = [
+            list(range(a["start"], a["stop"]))
+            for a in st["plan"]["assignments"]
+            if a["node_id"] == me
+        ]
+        if sorted(st["parts"]) != (own[0] if own else []):
+            return False
+    return True
 
 
 def node_config(workdir: Path, *, speed_gflops: float = SLOW_GFLOPS, extra: str = "") -> Path:
