@@ -29,7 +29,7 @@ from edgenode.transport._options import (
 )
 from edgenode.transport._receiver import Receiver
 from edgenode.transport._status import error_from_status, status_of
-from edgenode.transport.codec import Tensor, encode_frames
+from edgenode.transport.codec import Tensor, encode_frames_async
 
 __all__ = ["SERVICE_NAME", "GrpcPeer", "GrpcTransport", "check_listen_address"]
 
@@ -212,7 +212,7 @@ class GrpcPeer:
 
     async def send(self, tensors: Sequence[Tensor]) -> None:
         """Send one hop's tensors; see PeerSender.send."""
-        frames = encode_frames(
+        frames = await encode_frames_async(
             tensors, chunk_bytes=self._config.chunk_bytes, checksum=self._config.checksum
         )
         await self.send_frames(frames)

@@ -19,7 +19,7 @@ from edgenode.transport._api import StreamTotals, TransportConfig, TransportStat
 from edgenode.transport._inbox import TensorInbox
 from edgenode.transport._options import FLUSH_TIMEOUT_S
 from edgenode.transport._receiver import Receiver
-from edgenode.transport.codec import Tensor, encode_frames
+from edgenode.transport.codec import Tensor, encode_frames_async
 
 __all__ = ["MemoryNetwork", "MemoryPeer", "MemoryTransport"]
 
@@ -186,7 +186,7 @@ class MemoryPeer:
 
     async def send(self, tensors: Sequence[Tensor]) -> None:
         """Send one hop's tensors; see PeerSender.send."""
-        frames = encode_frames(
+        frames = await encode_frames_async(
             tensors, chunk_bytes=self._config.chunk_bytes, checksum=self._config.checksum
         )
         await self.send_frames(frames)

@@ -20,10 +20,11 @@ directions against the generated classes.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NewType
 
@@ -67,6 +68,7 @@ __all__ = [
     "CONTROL_PREFIX",
     "DEFAULT_MAX_TENSOR_BYTES",
     "DUPLICATE_WINDOW_REQUESTS",
+    "ENCODE_IN_THREAD_BYTES",
     "END",
     "ERROR",
     "FAIL",
@@ -78,6 +80,7 @@ __all__ = [
     "control",
     "control_text",
     "encode_frames",
+    "encode_frames_async",
     "is_control",
     "wire_dtypes",
 ]
@@ -86,6 +89,7 @@ CHUNK_BYTES = 1 << 20  # data bytes per frame; far below gRPC's 4 MiB message li
 DEFAULT_MAX_TENSOR_BYTES = MAX_TENSOR_BYTES  # a receiver refuses larger tensors unless configured
 MAX_NDIM = 64  # numpy's own limit
 DUPLICATE_WINDOW_REQUESTS = 4096  # requests remembered per stream for duplicate detection
+ENCODE_IN_THREAD_BYTES = 256 << 10  # encoding more to float16/int8: on a thread (~1 ms/MB)
 
 RequestId = NewType("RequestId", str)
 
@@ -165,9 +169,8 @@ def encode_frames(
 ) -> Iterator[bytes]:
     """Serialized frames carrying the tensors in order; small tensors share one frame.
 
-    A tensor starts a new frame unless it fits whole in the current one; a tensor larger than
-    chunk_bytes spans frames of one part each. Frames are produced lazily, so a sender that
-    awaits each write holds one frame at a time.
+    A tensor starts a new frame unless it fits whole in the current one, or spans frames of one
+    part each; frames are produced lazily (a sender awaiting each write holds one at a time).
     """
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes must be positive, got {chunk_bytes}")
@@ -177,6 +180,18 @@ def encode_frames(
         data, wire = _wire_bytes(tensor)
         prepared.append((data, _header(tensor, data, wire, checksum).SerializeToString()))
     return _frames(prepared, chunk_bytes)
+
+
+async def encode_frames_async(
+    tensors: Sequence[Tensor], *, chunk_bytes: int = CHUNK_BYTES, checksum: bool = False
+) -> Iterator[bytes]:
+    """``encode_frames``, encoding ENCODE_IN_THREAD_BYTES or more off the event loop."""
+    heavy = sum(t.nbytes for t in tensors if t.wire_format != DEFAULT_WIRE_FORMAT)
+    if heavy < ENCODE_IN_THREAD_BYTES:
+        return encode_frames(tensors, chunk_bytes=chunk_bytes, checksum=checksum)
+    return await asyncio.to_thread(
+        encode_frames, tensors, chunk_bytes=chunk_bytes, checksum=checksum
+    )
 
 
 def _frames(prepared: list[tuple[memoryview, bytes]], chunk_bytes: int) -> Iterator[bytes]:

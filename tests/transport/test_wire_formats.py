@@ -6,6 +6,8 @@ is shown to catch a decode that is off by one step (a shifted zero point).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -433,3 +435,28 @@ async def test_transports_refuse_a_bad_encoded_frame(net, server) -> None:
         await sender.send_frames([part(encoded_header(zero_point=300))])
         with pytest.raises(InvalidTensor, match="zero point 300"):
             await sender.flush()
+
+
+async def test_a_large_encoding_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same frames either way; a big float16/int8 send encodes on a worker thread."""
+    import threading
+
+    from edgenode.transport import codec
+
+    threads: list[str] = []
+    real = codec.encode_frames
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(codec, "encode_frames", spy)
+    big = np.linspace(-1, 1, codec.ENCODE_IN_THREAD_BYTES // 4, dtype=np.float32)
+    small = big[:16]
+    cases = ((big, "int8", "thread"), (small, "int8", "loop"), (big, "float32", "loop"))
+    for array, wire, where in cases:
+        tensor = Tensor(RequestId("r"), "t", array, wire_format=wire)
+        frames = list(await codec.encode_frames_async([tensor]))
+        assert frames == list(real([tensor]))
+        on_loop = threads[-1] == threading.current_thread().name
+        assert on_loop == (where == "loop"), (wire, array.size, threads[-1])
