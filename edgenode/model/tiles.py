@@ -15,6 +15,7 @@ starts from fresh ``keras.Input``s only.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -271,6 +272,11 @@ def _build_gather(
     )
 
 
+def _renumbered(stripe: StripePart, index: int) -> StripePart:
+    """The stripe as part ``index`` of the plan (its output keeps its stripe number)."""
+    return dataclasses.replace(stripe, part=dataclasses.replace(stripe.part, index=index))
+
+
 def build_tiles(
     graph: LayerGraph, region: SpatialRegion, count: int, *, stop: int | None = None
 ) -> TileParts:
@@ -282,7 +288,7 @@ def build_tiles(
     before = build_part(graph, 0, region.start, index=0) if region.start > 0 else None
     first = 1 if before is not None else 0
     stripes = tuple(
-        build_stripe(graph, region, rows, first + i)
+        _renumbered(build_stripe(graph, region, rows, i), first + i)
         for i, rows in enumerate(split_rows(region.output_height, count))
     )
     gather = _build_gather(graph, region, stripes, end, first + count)
