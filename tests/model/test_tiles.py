@@ -138,13 +138,34 @@ def _litert(tiles, directory: Path):
     return run
 
 
-def test_litert_stripes_conv_stack(tmp_path: Path) -> None:
+@pytest.mark.parametrize("end", ["cat", "whole"])
+def test_litert_stripes_conv_stack(end: str, tmp_path: Path) -> None:
     graph = build_graph(conv_stack(23))
-    (full,) = find_regions(graph)
-    region = region_ending_at(graph, full, graph.op("cat").index + 1)
+    (region,) = find_regions(graph)
+    if end != "whole":  # the whole region has pooling, zero padding and up-sampling too
+        region = region_ending_at(graph, region, graph.op(end).index + 1)
     tiles = build_tiles(graph, region, 3)
     run = _litert(tiles, tmp_path)
-    check_tiles(graph, tiles, "litert conv_stack N=3", tolerance=LITERT_RELATIVE, run=run)
+    case = f"litert conv_stack to {end} N=3"
+    check_tiles(graph, tiles, case, tolerance=LITERT_RELATIVE, run=run)
+
+
+def test_stripes_save_and_reload_as_keras(tmp_path: Path) -> None:
+    import keras
+
+    graph = build_graph(conv_stack(23))
+    (region,) = find_regions(graph)
+    tiles = build_tiles(graph, region, 3)
+    loaded = {}
+    for part in [*(s.part for s in tiles.stripes), tiles.gather]:
+        path = export_part(part, tmp_path / f"part-{part.index}.keras", "keras")
+        loaded[id(part)] = keras.models.load_model(path)
+
+    def run(part, feed):
+        result = loaded[id(part)](dict(feed), training=False)
+        return {k: np.asarray(v) for k, v in result.items()}
+
+    check_tiles(graph, tiles, "keras files conv_stack N=3", run=run)
 
 
 def test_litert_stripes_efficientnet_lite0(tmp_path: Path) -> None:
