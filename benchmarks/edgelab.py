@@ -484,7 +484,8 @@ def main() -> None:
     if reason := unavailable():
         print(reason, file=sys.stderr)
         sys.exit(2)
-    args.profiles = args.profiles or (["wifi"] if args.smoke else list(PROFILE_ORDER))
+    if args.profiles is None:  # --profiles "": the planner's runs only
+        args.profiles = ["wifi"] if args.smoke else list(PROFILE_ORDER)
     args.formats = args.formats or (["float32", "int8"] if args.smoke else list(FORMATS))
     args.nodes = args.nodes or ([2] if args.smoke else list(COUNTS))
     if args.planner_profiles is None:

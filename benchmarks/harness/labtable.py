@@ -116,7 +116,8 @@ def targets(done: Sequence[dict[str, Any]]) -> list[list[object]]:
         lat = r["predicted_latency_s"] / _median(r)
         tput = _pred_tput(r) / r["throughput_rps"]
         rows.append([
-            f"{r['profile']}, real speeds, link measured ({r['plan']}): planner's latency and "
+            f"{r['profile']}, {r['format']}, real speeds, link measured ({r['plan']}): "
+            "planner's latency and "
             "throughput within 20 % of measured",
             f"predicted latency {lat:.2f}x, throughput {tput:.2f}x the measured"
             + ("" if _clean(r) else f"; {r['marked_dead']} peer drops under load"),
@@ -131,8 +132,16 @@ def targets(done: Sequence[dict[str, Any]]) -> list[list[object]]:
             f"({worst['tag']}): the planner is told nodes are ~10^5x slower than they are",
             met(False),
         ])  # fmt: skip
-    measured = _find(done, kind="planner", profile="poor-wifi", link_mbps=0.0)
-    told = _find(done, kind="planner", profile="poor-wifi", link_mbps=1000.0)
+    for fmt in FORMATS:
+        rows += _ab(done, fmt)
+    return rows
+
+
+def _ab(done: Sequence[dict[str, Any]], fmt: str) -> list[list[object]]:
+    """The poor-wifi A/B in ``fmt``: the plan for the measured link against the gigabit one."""
+    rows: list[list[object]] = []
+    measured = _find(done, kind="planner", profile="poor-wifi", format=fmt, link_mbps=0.0)
+    told = _find(done, kind="planner", profile="poor-wifi", format=fmt, link_mbps=1000.0)
     if measured and told:
         narrower = (len(measured["stages"]), measured["hop_bytes"][1:-1]) != (
             len(told["stages"]), told["hop_bytes"][1:-1])  # fmt: skip
@@ -140,8 +149,8 @@ def targets(done: Sequence[dict[str, Any]]) -> list[list[object]]:
             measured["hop_bytes"][1:-1]) < sum(told["hop_bytes"][1:-1])  # fmt: skip
         faster = measured["throughput_rps"] > told["throughput_rps"]
         rows.append([
-            "poor-wifi, real speeds: the plan for the measured link is narrower or has fewer "
-            "stages than the gigabit plan, and measures faster",
+            f"poor-wifi, real speeds, {fmt}: the plan for the measured link is narrower or has "
+            "fewer stages than the gigabit plan, and measures faster",
             f"measured link: {measured['plan']}, {len(measured['stages'])} stage(s) x "
             f"{measured['replicas']} pipeline(s), {sum(measured['hop_bytes'][1:-1]) / 1e3:.0f} kB "
             f"between stages, {measured['throughput_rps']:.2f} req/s, "
@@ -179,7 +188,8 @@ def report(args: Any, rate_rows: Sequence[dict[str, Any]], done: Sequence[dict[s
         "",
         *machine_lines(),
         f"- command: `{'`, then `'.join(args.commands)}`, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {seconds:.0f} s (the last)"
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+        + (f", {seconds:.0f} s (the last run)" if seconds else "")
         + (
             f"; **partial: {len(missing)} cluster(s) not run yet or cut by the time budget: "
             f"{', '.join(missing)}**"
@@ -248,7 +258,7 @@ def report(args: Any, rate_rows: Sequence[dict[str, Any]], done: Sequence[dict[s
         "",
         f"{args.planner_nodes} nodes per cluster, "
         + (
-            f"each node's speed set to {args.local_gflops:g} GFLOP/s: the model's FLOPs over "
+            "each node's speed set to the model's FLOPs over "
             "its median latency here (LiteRT, one thread), i.e. what a node really does; "
             "the nodes' own self-benchmark is not used (see the notes)"
             if args.planner_speed == "calibrated"
@@ -261,10 +271,11 @@ def report(args: Any, rate_rows: Sequence[dict[str, Any]], done: Sequence[dict[s
         "gigabit. Predicted throughput: pipelines / `bottleneck_s`.",
         "",
         *table(
-            "profile|link|node speeds GFLOP/s|links Mbit/s as planned|" + CELL_HEADERS,
+            "profile|format|link|node speeds GFLOP/s|links Mbit/s as planned|" + CELL_HEADERS,
             [
                 [
                     r["profile"],
+                    r["format"],
                     "told 1000" if r["link_mbps"] else "measured",
                     " ".join(f"{v:.2g}" for _, v in sorted(r["speeds_gflops"].items())),
                     " ".join(f"{v:.3g}" for _, v in sorted(r["links_mbps"].items())),
