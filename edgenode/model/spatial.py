@@ -37,6 +37,7 @@ __all__ = [
     "StripePlan",
     "describe",
     "find_regions",
+    "region_between",
     "region_ending_at",
     "row_map",
     "split_rows",
@@ -281,23 +282,39 @@ def _best_in_run(
 
 def region_ending_at(graph: LayerGraph, region: SpatialRegion, stop: int) -> SpatialRegion:
     """The same region cut short at ``stop`` (one of ``region.ends``)."""
-    for end, output in region.ends:
-        if end == stop:
-            height = _height(graph, output)
-            assert height is not None
-            return SpatialRegion(
-                start=region.start,
-                stop=stop,
-                input=region.input,
-                gates=region.gates,
-                output=output,
-                input_height=region.input_height,
-                output_height=height,
-                maps={k: v for k, v in region.maps.items() if k < stop},
-                ends=tuple(e for e in region.ends if e[0] <= stop),
-            )
-    raise ModelError(f"a region from op {region.start} cannot end at {stop}: one of "
-                     f"{[e for e, _ in region.ends]}")  # fmt: skip
+    return region_between(graph, region, region.start, stop)
+
+
+def region_between(
+    graph: LayerGraph, region: SpatialRegion, start: int, stop: int
+) -> SpatialRegion:
+    """The part ``[start, stop)`` of ``region``: ``start`` is the region's start or one
+    of its ends, ``stop`` one of its ends after ``start`` (consecutive tile stages)."""
+    ends = dict(region.ends)
+    if stop not in ends or not (start == region.start or (start in ends and start < stop)):
+        raise ModelError(
+            f"region [{region.start}, {region.stop}) has no part [{start}, {stop}): "
+            f"its ends are {sorted(ends)}"
+        )
+    output = ends[stop]
+    if start == region.start:
+        source, gates, input_height = region.input, region.gates, region.input_height
+    else:  # a single tensor crosses an end: no gate reaches past it
+        source, gates = ends[start], ()
+        input_height = _height(graph, source) or 0
+    height = _height(graph, output)
+    assert height is not None
+    return SpatialRegion(
+        start=start,
+        stop=stop,
+        input=source,
+        gates=gates,
+        output=output,
+        input_height=input_height,
+        output_height=height,
+        maps={k: v for k, v in region.maps.items() if start <= k < stop},
+        ends=tuple(e for e in region.ends if start < e[0] <= stop),
+    )
 
 
 def split_rows(height: int, count: int) -> list[Rows]:

@@ -278,14 +278,22 @@ def _renumbered(stripe: StripePart, index: int) -> StripePart:
 
 
 def build_tiles(
-    graph: LayerGraph, region: SpatialRegion, count: int, *, stop: int | None = None
+    graph: LayerGraph,
+    region: SpatialRegion,
+    count: int,
+    *,
+    stop: int | None = None,
+    with_before: bool = True,
 ) -> TileParts:
     """``count`` stripes of ``region`` and a gather part running ops up to ``stop``
-    (default: the end of the model); a part for the ops before the region if any."""
+    (default: the end of the model); a part for the ops before the region if any and
+    ``with_before`` (without it, the caller gives the region's input: chained stages)."""
     end = len(graph.ops) if stop is None else stop
     if not region.stop <= end <= len(graph.ops):
         raise ModelError(f"the gather part must stop within {region.stop}..{len(graph.ops)}")
-    before = build_part(graph, 0, region.start, index=0) if region.start > 0 else None
+    before = None
+    if region.start > 0 and with_before:
+        before = build_part(graph, 0, region.start, index=0)
     first = 1 if before is not None else 0
     stripes = tuple(
         _renumbered(build_stripe(graph, region, rows, i), first + i)

@@ -29,6 +29,7 @@ def conv_stack(height: int = 23, width: int = 9) -> keras.Model:
     """Every local kind: stride-2 "same", dilation, depthwise, a residual Add and a channel
     Concatenate inside the region, pooling, zero padding, "valid", up-sampling, separable,
     hard-swish from keras.ops; then global pooling and a dense head."""
+    keras.utils.set_random_seed(0)
     x = keras.Input((height, width, 3), name="image")
     y = L.Rescaling(1 / 128, offset=-1.0, name="scale")(x)
     y = L.Conv2D(8, 3, strides=2, padding="same", name="c1")(y)
@@ -54,6 +55,7 @@ def conv_stack(height: int = 23, width: int = 9) -> keras.Model:
 
 def squeeze_excite(height: int = 19) -> keras.Model:
     """A squeeze-excite gate: its Multiply ends the first region, starts the second."""
+    keras.utils.set_random_seed(0)
     x = keras.Input((height, 8, 3), name="image")
     y = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="stem")(x)
     gate = L.GlobalAveragePooling2D(keepdims=True, name="se_pool")(y)

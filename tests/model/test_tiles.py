@@ -10,7 +10,7 @@ import pytest
 
 from edgenode.model.graph import build_graph
 from edgenode.model.slicing import export_part, run_model
-from edgenode.model.spatial import find_regions, region_ending_at
+from edgenode.model.spatial import find_regions, region_between, region_ending_at
 from edgenode.model.tiles import build_tiles, run_tiles, stripe_name
 from tests.model.test_spatial import conv_stack, image, relative, squeeze_excite
 
@@ -46,6 +46,29 @@ def test_conv_stack_stripes(height: int, count: int) -> None:
     tiles = build_tiles(graph, region, count)
     assert [s.rows for s in tiles.stripes][-1][1] == region.output_height
     check_tiles(graph, tiles, f"conv_stack h={height} to cat")
+
+
+def test_two_tile_stages_chained() -> None:
+    """Stripes to the Concatenate, gathered; the gathered tensor cut into new stripes."""
+    graph = build_graph(conv_stack(32))
+    (full,) = find_regions(graph)
+    cut = graph.op("cat").index + 1
+    first = build_tiles(graph, region_ending_at(graph, full, cut), 2, stop=cut)
+    second_region = region_between(graph, full, cut, full.stop)
+    assert second_region.input == "cat" and second_region.gates == ()
+    second = build_tiles(graph, second_region, 3, with_before=False)
+    assert first.gather.outputs == ("cat",) and second.before is None
+
+    answers = []
+    for seed in (0, 1):
+        x = image(graph.model, seed, batch=1)
+        ref = run_model(graph, x)["head"]
+        got = run_tiles(second, {**x, **run_tiles(first, x)})["head"]
+        err = relative(got, ref)
+        SEEN["conv_stack two stages"] = max(SEEN.get("conv_stack two stages", 0.0), err)
+        assert err <= KERAS_RELATIVE
+        answers.append(ref)
+    assert relative(answers[0], answers[1]) > 100 * KERAS_RELATIVE
 
 
 def test_stripe_interfaces_are_named() -> None:
