@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +65,10 @@ def link_of(manifest: Manifest) -> Link:
 
 CONFIRM_INTERVAL_S = 0.02  # between rounds of asking peers for their digest
 CHECK_INTERVAL_S = 0.5  # once agreed, members are asked again this often (liveness, drift)
-ASK_TIMEOUT_S = 0.5  # a peer slower than this to answer counts as unreachable
+ASK_TIMEOUT_S = 0.5  # a peer slower than this to answer counts as unreachable ...
+# ... plus the time this many of the model's largest tensors take over the slower of the
+# two links (a slow Wi-Fi link busy with a tensor delays a control call behind it)
+ASK_QUEUE_TENSORS = 2.0
 DEAD_AFTER_FAILURES = 2  # consecutive unreachable answers before a peer is marked dead
 PAUSE_SLACK_S = 1.0  # an ask failing this long after its timeout straddled a pause of ours
 LEAVE_TIMEOUT_S = 0.5  # a stopping node waits this long at most for peers to hear its Leave
@@ -138,6 +142,7 @@ class Negotiator:
         self._confirm_interval_s = confirm_interval_s
         self._check_interval_s = check_interval_s
         self._ask_timeout_s = ask_timeout_s
+        self._largest_tensor_bytes = max((t.nbytes for t in graph.tensors), default=0)
         self._dead_after = dead_after_failures
         self._revive_first_s = revive_first_s
         self._revive_max_s = revive_max_s
@@ -321,7 +326,7 @@ class Negotiator:
 
         async def probe(peer: PeerInfo) -> None:
             try:
-                async with asyncio.timeout(self._ask_timeout_s):
+                async with asyncio.timeout(self.ask_timeout_s(peer)):
                     await self._peers.plan_digest(peer)
             except (PeerUnavailable, TimeoutError):
                 _, backoff = self._revive[peer.node_id]
@@ -334,13 +339,26 @@ class Negotiator:
 
         await asyncio.gather(*(probe(p) for p in due))
 
+    def ask_timeout_s(self, peer: PeerInfo) -> float:
+        """How long ``peer`` gets to answer a control call: ASK_TIMEOUT_S, plus the time
+        ASK_QUEUE_TENSORS of the model's largest tensors take over the slower of the cluster's
+        link and the two nodes' own (measured or configured)."""
+        links = [
+            self._link.bandwidth_bytes_per_s,
+            peer.capacity.link_bytes_per_s or math.inf,
+            self._membership.local.capacity.link_bytes_per_s or math.inf,
+        ]
+        queued = ASK_QUEUE_TENSORS * self._largest_tensor_bytes / min(links)
+        return self._ask_timeout_s + queued
+
     async def _ask(self, peer: PeerInfo) -> str | None:
         started = self._clock()
+        timeout_s = self.ask_timeout_s(peer)
         try:
-            async with asyncio.timeout(self._ask_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 digest = await self._peers.plan_digest(peer)
         except (PeerUnavailable, TimeoutError) as exc:
-            if self._paused_since(started):
+            if self._paused_since(started, timeout_s):
                 return None
             failures = self._failures.get(peer.node_id, 0) + 1
             self._failures[peer.node_id] = failures
@@ -359,11 +377,11 @@ class Negotiator:
         self._failures.pop(peer.node_id, None)
         return digest
 
-    def _paused_since(self, started: float) -> bool:
+    def _paused_since(self, started: float, timeout_s: float) -> bool:
         """True when an ask begun at ``started`` ended far past its timeout: this process
         was not running meanwhile. Logged once per pause, however many asks it spoiled."""
         now = self._clock()
-        late = now - started - self._ask_timeout_s
+        late = now - started - timeout_s
         if late <= PAUSE_SLACK_S:
             return False
         if started >= self._resumed_at:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from edgenode.mesh import Debounce, Endpoint, InMemoryNetwork, PeerInfo
+from edgenode.mesh import Debounce, Endpoint, InMemoryNetwork, NodeId, PeerInfo
 from edgenode.model.manifest import LinkSpec
 from edgenode.runtime.negotiation import Negotiator, PlanPeers, PlanState, link_of
 from tests.runtime.fakes import InMemoryPlanPeers, chain_manifest, peer_info
@@ -36,8 +36,11 @@ class Cluster:
         speed: float = 1e9,
         clock: Callable[[], float] = time.monotonic,
         peers: PlanPeers | None = None,
+        link_bytes_per_s: float = 0.0,
     ) -> Negotiator:
-        discovery = self.network.discovery(peer_info(node_id, port, self.manifest, speed))
+        info = peer_info(node_id, port, self.manifest, speed)
+        capacity = dataclasses.replace(info.capacity, link_bytes_per_s=link_bytes_per_s)
+        discovery = self.network.discovery(dataclasses.replace(info, capacity=capacity))
         await discovery.start()
         negotiator = Negotiator(
             discovery=discovery,
@@ -315,3 +318,51 @@ async def test_a_record_that_is_not_confirmed_does_not_make_members_replan(
     await cluster.start("x", 9)
     states = await cluster.agreed({"a", "b", "x"})
     assert "x" in states[0].agreed.members
+
+
+class SlowPeers:
+    """Answers from some nodes take ``delay_s``: a control call queued behind tensors on a
+    slow link."""
+
+    def __init__(self, peers: InMemoryPlanPeers, slow: set[str], delay_s: float) -> None:
+        self.peers, self.slow, self.delay_s = peers, slow, delay_s
+        self.asked: Counter[str] = Counter()
+
+    async def hello(self, endpoint: Endpoint) -> PeerInfo:
+        return await self.peers.hello(endpoint)
+
+    async def leave(self, peer: PeerInfo, local: PeerInfo) -> None:
+        await self.peers.leave(peer, local)
+
+    async def plan_digest(self, peer: PeerInfo) -> str:
+        self.asked[peer.node_id] += 1
+        if peer.node_id in self.slow:
+            await asyncio.sleep(self.delay_s)
+        return await self.peers.plan_digest(peer)
+
+
+@pytest.mark.parametrize(("link", "kept"), [(2_000.0, True), (0.0, False)])
+async def test_a_peer_on_a_slow_link_gets_longer_to_answer(
+    cluster: Cluster, link: float, kept: bool
+) -> None:
+    """b answers in 0.35 s, past the 0.2 s ask timeout. On a link of 2 kB/s, where one of the
+    model's 1 KiB tensors takes half a second, that is no sign of death; on a fast one it is."""
+    peers = SlowPeers(cluster.peers, set(), delay_s=0.35)
+    a = await cluster.start("a", 1, peers=peers)
+    await cluster.start("b", 2, link_bytes_per_s=link)
+    await cluster.agreed({"a", "b"})
+    peers.slow.add("b")  # from now on, b's answers queue behind tensors
+    asked = peers.asked["b"]
+    b = a.membership.get(NodeId("b"))
+    assert b is not None
+    slower = min(link or float("inf"), 125e6)  # b's own link, or the cluster's (gigabit)
+    assert a.ask_timeout_s(b) == pytest.approx(0.2 + 2 * 1024 / slower)
+
+    def asked_enough() -> bool:
+        return peers.asked["b"] >= asked + 6 or a.membership.is_dead(NodeId("b"))
+
+    deadline = time.monotonic() + DEADLINE_S
+    while not asked_enough() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)  # polling interval
+    assert asked_enough()
+    assert (not a.membership.is_dead(NodeId("b"))) == kept
