@@ -40,6 +40,7 @@ __all__ = [
     "region_between",
     "region_ending_at",
     "row_map",
+    "same_padding",
     "split_rows",
     "stripe_plan",
 ]
@@ -124,15 +125,16 @@ def _is_spatial(graph: LayerGraph, name: str) -> bool:
     return height is not None and height > 1
 
 
-def _same_pad_top(size: int, kernel: int, stride: int) -> int:
-    """Rows TensorFlow's "same" padding adds above: half the total, rounded down."""
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding (before, after) of one axis: the odd one after."""
     out = -(-size // stride)
-    return max((out - 1) * stride + kernel - size, 0) // 2
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 def _window(kernel: int, stride: int, padding: str, in_height: int) -> RowMap | None:
     if padding == "same":
-        offset = _same_pad_top(in_height, kernel, stride)
+        offset = same_padding(in_height, kernel, stride)[0]
     elif padding == "valid":
         offset = 0
     else:

@@ -25,7 +25,7 @@ import numpy as np
 from edgenode.errors import ModelError
 from edgenode.model.graph import LayerGraph, OpInfo
 from edgenode.model.slicing import Part, build_part
-from edgenode.model.spatial import Rows, SpatialRegion, split_rows, stripe_plan
+from edgenode.model.spatial import Rows, SpatialRegion, same_padding, split_rows, stripe_plan
 
 __all__ = [
     "StripePart",
@@ -74,11 +74,6 @@ def _window_layer() -> Any:
 
     layers = keras.layers
 
-    def same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
-        out = -(-size // stride)
-        total = max((out - 1) * stride + kernel - size, 0)
-        return total // 2, total - total // 2
-
     @keras.saving.register_keras_serializable(package="edgenode")
     class StripeWindow(keras.layers.Layer):  # type: ignore[misc]
         """A windowed layer applied "valid" along the height, padded at the image border."""
@@ -104,7 +99,7 @@ def _window_layer() -> Any:
                 kernel, stride = layer.pool_size, layer.strides
                 left, right = (0, 0)
                 if layer.padding == "same":
-                    left, right = same_pad(width, kernel[1], stride[1])
+                    left, right = same_padding(width, kernel[1], stride[1])
                 if isinstance(layer, layers.MaxPooling2D):
                     low = float(np.finfo(np.float32).min)
                     return ops.max_pool(self._pad(x, left, right, low), kernel, stride, "valid")
@@ -119,7 +114,7 @@ def _window_layer() -> Any:
             kernel_w = dilation[1] * (layer.kernel_size[1] - 1) + 1
             left, right = (0, 0)
             if layer.padding == "same":
-                left, right = same_pad(width, kernel_w, layer.strides[1])
+                left, right = same_padding(width, kernel_w, layer.strides[1])
             x = self._pad(x, left, right)
             args = {"strides": layer.strides, "padding": "valid", "dilation_rate": dilation}
             if isinstance(layer, layers.DepthwiseConv2D):
