@@ -97,6 +97,12 @@ def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
     return result.manifest, target
 
 
+def slow_link(local: PeerInfo, cluster_bytes_per_s: float) -> float:
+    """This node's own link (measured or configured) when slower than the cluster's, else 0."""
+    own = local.capacity.link_bytes_per_s
+    return own if 0 < own < cluster_bytes_per_s else 0.0
+
+
 def node_security(config: Config) -> Security:
     """TLS and membership checks from ``[security]``; ConfigError when neither a key nor
     an explicit ``insecure = true`` is configured."""
@@ -232,6 +238,7 @@ class Node:
             client = ControlClient(security=security)
             stack.push_async_callback(client.aclose)
             discovery = self._discovery(local, client)
+            cluster_link = link_of(manifest).bandwidth_bytes_per_s
             negotiator = Negotiator(
                 discovery=discovery,
                 graph=manifest.cost_graph(),
@@ -266,6 +273,7 @@ class Node:
                 deadline_s=config.limits.request_deadline_s,
                 max_inflight=config.limits.max_inflight_requests,
                 on_stage=on_stage,
+                slow_link=lambda: slow_link(negotiator.membership.local, cluster_link),
             )
             control = NodeControl(
                 local=lambda: discovery.local,

@@ -54,7 +54,7 @@ from edgenode.errors import (
 from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, WireFormat
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.parts import PartHost
-from edgenode.runtime.stages import NodeRole, consumers_of, recipients, role_of
+from edgenode.runtime.stages import NodeRole, consumers_of, pick_replica, recipients, role_of
 from edgenode.transport import RequestId, Tensor, Transport
 from edgenode.transport.codec import FAIL, RETRY, control, control_text, is_control
 
@@ -115,8 +115,11 @@ class Router:
         on_stage: Callable[[int, float], None] | None = None,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        slow_link: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._me = node_id
+        self._slow_link = slow_link  # this node's link when slower than the cluster's, else 0
+        self._part_s: dict[int, float] = {}  # recent run time of each part run here
         self._manifest = manifest
         self._host = host
         self._transport = transport
@@ -234,7 +237,8 @@ class Router:
         arrays = {name: np.ascontiguousarray(value) for name, value in inputs.items()}
         while True:
             stage = self._role()
-            replica = self._pick_replica(stage.plan, failed_replicas)
+            input_bytes = sum(a.nbytes for a in arrays.values())
+            replica = self._pick_replica(stage.plan, failed_replicas, input_bytes)
             request = RequestId(f"{self._prefix}.{next(self._counter)}")
             attempt = _Attempt(
                 future=asyncio.get_running_loop().create_future(),
@@ -268,17 +272,18 @@ class Router:
             await self._plan_change_or(backoff, stage.plan)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    def _pick_replica(self, plan: ClusterPlan, avoid: set[int]) -> int:
-        """The replica with the fewest attempts in flight from here, not in ``avoid``."""
+    def _pick_replica(self, plan: ClusterPlan, avoid: set[int], input_bytes: int = 0) -> int:
+        """The replica of a request entering here (see ``pick_replica``)."""
         if plan.replicas == 1:
             return 0
         load = dict.fromkeys(range(plan.replicas), 0)
         for attempt in self._attempts.values():
             if attempt.plan == plan.digest and attempt.replica in load:
                 load[attempt.replica] += 1
-        turn = next(self._replica_turn)
-        candidates = [r for r in load if r not in avoid] or list(load)
-        return min(candidates, key=lambda r: (load[r], (r - turn) % plan.replicas))
+        send_s = input_bytes / link if (link := self._slow_link()) > 0 else 0.0
+        return pick_replica(
+            plan, self._me, load, avoid, next(self._replica_turn), self._part_s, send_s
+        )
 
     async def _plan_change_or(self, seconds: float, plan: ClusterPlan) -> None:
         """Wait until the agreed plan is no longer ``plan``, at most ``seconds``."""
@@ -422,8 +427,10 @@ class Router:
             logger.warning("request %s: parts %s failed: %s", request, list(stage.parts), exc)
             self._notify(request, plan, FAIL, f"{self._me}: parts {list(stage.parts)}: {exc}")
             return
-        if self._on_stage is not None:
-            for index, seconds in zip(stage.parts, result.seconds, strict=True):
+        for index, seconds in zip(stage.parts, result.seconds, strict=True):
+            recent = self._part_s.get(index, seconds)  # a moving average, new runs 1/5
+            self._part_s[index] = recent + 0.2 * (seconds - recent)
+            if self._on_stage is not None:
                 self._on_stage(index, seconds)
         values = {**join.values, **result.outputs}
         tensors = [

@@ -6,13 +6,13 @@ only its state and its I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from edgenode.model.manifest import Manifest
 from edgenode.planning import ClusterPlan
 
-__all__ = ["Consumers", "NodeRole", "consumers_of", "recipients", "role_of"]
+__all__ = ["Consumers", "NodeRole", "consumers_of", "pick_replica", "recipients", "role_of"]
 
 Consumers = Mapping[str, tuple[int, ...]]  # tensor name -> indices of the parts reading it
 
@@ -74,3 +74,26 @@ def recipients(
     if name in finals:
         nodes.add(origin)
     return sorted(nodes)
+
+
+def pick_replica(
+    plan: ClusterPlan,
+    me: str,
+    load: Mapping[int, int],
+    avoid: Set[int],
+    turn: int,
+    part_s: Mapping[int, float],
+    send_s: float,
+) -> int:
+    """The replica a request entering at ``me`` goes to: the one with the fewest attempts in
+    flight (``load``, by replica), not in ``avoid``, ties taken in turn. When sending the
+    request's inputs away takes ``send_s`` (> 0: ``me`` is on a link slower than the
+    cluster's), a replica that starts at ``me`` is taken instead while the wait for it
+    (its load times its parts' recent run times ``part_s``) is no longer than that."""
+    candidates = [r for r in load if r not in avoid] or list(load)
+    here = [a for a in plan.assignments if a.node_id == me and a.start == 0]
+    for a in here if send_s > 0 else ():
+        wait_s = load[a.replica] * sum(part_s.get(p, 0.0) for p in a.parts)
+        if a.replica in candidates and wait_s <= send_s:
+            return a.replica
+    return min(candidates, key=lambda r: (load[r], (r - turn) % plan.replicas))

@@ -16,10 +16,12 @@ from edgenode.model.split import split_model
 from edgenode.planning import Assignment, ClusterPlan
 from edgenode.runtime.parts import PartHost
 from edgenode.runtime.requests import RequestTimeout, Router
+from edgenode.runtime.stages import pick_replica
 from edgenode.transport import MemoryNetwork
 from edgenode.verify import ReferenceSet
 from tests.model import models
 from tests.reference import KERAS_TOLERANCE, assert_answer, reference_set
+from tests.runtime.fakes import chain_manifest
 
 pytestmark = pytest.mark.tf
 
@@ -79,8 +81,9 @@ class Sim:
 
 @contextlib.asynccontextmanager
 async def cluster(
-    split, stages, *, deadline_s: float = 10.0, max_inflight: int = 64, factory=None
+    split, stages, *, deadline_s: float = 10.0, max_inflight: int = 64, factory=None, links=None
 ) -> AsyncIterator[Sim]:
+    """``links``: a node's own slow link in bytes/s, by name (Router's ``slow_link``)."""
     _, _, manifest, directory = split
     plan = plan_of(manifest, stages)
     network = MemoryNetwork()
@@ -109,6 +112,7 @@ async def cluster(
                     {name: sim.runs.get(name, 0) + 1}
                 ),
                 sweep_interval_s=0.05,
+                slow_link=lambda name=name: (links or {}).get(name, 0.0),
             )
         for name, router in sim.routers.items():
             sim.tasks[name] = asyncio.create_task(router.run())
@@ -249,6 +253,33 @@ async def test_replicas_share_requests_and_survive_losing_a_node(split, batches,
     for i, out in enumerate(outs):
         assert_answer(refs, i % 16, out)
     assert sim["origin"].retried > 0 and sim["origin"].served == 32
+
+
+@pytest.mark.parametrize(("link", "elsewhere"), [(0.0, True), (1_000.0, False)])
+async def test_an_origin_on_a_slow_link_runs_what_it_can_itself(
+    split, batches, refs, link: float, elsewhere: bool
+) -> None:
+    """origin and c each hold a whole replica. On a fast link requests are shared; on a
+    1 kB/s one, sending a request's inputs to c would take far longer than waiting for the
+    origin's own replica, so every request runs at the origin."""
+    batches = batches[:8]
+    stages = [("origin", 0, 4, 0), ("c", 0, 4, 1)]
+    async with cluster(split, stages, links={"origin": link}) as sim:
+        outs = await asyncio.gather(*(sim["origin"].infer(b) for b in batches))
+    for i, out in enumerate(outs):
+        assert_answer(refs, i, out)
+    assert sim.runs["origin"] > 0
+    assert (sim.runs.get("c", 0) > 0) == elsewhere
+
+
+def test_pick_replica_weighs_the_wait_here_against_sending_away() -> None:
+    plan = plan_of(chain_manifest(4), [("me", 0, 4, 0), ("c", 0, 4, 1)])
+    load = {0: 3, 1: 0}
+    runs = {p: 0.01 for p in range(4)}  # 40 ms for the whole chain here
+    assert pick_replica(plan, "me", load, set(), 0, runs, send_s=0.0) == 1  # least loaded
+    assert pick_replica(plan, "me", load, set(), 0, runs, send_s=0.5) == 0  # 120 ms wait here
+    assert pick_replica(plan, "me", load, set(), 0, runs, send_s=0.1) == 1  # sending is faster
+    assert pick_replica(plan, "me", load, {0}, 0, runs, send_s=0.5) == 1  # replica 0 failed
 
 
 class _BreaksAfterWarmUp:
