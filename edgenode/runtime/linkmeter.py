@@ -1,20 +1,21 @@
 """This node's own link, measured for the planner.
 
-A node whose link is not configured (``node.link_mbps = 0``) measures it once it has a
-peer, and again every ``LINK_REFRESH_S``: a timed transfer (the Probe RPC) to up to
-``PROBES_PER_ROUND`` peers. A transfer is as slow as the slower end, so the fastest of them is
-taken as this node's link, rounded to a power of two in Mbit/s (``quantize_link``) so that
-jitter changes nothing. A link at least as fast as the cluster's (the manifest's: what the
-cluster was cut for, gigabit by default) is recorded as 0, "the cluster's link": a loopback
-or 10-gigabit host plans, and announces, exactly as before. A new value goes into this
-node's record (Hello answers it; mDNS announces it, and the peers ask Hello again), which
-re-plans the cluster.
+A node whose link is not configured (``node.link_mbps = 0``) measures it with each peer as
+it appears (a timed transfer, the Probe RPC, up to ``PROBES_PER_ROUND`` peers at a time),
+and with all of them again every ``LINK_REFRESH_S``. A transfer is as slow as the slower
+end, so the fastest so far is taken as this node's link, rounded to a power of two in
+Mbit/s (``quantize_link``) so that jitter changes nothing. A link at least as fast as the
+cluster's (the manifest's: what the cluster was cut for, gigabit by default) is recorded
+as 0, "the cluster's link": a loopback or 10-gigabit host plans, and announces, exactly as
+before. A new value goes into this node's record (Hello answers it; mDNS announces it, and
+the peers ask Hello again), which re-plans the cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol
@@ -50,37 +51,48 @@ async def measure_link(
     cap_bytes_per_s: float,
     refresh_s: float = LINK_REFRESH_S,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Measure this node's link now and then and ``publish`` its record when the rounded
-    value changes; runs until cancelled."""
-    turn = 0
+    """Measure this node's link to peers it has not measured yet, as they appear (up to
+    PROBES_PER_ROUND at a time), and to all of them again every ``refresh_s``; publish
+    this node's record when the rounded fastest rate changes. Runs until cancelled."""
+    rates: dict[str, float] = {}  # peer -> rate measured since the period began
+    tried: set[str] = set()
+    period_began = clock()
     while True:
+        if clock() - period_began >= refresh_s:
+            rates.clear()
+            tried.clear()
+            period_began = clock()
         peers = sorted(membership().alive, key=lambda p: p.node_id)
-        if not peers:
+        fresh = [p for p in peers if p.node_id not in tried][:PROBES_PER_ROUND]
+        if not fresh:
             await sleep(WAIT_FOR_PEER_S)
             continue
-        chosen = [peers[(turn + i) % len(peers)] for i in range(min(PROBES_PER_ROUND, len(peers)))]
-        turn += 1
-        rates = []
-        for peer in chosen:
+        failed = 0
+        for peer in fresh:
+            tried.add(peer.node_id)
             try:
-                rates.append(await prober.probe(peer.endpoint))
+                rates[peer.node_id] = await prober.probe(peer.endpoint)
             except EdgenodeError as exc:
+                failed += 1
                 logger.info("could not measure the link to %s: %s", peer.node_id, exc)
-        if not rates:
+        if failed == len(fresh) and not rates:
+            tried.difference_update(p.node_id for p in fresh)  # try them again soon
             await sleep(RETRY_S)
             continue
-        measured = max(rates)
+        if not rates:
+            continue
+        measured = max(rates.values())
         value = quantize_link(measured)
         if value >= cap_bytes_per_s:
             value = 0.0  # as fast as the cluster's link: nothing to tell the planner
         local = membership().local
         if value != local.capacity.link_bytes_per_s:
             logger.info(
-                "link measured at %.1f Mbit/s (to %s): planning with %s",
+                "link measured at %.1f Mbit/s (the fastest of %s): planning with %s",
                 measured * 8 / 1e6,
-                ", ".join(p.node_id for p in chosen),
+                ", ".join(sorted(rates)),
                 f"{value * 8 / 1e6:g} Mbit/s" if value else "the cluster's link",
             )
             await publish(replace(local, capacity=replace(local.capacity, link_bytes_per_s=value)))
-        await sleep(refresh_s)
