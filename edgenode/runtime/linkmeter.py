@@ -14,6 +14,7 @@ the peers ask Hello again), which re-plans the cluster.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,13 @@ LINK_REFRESH_S = 600.0  # the link is measured again this often
 PROBES_PER_ROUND = 3  # peers a measurement tries, the fastest counting
 WAIT_FOR_PEER_S = 0.5  # while alone, look for a peer this often
 RETRY_S = 5.0  # after a round in which no peer could be measured
+
+
+def _on_this_host(peer: PeerInfo) -> bool:
+    try:
+        return ipaddress.ip_address(peer.endpoint.host).is_loopback
+    except ValueError:
+        return False  # a host name: measure it
 
 
 class LinkProber(Protocol):
@@ -64,7 +72,9 @@ async def measure_link(
             rates.clear()
             tried.clear()
             period_began = clock()
-        peers = sorted(membership().alive, key=lambda p: p.node_id)
+        # A peer reached over loopback runs on this host: there is no link to measure.
+        peers = [p for p in membership().alive if not _on_this_host(p)]
+        peers.sort(key=lambda p: p.node_id)
         fresh = [p for p in peers if p.node_id not in tried][:PROBES_PER_ROUND]
         if not fresh:
             await sleep(WAIT_FOR_PEER_S)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -56,6 +56,7 @@ class Rig:
     def join(self, node_id: str, port: int, rate: float | None) -> None:
         self.rates[port] = rate
         peer = peer_info(node_id, port, MANIFEST)
+        peer = replace(peer, addresses=(f"198.18.0.{port}",))  # another host of the lab range
         self.membership = self.membership.apply(PeerEvent(PeerEventKind.JOINED, peer))
 
     async def nap(self) -> float:
@@ -153,3 +154,14 @@ async def test_a_round_measures_a_few_new_peers(rig: Rig) -> None:
     await rig.nap()
     assert len(rig.probed) == PROBES_PER_ROUND + (5 - PROBES_PER_ROUND)  # two rounds, no nap
     assert sorted(rig.probed) == list(range(10, 15))
+
+
+async def test_a_peer_on_this_host_is_not_measured(rig: Rig) -> None:
+    """Reached over loopback, a peer shares this machine: no link between them to measure."""
+    await rig.nap()
+    rig.rates[7] = 1 * MBIT
+    peer = peer_info("here", 7, MANIFEST)  # fakes' records are on 127.0.0.1
+    rig.membership = rig.membership.apply(PeerEvent(PeerEventKind.JOINED, peer))
+    rig.go_on()
+    assert await rig.nap() == 0.5
+    assert rig.probed == [] and rig.published == []
