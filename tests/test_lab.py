@@ -202,13 +202,18 @@ def test_nodes_measure_their_own_links_and_the_slow_one_is_known(
     nodes += start_lab_nodes([configured], tmp_path, split["dir"], told)
     mbit = {n.name: 32 for n in nodes[:2]} | {nodes[2].name: 8, nodes[3].name: 50}
 
-    def links() -> dict[str, float] | None:
+    seen: dict[str, float] = {}
+
+    def links() -> bool:
         found = lab_statuses(lab.hosts["client"], cluster)
-        seen = {n: st["node"]["link_bytes_per_s"] * 8 / 1e6 for n, st in found.items()}
-        return seen if seen == mbit else None
+        seen.clear()
+        seen.update({n: st["node"]["link_bytes_per_s"] * 8 / 1e6 for n, st in found.items()})
+        return seen == mbit
 
     try:
         wait_until(links, 90, f"links {mbit} Mbit/s in every node's record")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the last seen: {seen}") from None
     finally:
         _stop(nodes)
 

@@ -52,7 +52,7 @@ _UNREACHABLE = frozenset(
 CONTROL_TIMEOUT_S = 2.0  # a control call slower than this: the peer is unavailable
 FETCH_TIMEOUT_S = 300.0  # a whole part file
 PROBE_S = 0.5  # a link probe sends for this long ...
-PROBE_CHUNK_BYTES = 256 << 10  # ... in chunks of this size ...
+PROBE_CHUNK_BYTES = 64 << 10  # ... in chunks of this size ...
 PROBE_MIN_BYTES = 1 << 20  # ... and at least this much, then waits for the peer's count;
 PROBE_MAX_BYTES = 16 << 20  # it stops here even before PROBE_S (faster than ~250 Mbit/s)
 PROBE_TIMEOUT_S = 30.0  # 1 MiB over a 1 Mbit/s link takes 8 s
@@ -77,11 +77,17 @@ class ControlClient:
         self._sessions: dict[str, ClientSession] = {}
         self._clusters: list[Failover] = []
 
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        channel = self._channels.get(address)
+    def _channel(self, address: str, *, purpose: str = "control") -> grpc.aio.Channel:
+        """The cached channel to ``address`` for ``purpose``, on a connection of its own:
+        gRPC would otherwise share one connection among channels with the same options, and
+        a control call would queue behind the tensors, or the probe, sent on it (on a slow
+        link, seconds: long enough for a live peer to be taken for dead)."""
+        key = f"{purpose} {address}"
+        channel = self._channels.get(key)
         if channel is None:
-            channel = self._security.channel(address, CHANNEL_OPTIONS)
-            self._channels[address] = channel
+            options = (*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1))
+            channel = self._security.channel(address, options)
+            self._channels[key] = channel
         return channel
 
     async def _unary(self, address: str, method: str, request: Any, reply: Any) -> Any:
@@ -160,11 +166,12 @@ class ControlClient:
             partial.unlink(missing_ok=True)
 
     async def probe(self, endpoint: Endpoint, *, seconds: float = PROBE_S) -> float:
-        """Bytes per second this node sends to the node at ``endpoint``: a timed transfer
-        of ``seconds`` (at least PROBE_MIN_BYTES, at most PROBE_MAX_BYTES), timed until the
-        peer has read it all, so that what waits in buffers is counted. PeerUnavailable when
-        it fails."""
-        call = self._channel(str(endpoint)).stream_unary(
+        """Bytes per second this node sends to the node at ``endpoint``: a transfer of
+        ``seconds`` (at least PROBE_MIN_BYTES, at most PROBE_MAX_BYTES) over a connection of
+        its own (a Hello to that node is not held up behind it), timed by the peer as the
+        bytes arrive (else from here until the peer has read them all). PeerUnavailable when
+        it fails, also when the peer is busy with another probe."""
+        call = self._channel(str(endpoint), purpose="probe").stream_unary(
             f"/{SERVICE_NAME}/Probe", response_deserializer=pb.ProbeReply.FromString
         )
         chunk = pb.ProbeChunk(data=bytes(PROBE_CHUNK_BYTES)).SerializeToString()
@@ -189,7 +196,7 @@ class ControlClient:
         elapsed = loop.time() - started
         if reply.bytes != sent or elapsed <= 0:
             raise PeerUnavailable(f"{endpoint} counted {reply.bytes} of {sent} probe bytes")
-        return sent / elapsed
+        return reply.bytes_per_s or sent / elapsed
 
     async def fetch_bytes(self, address: str, manifest_identity: str, part: int) -> bytes:
         """A small file (the manifest: part -1) from the node at ``address``."""

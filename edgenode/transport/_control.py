@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 FILE_CHUNK_BYTES = 1 << 20  # FetchFile streams a file in chunks of this size
 PROBE_MAX_BYTES = 256 << 20  # a Probe call sending more is refused (clients send <= 16 MiB)
+PROBE_BUSY = "busy: measuring another link"  # refuses a probe while another one runs
 
 
 def _plan_reply(state: PlanView) -> pb.PlanReply:
@@ -129,16 +130,32 @@ def control_handlers(
             handler, response_serializer=reply.SerializeToString
         )
 
+    probing = asyncio.Lock()  # one probe at a time: two would share this node's link
+
     async def probe(chunks: AsyncIterator[bytes], context: Any) -> pb.ProbeReply:
+        if probing.locked():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, PROBE_BUSY)
+        async with probing:
+            return await timed_probe(chunks, context)
+
+    async def timed_probe(chunks: AsyncIterator[bytes], context: Any) -> pb.ProbeReply:
         # The chunks are counted, not parsed: a ProbeChunk is one tag, a length, the bytes.
-        total = 0
+        # Timed from the first chunk's arrival, so that connecting is not in the rate.
+        loop = asyncio.get_running_loop()
+        total = first = 0
+        began = ended = 0.0
         async for chunk in chunks:
+            ended = loop.time()
+            if not total:
+                began, first = ended, len(chunk)
             total += len(chunk)
             if total > PROBE_MAX_BYTES:
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED, f"a probe is at most {PROBE_MAX_BYTES} B"
                 )
-        return pb.ProbeReply(bytes=total)
+        timed = ended - began
+        rate = (total - first) / timed if timed > 0 else 0.0
+        return pb.ProbeReply(bytes=total, bytes_per_s=rate)
 
     async def fetch_file_raw(data: bytes, context: Any) -> AsyncIterator[pb.FileChunk]:
         request = await parse(pb.FileRequest, data, context)

@@ -15,7 +15,7 @@ import pytest
 from edgenode.errors import PeerUnavailable
 from edgenode.mesh import Endpoint, PeerEvent, PeerEventKind, PeerInfo
 from edgenode.mesh.membership import Membership
-from edgenode.runtime.linkmeter import PROBES_PER_ROUND, measure_link
+from edgenode.runtime.linkmeter import PROBE_ATTEMPTS, PROBES_PER_ROUND, RETRY_S, measure_link
 from tests.runtime.fakes import chain_manifest, peer_info
 
 MANIFEST = chain_manifest(2)
@@ -79,6 +79,7 @@ async def rig() -> AsyncIterator[Rig]:
             refresh_s=600.0,
             sleep=rig.sleep,
             clock=rig.clock,
+            jitter=lambda: 1.0,
         )
     )
     yield rig
@@ -134,16 +135,42 @@ async def test_a_link_as_fast_as_the_clusters_is_not_published(rig: Rig) -> None
     assert rig.published == [] and link_of(rig.membership.local) == 0
 
 
-async def test_no_peer_measured_is_tried_again_soon(rig: Rig) -> None:
+async def test_a_failed_probe_is_tried_again_later_and_given_up_on(rig: Rig) -> None:
+    """A busy peer (measuring another node's link) is asked again after RETRY_S times the
+    tries so far, while the others' rates stand; after PROBE_ATTEMPTS, not this period."""
     await rig.nap()
-    rig.join("b", 2, None)
-    rig.go_on()
-    assert await rig.nap() == 5.0
-    rig.rates[2] = 3 * MBIT
+    rig.join("b", 2, None)  # busy
+    rig.join("c", 3, 7 * MBIT)
     rig.go_on()
     await rig.nap()
-    assert rig.probed == [2, 2]
-    assert [link_of(p) for p in rig.published] == [4 * MBIT]
+    assert rig.probed == [2, 3] and [link_of(p) for p in rig.published] == [8 * MBIT]
+    rig.rates[2] = 30 * MBIT  # free now
+    waited = 0.5
+    while rig.probed.count(2) < 2:  # naps of WAIT_FOR_PEER_S until b is due again
+        rig.go_on()
+        waited += await rig.nap()
+    assert waited == pytest.approx(RETRY_S + 0.5)
+    assert [link_of(p) for p in rig.published] == [8 * MBIT, 32 * MBIT]
+    rig.join("d", 4, None)  # never answers
+    for _ in range(100):
+        rig.go_on()
+        await rig.nap()
+    assert rig.probed.count(4) == PROBE_ATTEMPTS
+    rig.now += 600.0  # a new period: tried again
+    rig.go_on()
+    await rig.nap()
+    assert rig.probed.count(4) == PROBE_ATTEMPTS + 1
+
+
+async def test_nodes_started_together_probe_around_a_ring(rig: Rig) -> None:
+    """Peers are probed in node-id order starting after this node's own id ("me"): each
+    node of a cluster started at once probes a different peer first."""
+    await rig.nap()
+    for name, port in (("a", 2), ("x", 3), ("n", 4)):
+        rig.join(name, port, 20 * MBIT)
+    rig.go_on()
+    await rig.nap()
+    assert rig.probed == [4, 3, 2]
 
 
 async def test_a_round_measures_a_few_new_peers(rig: Rig) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
 import pytest
 
+from edgenode._proto.edgenode.v1 import edgenode_pb2 as pb
 from edgenode.errors import PeerUnavailable
 from edgenode.mesh import Endpoint
-from edgenode.transport import ControlClient, GrpcTransport
+from edgenode.transport import SERVICE_NAME, ControlClient, GrpcTransport
 from edgenode.transport import _client as client_module
 from edgenode.transport import _control as control_module
 from edgenode.transport._control import control_handlers
@@ -42,3 +46,37 @@ async def test_a_probe_to_nobody_is_peer_unavailable() -> None:
     async with ControlClient(timeout_s=0.5) as client:
         with pytest.raises(PeerUnavailable):
             await client.probe(Endpoint.parse("127.0.0.1:1"), seconds=0.01)
+
+
+async def test_a_second_probe_while_one_runs_is_refused_busy() -> None:
+    """Two probes at once would share the node's link and both read low."""
+    async with (
+        GrpcTransport("127.0.0.1", 0, handlers=control_handlers(lambda: None)) as server,  # type: ignore[arg-type,return-value]
+        ControlClient() as client,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        endpoint = Endpoint.parse(server.address)
+        first = channel.stream_unary(
+            f"/{SERVICE_NAME}/Probe",
+            request_serializer=pb.ProbeChunk.SerializeToString,
+            response_deserializer=pb.ProbeReply.FromString,
+        )(timeout=10)
+        chunk = pb.ProbeChunk(data=bytes(1000))
+        await first.write(chunk)
+        await first.write(chunk)
+        await wait_for_lock(client, endpoint)
+        await first.done_writing()
+        reply = await first
+        assert reply.bytes == 2 * chunk.ByteSize() and reply.bytes_per_s > 0
+        assert await client.probe(endpoint, seconds=0.01) > 1e6  # free again
+
+
+async def wait_for_lock(client: ControlClient, endpoint: Endpoint) -> None:
+    """The open probe holds the node from when its call arrives: a second is refused."""
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                await client.probe(endpoint, seconds=0.01)
+            except PeerUnavailable as exc:
+                assert "busy" in str(exc)
+                return

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64genode/v1/edgenode.proto\x12\x0b\x65\x64genode.v1\" \n\x0cHelloRequest\x12\x10\n\x08protocol\x18\x01 \x01(\r\"\xed\x01\n\nNodeRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x10\n\x08protocol\x18\x05 \x01(\r\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x07 \x01(\t\x12\r\n\x05speed\x18\x08 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x04\x12\x13\n\x0bincarnation\x18\n \x01(\x06\x12\x12\n\nstarted_ms\x18\x0b \x01(\x04\x12\x18\n\x10link_bytes_per_s\x18\x0c \x01(\x01\"\x1a\n\nProbeChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\x1b\n\nProbeReply\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\"4\n\x0cLeaveRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x06\"\x0c\n\nLeaveReply\"\r\n\x0bPlanRequest\"K\n\nAssignment\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0c\n\x04stop\x18\x03 \x01(\r\x12\x0f\n\x07replica\x18\x04 \x01(\r\"\xb1\x01\n\tPlanReply\x12\x17\n\x0f\x63omputed_digest\x18\x01 \x01(\t\x12\x15\n\ragreed_digest\x18\x02 \x01(\t\x12,\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x17.edgenode.v1.Assignment\x12\x0f\n\x07members\x18\x04 \x03(\t\x12\x0c\n\x04idle\x18\x05 \x03(\t\x12\x14\n\x0c\x62ottleneck_s\x18\x06 \x01(\x01\x12\x11\n\tlatency_s\x18\x07 \x01(\x01\"\x0f\n\rStatusRequest\"W\n\nStageStats\x12\x0c\n\x04part\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0e\n\x06mean_s\x18\x03 \x01(\x01\x12\r\n\x05p50_s\x18\x04 \x01(\x01\x12\r\n\x05p90_s\x18\x05 \x01(\x01\"\xbf\x02\n\nNodeStatus\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.edgenode.v1.NodeRecord\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12$\n\x04plan\x18\x03 \x01(\x0b\x32\x16.edgenode.v1.PlanReply\x12\r\n\x05parts\x18\x04 \x03(\r\x12\x17\n\x0frequests_served\x18\x05 \x01(\x04\x12\'\n\x06stages\x18\x06 \x03(\x0b\x32\x17.edgenode.v1.StageStats\x12&\n\x05peers\x18\x07 \x03(\x0b\x32\x17.edgenode.v1.NodeRecord\x12\x10\n\x08uptime_s\x18\x08 \x01(\x01\x12\r\n\x05owned\x18\t \x03(\r\x12\r\n\x05state\x18\n \x01(\t\x12\x11\n\tpart_runs\x18\x0b \x01(\x04\x12\x17\n\x0frequests_failed\x18\x0c \x01(\x04\"1\n\x0b\x46ileRequest\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\x05\"\x19\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xf6\x01\n\x0cTensorHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bplan_digest\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12!\n\x05\x64type\x18\x04 \x01(\x0e\x32\x12.edgenode.v1.DType\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x13\n\x0b\x62yte_length\x18\x06 \x01(\x04\x12\x12\n\x05\x63rc32\x18\x07 \x01(\x07H\x00\x88\x01\x01\x12\'\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x15.edgenode.v1.Encoding\x12\r\n\x05scale\x18\t \x01(\x02\x12\x12\n\nzero_point\x18\n \x01(\x11\x42\x08\n\x06_crc32\"U\n\nTensorPart\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.edgenode.v1.TensorHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"/\n\x05\x46rame\x12&\n\x05parts\x18\x01 \x03(\x0b\x32\x17.edgenode.v1.TensorPart\"/\n\rStreamSummary\x12\x0f\n\x07tensors\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04*\x9c\x02\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nDTYPE_BOOL\x10\x01\x12\x0e\n\nDTYPE_INT8\x10\x02\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x03\x12\x0f\n\x0b\x44TYPE_INT16\x10\x04\x12\x10\n\x0c\x44TYPE_UINT16\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x10\n\x0c\x44TYPE_UINT32\x10\x07\x12\x0f\n\x0b\x44TYPE_INT64\x10\x08\x12\x10\n\x0c\x44TYPE_UINT64\x10\t\x12\x11\n\rDTYPE_FLOAT16\x10\n\x12\x11\n\rDTYPE_FLOAT32\x10\x0b\x12\x11\n\rDTYPE_FLOAT64\x10\x0c\x12\x13\n\x0f\x44TYPE_COMPLEX64\x10\r\x12\x14\n\x10\x44TYPE_COMPLEX128\x10\x0e*M\n\x08\x45ncoding\x12\x11\n\rENCODING_NONE\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x01\x12\x18\n\x14\x45NCODING_INT8_AFFINE\x10\x02\x32\xae\x04\n\x08\x45\x64geNode\x12:\n\x06Stream\x12\x12.edgenode.v1.Frame\x1a\x1a.edgenode.v1.StreamSummary(\x01\x12\x33\n\x05Infer\x12\x12.edgenode.v1.Frame\x1a\x12.edgenode.v1.Frame(\x01\x30\x01\x12:\n\x0cInferSession\x12\x12.edgenode.v1.Frame\x1a\x12.edgenode.v1.Frame(\x01\x30\x01\x12;\n\x05Hello\x12\x19.edgenode.v1.HelloRequest\x1a\x17.edgenode.v1.NodeRecord\x12;\n\x05Leave\x12\x19.edgenode.v1.LeaveRequest\x1a\x17.edgenode.v1.LeaveReply\x12;\n\x07GetPlan\x12\x18.edgenode.v1.PlanRequest\x1a\x16.edgenode.v1.PlanReply\x12@\n\tGetStatus\x12\x1a.edgenode.v1.StatusRequest\x1a\x17.edgenode.v1.NodeStatus\x12?\n\tFetchFile\x12\x18.edgenode.v1.FileRequest\x1a\x16.edgenode.v1.FileChunk0\x01\x12;\n\x05Probe\x12\x17.edgenode.v1.ProbeChunk\x1a\x17.edgenode.v1.ProbeReply(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64genode/v1/edgenode.proto\x12\x0b\x65\x64genode.v1\" \n\x0cHelloRequest\x12\x10\n\x08protocol\x18\x01 \x01(\r\"\xed\x01\n\nNodeRecord\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x10\n\x08protocol\x18\x05 \x01(\r\x12\x0f\n\x07\x63luster\x18\x06 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x07 \x01(\t\x12\r\n\x05speed\x18\x08 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x04\x12\x13\n\x0bincarnation\x18\n \x01(\x06\x12\x12\n\nstarted_ms\x18\x0b \x01(\x04\x12\x18\n\x10link_bytes_per_s\x18\x0c \x01(\x01\"\x1a\n\nProbeChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"0\n\nProbeReply\x12\r\n\x05\x62ytes\x18\x01 \x01(\x04\x12\x13\n\x0b\x62ytes_per_s\x18\x02 \x01(\x01\"4\n\x0cLeaveRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bincarnation\x18\x02 \x01(\x06\"\x0c\n\nLeaveReply\"\r\n\x0bPlanRequest\"K\n\nAssignment\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0c\n\x04stop\x18\x03 \x01(\r\x12\x0f\n\x07replica\x18\x04 \x01(\r\"\xb1\x01\n\tPlanReply\x12\x17\n\x0f\x63omputed_digest\x18\x01 \x01(\t\x12\x15\n\ragreed_digest\x18\x02 \x01(\t\x12,\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32\x17.edgenode.v1.Assignment\x12\x0f\n\x07members\x18\x04 \x03(\t\x12\x0c\n\x04idle\x18\x05 \x03(\t\x12\x14\n\x0c\x62ottleneck_s\x18\x06 \x01(\x01\x12\x11\n\tlatency_s\x18\x07 \x01(\x01\"\x0f\n\rStatusRequest\"W\n\nStageStats\x12\x0c\n\x04part\x18\x01 \x01(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0e\n\x06mean_s\x18\x03 \x01(\x01\x12\r\n\x05p50_s\x18\x04 \x01(\x01\x12\r\n\x05p90_s\x18\x05 \x01(\x01\"\xbf\x02\n\nNodeStatus\x12%\n\x04node\x18\x01 \x01(\x0b\x32\x17.edgenode.v1.NodeRecord\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12$\n\x04plan\x18\x03 \x01(\x0b\x32\x16.edgenode.v1.PlanReply\x12\r\n\x05parts\x18\x04 \x03(\r\x12\x17\n\x0frequests_served\x18\x05 \x01(\x04\x12\'\n\x06stages\x18\x06 \x03(\x0b\x32\x17.edgenode.v1.StageStats\x12&\n\x05peers\x18\x07 \x03(\x0b\x32\x17.edgenode.v1.NodeRecord\x12\x10\n\x08uptime_s\x18\x08 \x01(\x01\x12\r\n\x05owned\x18\t \x03(\r\x12\r\n\x05state\x18\n \x01(\t\x12\x11\n\tpart_runs\x18\x0b \x01(\x04\x12\x17\n\x0frequests_failed\x18\x0c \x01(\x04\"1\n\x0b\x46ileRequest\x12\x14\n\x0cmodel_sha256\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\x05\"\x19\n\tFileChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xf6\x01\n\x0cTensorHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bplan_digest\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12!\n\x05\x64type\x18\x04 \x01(\x0e\x32\x12.edgenode.v1.DType\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x13\n\x0b\x62yte_length\x18\x06 \x01(\x04\x12\x12\n\x05\x63rc32\x18\x07 \x01(\x07H\x00\x88\x01\x01\x12\'\n\x08\x65ncoding\x18\x08 \x01(\x0e\x32\x15.edgenode.v1.Encoding\x12\r\n\x05scale\x18\t \x01(\x02\x12\x12\n\nzero_point\x18\n \x01(\x11\x42\x08\n\x06_crc32\"U\n\nTensorPart\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.edgenode.v1.TensorHeader\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"/\n\x05\x46rame\x12&\n\x05parts\x18\x01 \x03(\x0b\x32\x17.edgenode.v1.TensorPart\"/\n\rStreamSummary\x12\x0f\n\x07tensors\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04*\x9c\x02\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0e\n\nDTYPE_BOOL\x10\x01\x12\x0e\n\nDTYPE_INT8\x10\x02\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x03\x12\x0f\n\x0b\x44TYPE_INT16\x10\x04\x12\x10\n\x0c\x44TYPE_UINT16\x10\x05\x12\x0f\n\x0b\x44TYPE_INT32\x10\x06\x12\x10\n\x0c\x44TYPE_UINT32\x10\x07\x12\x0f\n\x0b\x44TYPE_INT64\x10\x08\x12\x10\n\x0c\x44TYPE_UINT64\x10\t\x12\x11\n\rDTYPE_FLOAT16\x10\n\x12\x11\n\rDTYPE_FLOAT32\x10\x0b\x12\x11\n\rDTYPE_FLOAT64\x10\x0c\x12\x13\n\x0f\x44TYPE_COMPLEX64\x10\r\x12\x14\n\x10\x44TYPE_COMPLEX128\x10\x0e*M\n\x08\x45ncoding\x12\x11\n\rENCODING_NONE\x10\x00\x12\x14\n\x10\x45NCODING_FLOAT16\x10\x01\x12\x18\n\x14\x45NCODING_INT8_AFFINE\x10\x02\x32\xae\x04\n\x08\x45\x64geNode\x12:\n\x06Stream\x12\x12.edgenode.v1.Frame\x1a\x1a.edgenode.v1.StreamSummary(\x01\x12\x33\n\x05Infer\x12\x12.edgenode.v1.Frame\x1a\x12.edgenode.v1.Frame(\x01\x30\x01\x12:\n\x0cInferSession\x12\x12.edgenode.v1.Frame\x1a\x12.edgenode.v1.Frame(\x01\x30\x01\x12;\n\x05Hello\x12\x19.edgenode.v1.HelloRequest\x1a\x17.edgenode.v1.NodeRecord\x12;\n\x05Leave\x12\x19.edgenode.v1.LeaveRequest\x1a\x17.edgenode.v1.LeaveReply\x12;\n\x07GetPlan\x12\x18.edgenode.v1.PlanRequest\x1a\x16.edgenode.v1.PlanReply\x12@\n\tGetStatus\x12\x1a.edgenode.v1.StatusRequest\x1a\x17.edgenode.v1.NodeStatus\x12?\n\tFetchFile\x12\x18.edgenode.v1.FileRequest\x1a\x16.edgenode.v1.FileChunk0\x01\x12;\n\x05Probe\x12\x17.edgenode.v1.ProbeChunk\x1a\x17.edgenode.v1.ProbeReply(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgenode.v1.edgenode_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1655
-  _globals['_DTYPE']._serialized_end=1939
-  _globals['_ENCODING']._serialized_start=1941
-  _globals['_ENCODING']._serialized_end=2018
+  _globals['_DTYPE']._serialized_start=1676
+  _globals['_DTYPE']._serialized_end=1960
+  _globals['_ENCODING']._serialized_start=1962
+  _globals['_ENCODING']._serialized_end=2039
   _globals['_HELLOREQUEST']._serialized_start=43
   _globals['_HELLOREQUEST']._serialized_end=75
   _globals['_NODERECORD']._serialized_start=78
@@ -42,35 +42,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROBECHUNK']._serialized_start=317
   _globals['_PROBECHUNK']._serialized_end=343
   _globals['_PROBEREPLY']._serialized_start=345
-  _globals['_PROBEREPLY']._serialized_end=372
-  _globals['_LEAVEREQUEST']._serialized_start=374
-  _globals['_LEAVEREQUEST']._serialized_end=426
-  _globals['_LEAVEREPLY']._serialized_start=428
-  _globals['_LEAVEREPLY']._serialized_end=440
-  _globals['_PLANREQUEST']._serialized_start=442
-  _globals['_PLANREQUEST']._serialized_end=455
-  _globals['_ASSIGNMENT']._serialized_start=457
-  _globals['_ASSIGNMENT']._serialized_end=532
-  _globals['_PLANREPLY']._serialized_start=535
-  _globals['_PLANREPLY']._serialized_end=712
-  _globals['_STATUSREQUEST']._serialized_start=714
-  _globals['_STATUSREQUEST']._serialized_end=729
-  _globals['_STAGESTATS']._serialized_start=731
-  _globals['_STAGESTATS']._serialized_end=818
-  _globals['_NODESTATUS']._serialized_start=821
-  _globals['_NODESTATUS']._serialized_end=1140
-  _globals['_FILEREQUEST']._serialized_start=1142
-  _globals['_FILEREQUEST']._serialized_end=1191
-  _globals['_FILECHUNK']._serialized_start=1193
-  _globals['_FILECHUNK']._serialized_end=1218
-  _globals['_TENSORHEADER']._serialized_start=1221
-  _globals['_TENSORHEADER']._serialized_end=1467
-  _globals['_TENSORPART']._serialized_start=1469
-  _globals['_TENSORPART']._serialized_end=1554
-  _globals['_FRAME']._serialized_start=1556
-  _globals['_FRAME']._serialized_end=1603
-  _globals['_STREAMSUMMARY']._serialized_start=1605
-  _globals['_STREAMSUMMARY']._serialized_end=1652
-  _globals['_EDGENODE']._serialized_start=2021
-  _globals['_EDGENODE']._serialized_end=2579
+  _globals['_PROBEREPLY']._serialized_end=393
+  _globals['_LEAVEREQUEST']._serialized_start=395
+  _globals['_LEAVEREQUEST']._serialized_end=447
+  _globals['_LEAVEREPLY']._serialized_start=449
+  _globals['_LEAVEREPLY']._serialized_end=461
+  _globals['_PLANREQUEST']._serialized_start=463
+  _globals['_PLANREQUEST']._serialized_end=476
+  _globals['_ASSIGNMENT']._serialized_start=478
+  _globals['_ASSIGNMENT']._serialized_end=553
+  _globals['_PLANREPLY']._serialized_start=556
+  _globals['_PLANREPLY']._serialized_end=733
+  _globals['_STATUSREQUEST']._serialized_start=735
+  _globals['_STATUSREQUEST']._serialized_end=750
+  _globals['_STAGESTATS']._serialized_start=752
+  _globals['_STAGESTATS']._serialized_end=839
+  _globals['_NODESTATUS']._serialized_start=842
+  _globals['_NODESTATUS']._serialized_end=1161
+  _globals['_FILEREQUEST']._serialized_start=1163
+  _globals['_FILEREQUEST']._serialized_end=1212
+  _globals['_FILECHUNK']._serialized_start=1214
+  _globals['_FILECHUNK']._serialized_end=1239
+  _globals['_TENSORHEADER']._serialized_start=1242
+  _globals['_TENSORHEADER']._serialized_end=1488
+  _globals['_TENSORPART']._serialized_start=1490
+  _globals['_TENSORPART']._serialized_end=1575
+  _globals['_FRAME']._serialized_start=1577
+  _globals['_FRAME']._serialized_end=1624
+  _globals['_STREAMSUMMARY']._serialized_start=1626
+  _globals['_STREAMSUMMARY']._serialized_end=1673
+  _globals['_EDGENODE']._serialized_start=2042
+  _globals['_EDGENODE']._serialized_end=2600
 # @@protoc_insertion_point(module_scope)

@@ -91,10 +91,12 @@ class ProbeChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class ProbeReply(_message.Message):
-    __slots__ = ("bytes",)
+    __slots__ = ("bytes", "bytes_per_s")
     BYTES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
     bytes: int
-    def __init__(self, bytes: _Optional[int] = ...) -> None: ...
+    bytes_per_s: float
+    def __init__(self, bytes: _Optional[int] = ..., bytes_per_s: _Optional[float] = ...) -> None: ...
 
 class LeaveRequest(_message.Message):
     __slots__ = ("node_id", "incarnation")
