@@ -32,6 +32,7 @@ from edgenode.planning.partition import (
     plan_parts,
     plan_pipeline,
 )
+from edgenode.planning.serving import Serving, serving
 
 __all__ = [
     "DEFAULT_BANDWIDTH_BYTES_PER_S",
@@ -45,6 +46,7 @@ __all__ = [
     "NodeSpec",
     "OpCost",
     "Plan",
+    "Serving",
     "StageCost",
     "TensorCost",
     "boundary_tensors",
@@ -56,6 +58,7 @@ __all__ = [
     "plan_pipeline",
     "quantize_link",
     "quantize_speed",
+    "serving",
     "stage_cost",
     "stage_memory_bytes",
 ]
