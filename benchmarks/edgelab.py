@@ -181,6 +181,9 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
             "replicas": cluster.replicas,
             "predicted_bottleneck_s": first.plan.bottleneck_s,
             "predicted_latency_s": first.plan.latency_s,
+            "assignments": [[a.node_id, a.start, a.stop, a.replica] for a in cluster.assignments],
+            "members": list(first.plan.members),
+            "origin": cluster.stages[0][0],
             "speeds_gflops": {
                 st.node_id: st.node.capacity.speed / 1e9 for st in cluster.statuses.values()
             },
@@ -260,6 +263,32 @@ def calibrated_gflops(directory: Path, local: Local) -> float:
 
     flops = sum(p.flops for p in manifest_of(directory).parts)
     return two_digits(flops / local.time()["latency_s"] / 1e9)
+
+
+def predicted_serving(model_dir: Path, result: dict[str, Any]) -> dict[str, float]:
+    """The planner's model of what the agreed plan serves to requests entering at the
+    client's origin (edgenode.planning.serving: the origin's link feeds other replicas)."""
+    from harness.models import manifest_of
+
+    from edgenode.planning import Assignment, ClusterPlan, NodeSpec
+    from edgenode.planning.serving import serving
+    from edgenode.runtime.negotiation import link_of
+
+    manifest = manifest_of(model_dir)
+    plan = ClusterPlan(
+        manifest_digest="", members=tuple(result["members"]), idle=(),
+        assignments=tuple(Assignment(node_id=n, start=a, stop=b, replica=r)
+                          for n, a, b, r in result["assignments"]),
+        bottleneck_s=result["predicted_bottleneck_s"], latency_s=result["predicted_latency_s"],
+    )  # fmt: skip
+    members = [
+        NodeSpec(node_id=n, speed=result["speeds_gflops"][n] * 1e9, memory_bytes=1 << 40,
+                 link_bytes_per_s=result["links_mbps"][n] * 1e6 / 8)
+        for n in result["members"]
+    ]  # fmt: skip
+    got = serving(plan, manifest.cost_graph(), members, link_of(manifest), origin=result["origin"])
+    return {"latency_s": got.latency_s, "throughput_rps": got.throughput_rps,
+            "forward_rps": got.forward_rps}  # fmt: skip
 
 
 def hop_bytes(model_dir: Path, stages: list[list[Any]]) -> list[int]:
@@ -379,6 +408,7 @@ def cluster_run(lab: Lab, client: Host, run: dict[str, Any], model_dir: Path,
         run["plans_agreed"] = sum(n.log().count(" agreed: ") for n in nodes)
     run.update(result)
     run["hop_bytes"] = hop_bytes(model_dir, result["stages"])
+    run["serving"] = predicted_serving(model_dir, result)
     got = np.asarray(result["logits"])
     ref = np.asarray(local.logits)
     run["agree"] = int(np.sum(got.argmax(-1) == ref.argmax(-1)))
