@@ -331,12 +331,9 @@ def rates(lab: Lab, seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
-def unshape_download(lab: Lab, host: Host) -> None:
-    """Gigabit into ``host`` (the switch side of its veths), its upload unchanged.
-    (lab.py shapes both directions together; this reaches into its switch.)"""
-    for iface in host.interfaces:
-        lab._switch.run("tc", "qdisc", "replace", "dev", iface.switch_side, "root",
-                        *PROFILES["ethernet"].tbf())  # fmt: skip
+def unshape_download(host: Host) -> None:
+    """Gigabit into ``host``, its upload unchanged."""
+    host.shape(host.profile, down="ethernet")
 
 
 def cluster_run(lab: Lab, client: Host, run: dict[str, Any], model_dir: Path,
@@ -385,7 +382,7 @@ def cluster_run(lab: Lab, client: Host, run: dict[str, Any], model_dir: Path,
         if line:
             origin = json.loads(line)["origin"]
             run["agreed_s"] = time.monotonic() - started
-            unshape_download(lab, hosts[[n.name for n in nodes].index(origin)])
+            unshape_download(hosts[[n.name for n in nodes].index(origin)])
             proc.stdin.write("go\n")
             proc.stdin.flush()
         try:

@@ -241,6 +241,16 @@ def test_poor_wifi_is_much_slower_than_ethernet(lab: Lab) -> None:
     assert poor < 1.5 * 8e6, poor
 
 
+def test_a_link_can_be_slower_one_way(lab: Lab) -> None:
+    """``shape(up, down=...)``: an 8 Mbit/s upload with a gigabit download."""
+    uplink, other = _hosts(lab, "u1", "o1", profile="ethernet")
+    uplink.shape("poor-wifi", down="ethernet")
+    sent = measure_rate(uplink, other, seconds=0.5)
+    received = measure_rate(other, uplink, seconds=0.5)
+    assert sent < 1.5 * 8e6, sent
+    assert received > 10 * sent, (sent, received)
+
+
 _KILLED_RUN = """
 import sys, time
 sys.path.insert(0, sys.argv[1])

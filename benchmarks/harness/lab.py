@@ -231,15 +231,22 @@ class Host:
         self._shape(iface, self.profile, "add")
         return iface
 
-    def _shape(self, iface: Interface, profile: Profile, verb: str) -> None:
+    def _shape(
+        self, iface: Interface, profile: Profile, verb: str, down: Profile | None = None
+    ) -> None:
+        # Upload: the host's own end of the veth; download: the switch's end.
         self._holder.run("tc", "qdisc", verb, "dev", iface.name, "root", *profile.tbf())
-        self.lab._switch.run("tc", "qdisc", verb, "dev", iface.switch_side, "root", *profile.tbf())
+        self.lab._switch.run("tc", "qdisc", verb, "dev", iface.switch_side, "root",
+                             *(down or profile).tbf())  # fmt: skip
 
-    def shape(self, profile: Profile | str) -> None:
-        """Change the speed of every link of this host (both directions)."""
+    def shape(self, profile: Profile | str, *, down: Profile | str | None = None) -> None:
+        """Change the speed of every link of this host: ``profile`` both ways, or, given
+        ``down``, ``profile`` for what it sends and ``down`` for what it receives (an
+        asymmetric link: a home uplink, or Wi-Fi far from its access point)."""
         self.profile = PROFILES[profile] if isinstance(profile, str) else profile
+        into = PROFILES[down] if isinstance(down, str) else down
         for iface in self.interfaces:
-            self._shape(iface, self.profile, "replace")
+            self._shape(iface, self.profile, "replace", into)
 
     def kill(self) -> None:
         self._holder.kill()
