@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from harness import RESULTS, ROOT  # puts the repository root on sys.path
 from harness.lab import PROFILES, Host, Lab, LabError, measure_rate, unavailable
-from harness.labtable import write_results
+from harness.labtable import CORES, write_results
 from harness.report import say
 
 MODEL = "EfficientNetLite0"
@@ -348,7 +348,16 @@ def cluster_run(lab: Lab, client: Host, run: dict[str, Any], model_dir: Path,
                      run["speed_gflops"], run["link_mbps"])  # fmt: skip
     hosts = [lab.add_host(f"{tag}-{i}", profile) for i in range(count)]
     nodes = [
-        LabNode(h, f"n{i}", work, "--config", str(config), "--model", str(model_dir))
+        LabNode(
+            h,
+            f"n{i}",
+            work,
+            "--config",
+            str(config),
+            "--model",
+            str(model_dir),
+            cpu=i % CORES if run.get("pinned") else None,
+        )
         for i, h in enumerate(hosts)
     ]
     started = time.monotonic()
@@ -437,7 +446,7 @@ def plan_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
         for link in (0.0, TOLD_GIGABIT_MBPS) if profile == "poor-wifi" else (0.0,):
             runs.append({"kind": "planner", "profile": profile, "format": fmt,
                          "nodes": args.planner_nodes, "speed_gflops": args.real_gflops,
-                         "link_mbps": link})  # fmt: skip
+                         "link_mbps": link, "pinned": args.pin})  # fmt: skip
 
     ordered = [p for p in PROFILE_ORDER if p in args.profiles or p in args.planner_profiles]
     for profile in ordered:
@@ -447,7 +456,9 @@ def plan_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
             planner_runs(profile)
     for k, run in enumerate(runs):
         link = f"-link{run['link_mbps']:g}" if run["link_mbps"] else ""
-        run["tag"] = f"{k}-{run['kind']}-{run['profile']}-{run['format']}-{run['nodes']}{link}"
+        pin = "-pinned" if run.get("pinned") else ""
+        run["tag"] = (f"{k}-{run['kind']}-{run['profile']}-{run['format']}-{run['nodes']}"
+                      f"{link}{pin}")  # fmt: skip
     return runs
 
 
@@ -483,6 +494,9 @@ def main() -> None:
                         help="real node speeds, link measured (poor-wifi: also told "
                         "gigabit); default: every profile of --profiles")  # fmt: skip
     parser.add_argument("--planner-nodes", type=int, default=4)
+    parser.add_argument("--pin", action="store_true",
+                        help="planner runs: node i on core i mod the machine's cores (with "
+                        "no more nodes than cores, each node a device of its own)")  # fmt: skip
     parser.add_argument("--planner-speed", choices=("calibrated", "selfbench"),
                         default="calibrated", help="the planner runs' node speeds: the model's "
                         "FLOPs / its local latency here (default), or each node's own "

@@ -56,13 +56,17 @@ CLI_TIMEOUT_S = 120.0
 class LabNode:
     """One `edgenode run` on a lab host, listening on all of the host's addresses."""
 
-    def __init__(self, host: Host, name: str, workdir: Path, *args: str) -> None:
+    def __init__(
+        self, host: Host, name: str, workdir: Path, *args: str, cpu: int | None = None
+    ) -> None:
+        """``cpu``: run on that core only (a device of its own, where cores allow)."""
         self.host = host
         self.name = name
         self.log_path = workdir / f"{name}.log"
         self.ready_path = workdir / f"{name}.ready.json"
         with self.log_path.open("w") as log:
-            command = [sys.executable, "-m", "edgenode.cli", "run", "--name", name,
+            pin = [] if cpu is None else ["taskset", "-c", str(cpu)]  # execs: same pid
+            command = [*pin, sys.executable, "-m", "edgenode.cli", "run", "--name", name,
                        "--listen", "0.0.0.0:0", "--state-dir", str(workdir / name),
                        "--ready-file", str(self.ready_path), "--insecure", *args]  # fmt: skip
             self.process = host.popen(

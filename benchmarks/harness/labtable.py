@@ -141,7 +141,8 @@ def targets(done: Sequence[dict[str, Any]]) -> list[list[object]]:
         lat = _pred_latency(r) / _median(r)
         tput = _pred_tput(r) / r["throughput_rps"]
         rows.append([
-            f"{r['profile']}, {r['format']}, real speeds, link measured ({r['plan']}): "
+            f"{r['profile']}, {r['format']}, {_nodes_label(r)}, real speeds, link measured "
+            f"({r['plan']}): "
             "planner's latency and "
             "throughput within 20 % of measured",
             f"predicted latency {lat:.2f}x, throughput {tput:.2f}x the measured"
@@ -158,15 +159,25 @@ def targets(done: Sequence[dict[str, Any]]) -> list[list[object]]:
             met(False),
         ])  # fmt: skip
     for fmt in FORMATS:
-        rows += _ab(done, fmt)
+        for count, pinned in sorted(_planner_kinds(done)):
+            rows += _ab(done, fmt, count, pinned)
     return rows
 
 
-def _ab(done: Sequence[dict[str, Any]], fmt: str) -> list[list[object]]:
+def _planner_kinds(done: Sequence[dict[str, Any]]) -> set[tuple[int, bool]]:
+    return {(r["nodes"], bool(r.get("pinned"))) for r in done if r["kind"] == "planner"}
+
+
+def _nodes_label(r: dict[str, Any]) -> str:
+    return f"{r['nodes']} nodes" + (", one core each" if r.get("pinned") else "")
+
+
+def _ab(done: Sequence[dict[str, Any]], fmt: str, count: int, pinned: bool) -> list[list[object]]:
     """The poor-wifi A/B in ``fmt``: the plan for the measured link against the gigabit one."""
     rows: list[list[object]] = []
-    measured = _find(done, kind="planner", profile="poor-wifi", format=fmt, link_mbps=0.0)
-    told = _find(done, kind="planner", profile="poor-wifi", format=fmt, link_mbps=1000.0)
+    runs = [r for r in done if r["nodes"] == count and bool(r.get("pinned")) == pinned]
+    measured = _find(runs, kind="planner", profile="poor-wifi", format=fmt, link_mbps=0.0)
+    told = _find(runs, kind="planner", profile="poor-wifi", format=fmt, link_mbps=1000.0)
     if measured and told:
         narrower = (len(measured["stages"]), measured["hop_bytes"][1:-1]) != (
             len(told["stages"]), told["hop_bytes"][1:-1])  # fmt: skip
@@ -174,7 +185,8 @@ def _ab(done: Sequence[dict[str, Any]], fmt: str) -> list[list[object]]:
             measured["hop_bytes"][1:-1]) < sum(told["hop_bytes"][1:-1])  # fmt: skip
         faster = measured["throughput_rps"] > told["throughput_rps"]
         rows.append([
-            f"poor-wifi, real speeds, {fmt}: the plan for the measured link is narrower or has "
+            f"poor-wifi, {_nodes_label(measured)}, real speeds, {fmt}: the plan for the "
+            "measured link is narrower or has "
             "fewer stages than the gigabit plan, and measures faster",
             f"measured link: {measured['plan']}, {len(measured['stages'])} stage(s) x "
             f"{measured['replicas']} pipeline(s), {sum(measured['hop_bytes'][1:-1]) / 1e3:.0f} kB "
@@ -285,7 +297,8 @@ def report(args: Any, rate_rows: Sequence[dict[str, Any]], done: Sequence[dict[s
         "",
         "## The planner with real node speeds",
         "",
-        f"{args.planner_nodes} nodes per cluster, "
+        'Nodes per cluster as the table says ("one core each": `--pin`, node i on core i '
+        "of this machine's, the other processes anywhere), "
         + (
             "each node's speed set to the model's FLOPs over "
             "its median latency here (LiteRT, one thread), i.e. what a node really does; "
@@ -300,11 +313,12 @@ def report(args: Any, rate_rows: Sequence[dict[str, Any]], done: Sequence[dict[s
         "gigabit. Predicted: as in the table above.",
         "",
         *table(
-            "profile|format|link|node speeds GFLOP/s|links Mbit/s as planned|" + CELL_HEADERS,
+            "profile|format|nodes|link|node speeds GFLOP/s|links Mbit/s as planned|" + CELL_HEADERS,
             [
                 [
                     r["profile"],
                     r["format"],
+                    _nodes_label(r),
                     "told 1000" if r["link_mbps"] else "measured",
                     " ".join(f"{v:.2g}" for _, v in sorted(r["speeds_gflops"].items())),
                     " ".join(f"{v:.3g}" for _, v in sorted(r["links_mbps"].items())),
@@ -373,7 +387,8 @@ META = ("photo_paths", "rate_s", "requests", "window_s", "planner_nodes", "plann
 
 
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:
-    return (r["kind"], r["profile"], r["format"], r["nodes"], r["link_mbps"])
+    return (r["kind"], r["profile"], r["format"], r["nodes"], r["link_mbps"],
+            r.get("pinned", False))  # fmt: skip
 
 
 def merged(
