@@ -1,39 +1,118 @@
 """A short self-benchmark: this device's speed score, advertised to the cluster.
 
-The score is the FLOP/s of a float32 matrix product in NumPy, times the share of that
-peak a small CNN reaches (measured here: MobileNetV3Large under tf.function on one
-thread runs at ~22 GFLOP/s where the matmul gives ~230 on two cores). It is the same
-measurement whatever the backend, so nodes compare fairly, and the factor keeps its
-scale comparable with the link's costs, which the planner weighs against it.
+The score is the near-best rate of short bursts of float32 matrix products on one thread, times
+the share of that rate a CNN reaches on one thread with the node's backend (a part runs on
+``model.threads`` threads, 1 by default).
+
+Why one thread, CPU time and short bursts: a 256x256 product runs on all of OpenBLAS's
+threads, which busy-wait for each other. When another process wants a core (nodes started
+together, each importing its libraries) those threads end up sharing one core and every
+product waits for the scheduler: 4 nodes started at once on 2 cores read 0.1-0.2 GFLOP/s
+instead of 17, in about half of the starts. A 64x64 product stays on the calling thread
+(OpenBLAS threads only above 64**3 multiply-adds); a burst of them is timed by this
+thread's CPU time, which neither another process's turn on the core nor a wait for the
+GIL adds to; and a burst near the fastest of a window is one that nothing else slowed
+(a cache another process emptied). A busy machine makes the measurement take longer, not
+read lower.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import statistics
 import time
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["measure_speed", "total_memory_bytes"]
+from edgenode.errors import ModelError
 
-_SIZE = 256  # matrix side: 33.5 MFLOP per product, ~1-10 ms on a Pi-class core
-_RUNS = 15
-MODEL_EFFICIENCY = 0.1  # share of the matmul peak that CNN parts reach
+__all__ = [
+    "MODEL_EFFICIENCY",
+    "UNKNOWN_BACKEND_EFFICIENCY",
+    "burst_flops",
+    "burst_time_s",
+    "measure_speed",
+    "total_memory_bytes",
+]
+
+_SIDE = 64  # matrix side: 64**3 multiply-adds, the most OpenBLAS runs on the calling thread
+_BATCH = 16  # products per burst: 8.4 MFLOP, 0.75 MiB of operands (fits a core's L2)
+WINDOW_S = 0.3  # bursts run this long (wall time) ...
+MIN_BURSTS = 20  # ... and at least this many, however slow the device
+# Not the fastest burst: CPU time now and then reads a burst up to 20% short.
+FAST_QUANTILE = 0.1
+
+# Share of the one-thread matmul rate the whole model reaches on one thread, by part format
+# (measured on one 2-core x86 machine, AVX-512, numpy's OpenBLAS, 1 thread per part):
+# LiteRT EfficientNetLite0 0.63-0.73 (70-81 GFLOP/s, 1 or 8 parts); Keras MobileNetV3Large
+# 0.25 (26 GFLOP/s). The model matters as much as the backend (on another machine Keras ran
+# DenseNet121 5x faster per FLOP than MobileNetV3Large): these are typical CNN figures.
+MODEL_EFFICIENCY: Mapping[str, float] = {"keras": 0.25, "litert": 0.7}
+# When the caller does not say which backend runs: the geometric mean, at most 1.7x off.
+UNKNOWN_BACKEND_EFFICIENCY = math.sqrt(MODEL_EFFICIENCY["keras"] * MODEL_EFFICIENCY["litert"])
 
 
-def measure_speed(*, runs: int = _RUNS) -> float:
-    """Expected model FLOP/s: a 256x256 float32 matmul's rate x MODEL_EFFICIENCY."""
+def burst_flops() -> int:
+    """FLOPs of one burst of the default benchmark."""
+    return 2 * _BATCH * _SIDE**3
+
+
+def _matmul_burst() -> Callable[[], None]:
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((_SIZE, _SIZE), dtype=np.float32)
-    b = rng.standard_normal((_SIZE, _SIZE), dtype=np.float32)
-    np.matmul(a, b)  # warm-up: page in, pick the kernel
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        np.matmul(a, b)
-        times.append(time.perf_counter() - start)
-    return MODEL_EFFICIENCY * 2 * _SIZE**3 / max(statistics.median(times), 1e-9)
+    a = rng.standard_normal((_BATCH, _SIDE, _SIDE), dtype=np.float32)
+    b = rng.standard_normal((_BATCH, _SIDE, _SIDE), dtype=np.float32)
+    out = np.empty_like(a)
+
+    def burst() -> None:
+        np.matmul(a, b, out=out)
+
+    return burst
+
+
+def burst_time_s(
+    burst: Callable[[], None],
+    *,
+    window_s: float = WINDOW_S,
+    min_bursts: int = MIN_BURSTS,
+    clock: Callable[[], float] = time.thread_time,
+    wall: Callable[[], float] = time.perf_counter,
+) -> float:
+    """How long ``burst()`` takes by ``clock`` (this thread's CPU time) when nothing slows
+    it: the FAST_QUANTILE of its times, run back to back for ``window_s`` of ``wall`` time
+    and at least ``min_bursts`` times, after one untimed warm-up call."""
+    burst()  # page in the operands, pick the kernel
+    times: list[float] = []
+    start = wall()
+    while len(times) < min_bursts or wall() - start < window_s:
+        before = clock()
+        burst()
+        times.append(clock() - before)
+    times.sort()
+    return times[int(FAST_QUANTILE * len(times))]
+
+
+def measure_speed(
+    *,
+    backend: str | None = None,
+    window_s: float = WINDOW_S,
+    clock: Callable[[], float] = time.thread_time,
+    wall: Callable[[], float] = time.perf_counter,
+    burst: Callable[[], None] | None = None,
+    flops_per_burst: int = 0,
+) -> float:
+    """Expected model FLOP/s on one thread: a one-thread matmul burst's rate x the
+    efficiency of ``backend`` (a part format, "keras" or "litert"; None: unknown).
+    ``burst`` and its ``flops_per_burst`` replace the matmul (tests)."""
+    efficiency = UNKNOWN_BACKEND_EFFICIENCY if backend is None else MODEL_EFFICIENCY.get(backend)
+    if efficiency is None:
+        raise ModelError(f"unknown backend {backend!r}: one of {sorted(MODEL_EFFICIENCY)}")
+    if burst is None:
+        burst, flops_per_burst = _matmul_burst(), burst_flops()
+    elif flops_per_burst <= 0:
+        raise ValueError("a burst needs its flops_per_burst")
+    seconds = burst_time_s(burst, window_s=window_s, clock=clock, wall=wall)
+    return efficiency * flops_per_burst / max(seconds, 1e-9)
 
 
 def total_memory_bytes() -> int:
