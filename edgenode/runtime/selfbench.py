@@ -43,13 +43,13 @@ MIN_BURSTS = 20  # ... and at least this many, however slow the device
 # Not the fastest burst: CPU time now and then reads a burst up to 20% short.
 FAST_QUANTILE = 0.1
 
-# Share of the one-thread matmul rate the whole model reaches on one thread, by part format
-# (measured on one 2-core x86 machine, AVX-512, numpy's OpenBLAS, 1 thread per part):
-# LiteRT EfficientNetLite0 0.63-0.73 (70-81 GFLOP/s, 1 or 8 parts); Keras MobileNetV3Large
-# 0.25 (26 GFLOP/s). The model matters as much as the backend (on another machine Keras ran
-# DenseNet121 5x faster per FLOP than MobileNetV3Large): these are typical CNN figures.
-MODEL_EFFICIENCY: Mapping[str, float] = {"keras": 0.25, "litert": 0.7}
-# When the caller does not say which backend runs: the geometric mean, at most 1.7x off.
+# Share of the one-thread matmul rate the whole model reaches on one thread, by part format,
+# measured on one 2-core x86 machine (AVX-512, numpy's OpenBLAS, matmul ~110 GFLOP/s):
+#   LiteRT: EfficientNetLite0 0.63-0.73 (70-81 GFLOP/s, 8 or 1 parts), MobileNetV3Large 0.60
+#   Keras:  EfficientNetLite0 0.41 (46 GFLOP/s), MobileNetV3Large 0.19-0.25 (21-26 GFLOP/s)
+# The model matters too (Keras: 2x between these two); every figure is within 1.6x of these.
+MODEL_EFFICIENCY: Mapping[str, float] = {"keras": 0.3, "litert": 0.65}
+# When the caller does not say which backend runs: their geometric mean, 1.5x from each.
 UNKNOWN_BACKEND_EFFICIENCY = math.sqrt(MODEL_EFFICIENCY["keras"] * MODEL_EFFICIENCY["litert"])
 
 
