@@ -38,6 +38,12 @@ from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, link_spec, lo
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.control import NodeControl
 from edgenode.runtime.follow import follow_plan, tell_router
+from edgenode.runtime.instrument import (
+    ObservedRequests,
+    TimedTransport,
+    stage_observer,
+    watch_plans,
+)
 from edgenode.runtime.linkmeter import measure_link
 from edgenode.runtime.metrics import MetricsServer, NodeMetrics, sample_gauges
 from edgenode.runtime.negotiation import Negotiator, PlanState, link_of
@@ -49,6 +55,7 @@ from edgenode.transport import (
     PROTOCOL_VERSION,
     ControlClient,
     GrpcTransport,
+    InferenceService,
     Security,
     TransportConfig,
 )
@@ -228,9 +235,18 @@ class Node:
         transport_config = TransportConfig(
             max_tensor_bytes=config.limits.max_tensor_bytes, security=security
         )
+        # Metrics off: the request path gets the plain router and transport, nothing observed.
+        observed = bool(config.node.metrics_listen)
+        metrics = self.metrics
+
+        def refused(reason: str) -> None:
+            metrics.refused.labels(reason=reason).inc()
+
         async with contextlib.AsyncExitStack() as stack:
             # Bind first (the port goes into this node's record), build, then serve.
-            transport = GrpcTransport(host, port, config=transport_config)
+            transport = GrpcTransport(
+                host, port, config=transport_config, on_refused=refused if observed else None
+            )
             stack.push_async_callback(transport.aclose)
             await transport.bind()
             bound_port = int(transport.address.rsplit(":", 1)[1])
@@ -259,15 +275,23 @@ class Node:
                 peer = negotiator.membership.get(NodeId(node_id))
                 return str(peer.endpoint) if peer is not None else None
 
-            def on_stage(part: int, seconds: float) -> None:
-                control.record_stage(part, seconds)  # built below, before anything runs
-                self.metrics.stage_latency.labels(part=str(part)).observe(seconds)
+            def peer_at(address: str) -> str | None:
+                members = negotiator.membership.members
+                return next((p.node_id for p in members if str(p.endpoint) == address), None)
+
+            observe_stage = stage_observer(metrics) if observed else None
+
+            def on_stage(parts: range, seconds: tuple[float, ...]) -> None:
+                for part, part_s in zip(parts, seconds, strict=True):
+                    control.record_stage(part, part_s)  # built below, before anything runs
+                if observe_stage is not None:
+                    observe_stage(parts, seconds)
 
             router = Router(
                 node_id=local.node_id,
                 manifest=manifest,
                 host=part_host,
-                transport=transport,
+                transport=TimedTransport(transport, metrics, peer_at) if observed else transport,
                 plan=lambda: negotiator.state.agreed,
                 address_of=address_of,
                 deadline_s=config.limits.request_deadline_s,
@@ -275,6 +299,7 @@ class Node:
                 on_stage=on_stage,
                 slow_link=lambda: slow_link(negotiator.membership.local, cluster_link),
             )
+            serving: InferenceService = ObservedRequests(router, metrics) if observed else router
             control = NodeControl(
                 local=lambda: discovery.local,
                 address=lambda: f"{local.host}:{bound_port}",
@@ -290,7 +315,7 @@ class Node:
             await transport.serve(
                 control_handlers(
                     lambda: control,
-                    lambda: router,
+                    lambda: serving,
                     max_tensor_bytes=config.limits.max_tensor_bytes,
                 )
             )
@@ -301,11 +326,20 @@ class Node:
                 host=part_host,
                 control=control,
             )
-            if config.node.metrics_listen:
+            if observed:
                 m_host, m_port = parse_address(
                     config.node.metrics_listen, key="node.metrics_listen"
                 )
-                await stack.enter_async_context(MetricsServer(self.metrics, m_host, m_port))
+                metrics.describe(
+                    node_id=local.node_id,
+                    model=manifest.model.name,
+                    identity=manifest.identity,
+                    backend=config.model.backend,
+                    wire_format=manifest.wire_format,
+                    threads=config.model.threads,
+                    speed_flops=speed,
+                )
+                await stack.enter_async_context(MetricsServer(metrics, m_host, m_port))
             await stack.enter_async_context(discovery)
             logger.info(
                 "node %s serving on %s:%d (model %s, %s, %s, %s per part, speed %.1f GFLOP/s)",
@@ -332,18 +366,19 @@ class Node:
                     group.create_task(router.run()),
                     group.create_task(tell_router(negotiator, router)),
                     group.create_task(
-                        sample_gauges(
-                            self.metrics,
-                            queued=lambda: transport.stats().queued_tensors,
-                            negotiator=negotiator,
-                            router=router,
-                            host=part_host,
-                        )
-                    ),
-                    group.create_task(
                         follow_plan(negotiator, part_host, client, manifest, directory, on_agreed)
                     ),
                 ]
+                if observed:
+                    gauges = sample_gauges(
+                        metrics,
+                        queued=lambda: transport.stats().queued_tensors,
+                        negotiator=negotiator,
+                        router=router,
+                        host=part_host,
+                    )
+                    tasks.append(group.create_task(gauges))
+                    tasks.append(group.create_task(watch_plans(negotiator, metrics)))
                 if not config.node.link_mbps:
                     meter = measure_link(
                         membership=lambda: negotiator.membership,

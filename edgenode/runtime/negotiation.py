@@ -161,6 +161,7 @@ class Negotiator:
         self._wake = asyncio.Event()
         self._changed = asyncio.Condition()
         self._state = PlanState(computed=None, agreed=None, members=(), version=0)
+        self.members_changed_s = clock()  # when a node last joined or left (this one starting)
 
     @property
     def state(self) -> PlanState:
@@ -213,6 +214,7 @@ class Negotiator:
     async def run(self) -> None:
         """Consume discovery events and keep an agreed plan; returns only when cancelled."""
         self._debounce = self._debounce.changed(self._clock())
+        self.members_changed_s = self._clock()
         self._wake.set()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._consume_events())
@@ -230,6 +232,8 @@ class Negotiator:
         before = {p.node_id for p in self._membership.members}
         after = {p.node_id for p in membership.members}
         self._membership = membership
+        if before != after:
+            self.members_changed_s = self._clock()
         logger.info(
             "membership: %d node%s (joined %s, left %s)",
             len(after),

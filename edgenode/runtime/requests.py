@@ -112,7 +112,7 @@ class Router:
         address_of: Callable[[str], str | None],
         deadline_s: float,
         max_inflight: int = 64,
-        on_stage: Callable[[int, float], None] | None = None,
+        on_stage: Callable[[range, tuple[float, ...]], None] | None = None,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
         slow_link: Callable[[], float] = lambda: 0.0,
@@ -430,8 +430,8 @@ class Router:
         for index, seconds in zip(stage.parts, result.seconds, strict=True):
             recent = self._part_s.get(index, seconds)  # a moving average, new runs 1/5
             self._part_s[index] = recent + 0.2 * (seconds - recent)
-            if self._on_stage is not None:
-                self._on_stage(index, seconds)
+        if self._on_stage is not None:  # once per stage run: its parts and their times
+            self._on_stage(stage.parts, result.seconds)
         values = {**join.values, **result.outputs}
         tensors = [
             Tensor(RequestId(request), name, values[name], plan, self._wire_of(name))

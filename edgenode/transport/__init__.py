@@ -26,6 +26,8 @@ from edgenode.transport._options import PROTOCOL_VERSION
 from edgenode.transport._reports import NodeReport, PlanReport, StageReport
 from edgenode.transport._runtime import loop_factory, run, tune_malloc
 from edgenode.transport._security import Security
+from edgenode.transport._services import InferenceService
+from edgenode.transport._session import infer_status
 from edgenode.transport.codec import (
     CHUNK_BYTES,
     DEFAULT_MAX_TENSOR_BYTES,
@@ -48,6 +50,7 @@ __all__ = [
     "FrameDecoder",
     "GrpcPeer",
     "GrpcTransport",
+    "InferenceService",
     "MemoryNetwork",
     "MemoryPeer",
     "MemoryTransport",
@@ -66,6 +69,7 @@ __all__ = [
     "View",
     "check_listen_address",
     "encode_frames",
+    "infer_status",
     "loop_factory",
     "run",
     "tune_malloc",

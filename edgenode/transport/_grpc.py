@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -70,8 +70,9 @@ def check_listen_address(host: str, port: int) -> None:
 class _Servicer:
     """Translates gRPC calls to the receiver and domain errors to statuses; nothing else."""
 
-    def __init__(self, receiver: Receiver) -> None:
+    def __init__(self, receiver: Receiver, on_refused: Callable[[str], None] | None) -> None:
         self._receiver = receiver
+        self._on_refused = on_refused
 
     async def stream(
         self, frames: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
@@ -81,6 +82,8 @@ class _Servicer:
         except EdgenodeError as exc:
             code, metadata = status_of(exc)
             logger.info("rejected stream from %s: %s: %s", context.peer(), code.name, exc)
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and self._on_refused is not None:
+                self._on_refused("resource_exhausted")  # a tensor over the limit
             await context.abort(code, str(exc), trailing_metadata=metadata)
         return pb.StreamSummary(tensors=totals.tensors, bytes=totals.bytes).SerializeToString()
 
@@ -95,8 +98,12 @@ class GrpcTransport:
         *,
         config: TransportConfig | None = None,
         handlers: Mapping[str, grpc.RpcMethodHandler] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_refused``: told the reason (a status code name, lower case) of every call
+        refused before it is served: no credential, no membership, a tensor too large."""
         self._host, self._port = host, port
+        self._on_refused = on_refused
         self._extra_handlers = dict(handlers or {})  # more methods of the EdgeNode service
         self._config = config or TransportConfig()
         self._receiver = Receiver(self._config)
@@ -134,7 +141,9 @@ class GrpcTransport:
         """Listen on the address (the port is known from here on) without serving yet."""
         await asyncio.to_thread(check_listen_address, self._host, self._port)
         security = self._config.security
-        server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=security.interceptors())
+        server = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=security.interceptors(self._on_refused)
+        )
         try:
             port = security.add_port(server, f"{self._host}:{self._port}")
         except RuntimeError as exc:
@@ -150,7 +159,7 @@ class GrpcTransport:
         server = self._server
         if server is None or self._health is not None:
             raise TransportError("serve() once, after bind()")
-        servicer = _Servicer(self._receiver)
+        servicer = _Servicer(self._receiver, self._on_refused)
         extra = {**self._extra_handlers, **(handlers or {})}
         methods = {"Stream": grpc.stream_unary_rpc_method_handler(servicer.stream), **extra}
         if len(methods) != 1 + len(extra):

@@ -74,12 +74,15 @@ class Security:
         tls = grpc.ssl_server_credentials([(creds.key_pem, creds.cert_pem)])
         return int(server.add_secure_port(address, tls))
 
-    def interceptors(self) -> tuple[grpc.aio.ServerInterceptor, ...]:
-        """The server interceptors enforcing membership (none when insecure)."""
+    def interceptors(
+        self, on_refused: Callable[[str], None] | None = None
+    ) -> tuple[grpc.aio.ServerInterceptor, ...]:
+        """The server interceptors enforcing membership (none when insecure); each refusal
+        is told to ``on_refused`` (``unauthenticated`` or ``permission_denied``)."""
         creds = self.credentials
         if creds is None:
             return ()
-        return (_Membership(TokenVerifier(creds.ca_pem)),)
+        return (_Membership(TokenVerifier(creds.ca_pem), on_refused),)
 
 
 class _TokenPlugin(grpc.AuthMetadataPlugin):  # type: ignore[misc]
@@ -95,8 +98,11 @@ class _TokenPlugin(grpc.AuthMetadataPlugin):  # type: ignore[misc]
 class _Membership(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Refuses every call (but health checks) whose token does not prove membership."""
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(
+        self, verifier: TokenVerifier, on_refused: Callable[[str], None] | None = None
+    ) -> None:
         self._verifier = verifier
+        self._on_refused = on_refused
         self._logged: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     async def intercept_service(
@@ -137,10 +143,12 @@ class _Membership(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _refuse(
         self, handler: grpc.RpcMethodHandler, method: str, code: grpc.StatusCode, reason: str
     ) -> grpc.RpcMethodHandler:
-        log = self._log_once
+        log, count = self._log_once, self._on_refused
 
         async def refuse(context: Any) -> None:
             log(context.peer(), method, reason)
+            if count is not None:
+                count(code.name.lower())
             await context.abort(code, reason)
 
         async def unary(request: Any, context: Any) -> None:

@@ -61,7 +61,7 @@ class Sim:
         self.hosts: dict[str, PartHost] = {}
         self.stacks: dict[str, contextlib.AsyncExitStack] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.runs: dict[str, int] = {}  # parts run, by node
+        self.runs: dict[str, int] = {}  # stages run, by node
 
     def __getitem__(self, name: str) -> Router:
         return self.routers[name]
