@@ -27,6 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from edgenode._systemd import notify
     from edgenode.config import Config, load_config
+    from edgenode.logfields import bind_node
     from edgenode.node import Node, node_security
     from edgenode.planning import ClusterPlan
     from edgenode.transport import run, tune_malloc
@@ -48,6 +49,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = config.override("security", key="", insecure=True)
     elif args.key:
         config = config.override("security", key=args.key, insecure=False)
+    # NODE_ID (and, once it serves a plan, PLAN_DIGEST) of every line this node logs.
+    tags = bind_node(config.node.node_id)
     ready_file = Path(args.ready_file) if args.ready_file else None
     _check_before_tensorflow(config, ready_file)
     security = node_security(config)  # a missing or bad key: one line before anything starts
@@ -58,6 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runners = _test_mutation(config.model.threads)
 
     def on_agreed(plan: ClusterPlan) -> None:
+        tags.plan_changed(plan.digest)  # the plan served: its parts are loaded
         # systemd (Type=notify) counts the node as started once it serves a plan.
         parts = plan.parts_of(config.node.node_id)
         share = f"parts {parts.start}-{parts.stop - 1}" if parts else "idle"

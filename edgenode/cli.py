@@ -30,6 +30,7 @@ from edgenode._cli_common import (
 from edgenode._cli_demo import cmd_demo
 from edgenode._cli_infer import cmd_infer
 from edgenode._cli_keygen import cmd_keygen
+from edgenode._cli_logging import add_log_arguments, configure_logging
 from edgenode._cli_model import (
     check_plan,
     check_profile,
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="once the node serves, write FILE (atomically) as JSON: node_id, address "
         "(host:port) and pid; removed when the node stops",
     )
+    add_log_arguments(run)
     run.set_defaults(func=cmd_run, log_level=logging.INFO, end_process=True)
 
     status = sub.add_parser(
@@ -443,20 +445,13 @@ def _add_security_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true", help="talk to an insecure cluster")
 
 
-def _configure_logging(verbose: int, base: int = logging.WARNING) -> None:
-    level = base if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # TensorFlow's C++ logging is read from the environment when it is first imported.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if verbose < 2 else "0")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgenode`` console script."""
     # gRPC's C core logs every failed TLS handshake at info level; our own log says it once.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose, getattr(args, "log_level", logging.WARNING))
+    configure_logging(args)
     code = _command(args)
     if getattr(args, "end_process", False):
         # `run`: the node has closed what it opened; the interpreter's teardown would hold

@@ -31,6 +31,8 @@ from edgenode.mesh.membership import (
     REPLAN_QUIET_S,
     Debounce,
     Membership,
+    PeerChange,
+    peer_changes,
 )
 from edgenode.mesh.memory import InMemoryDiscovery, InMemoryNetwork
 from edgenode.mesh.static import StaticDiscovery
@@ -52,6 +54,7 @@ __all__ = [
     "InvalidPeerRecord",
     "Membership",
     "NodeId",
+    "PeerChange",
     "PeerEvent",
     "PeerEventKind",
     "PeerEvents",
@@ -64,5 +67,6 @@ __all__ = [
     "incompatibility",
     "local_addresses",
     "new_incarnation",
+    "peer_changes",
     "valid_node_id",
 ]

@@ -18,7 +18,8 @@ from edgenode.errors import UsageError
 from edgenode.mesh._peer import NodeId, PeerEvent, PeerEventKind, PeerInfo
 from edgenode.planning import NodeSpec
 
-__all__ = ["REPLAN_MAX_DELAY_S", "REPLAN_QUIET_S", "Debounce", "Membership"]
+__all__ = ["REPLAN_MAX_DELAY_S", "REPLAN_QUIET_S", "Debounce", "Membership", "PeerChange",
+           "peer_changes"]  # fmt: skip
 
 REPLAN_QUIET_S = 0.15  # re-plan once membership has been stable this long...
 REPLAN_MAX_DELAY_S = 0.6  # ...but never later than this after the first change
@@ -144,6 +145,47 @@ class Membership:
         if alive == self.alive and dead == self.dead:
             return self
         return replace(self, alive=alive, dead=dead)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerChange:
+    """What happened to one peer between two memberships: ``state`` is "joined", "left",
+    "unreachable" (marked dead), "back" (the same run revived), "restarted" (a new run)
+    or "moved" (another endpoint); ``peer`` is its record after (before, when it left)."""
+
+    state: str
+    peer: PeerInfo
+
+
+def peer_changes(before: Membership, after: Membership) -> tuple[PeerChange, ...]:
+    """The changes of every peer from ``before`` to ``after``, by node id. A record that
+    changed nothing but its capacity (a measured link) and the record of a dead peer
+    refreshed are no change: an operator reads one line per change of a peer's state."""
+    ids = {p.node_id for m in (before, after) for p in (*m.alive, *m.dead)}
+    changes: list[PeerChange] = []
+    for node_id in sorted(ids):
+        was_alive, was_dead = _find(before.alive, node_id), _find(before.dead, node_id)
+        now_alive, now_dead = _find(after.alive, node_id), _find(after.dead, node_id)
+        old = was_alive or was_dead
+        state = ""
+        if now_alive is not None:
+            if old is None:
+                state = "joined"
+            elif not old.same_run(now_alive):
+                state = "restarted"
+            elif was_dead is not None:
+                state = "back"
+            elif old.endpoint != now_alive.endpoint:
+                state = "moved"
+        elif now_dead is not None:
+            if was_alive is not None:
+                state = "unreachable"
+        elif old is not None:
+            state = "left"
+        record = now_alive or now_dead or old
+        if state and record is not None:
+            changes.append(PeerChange(state=state, peer=record))
+    return tuple(changes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -150,7 +150,7 @@ class Vetting:
         membership = self._membership()
         known = membership.record(node_id)
         if known is not None and known.incarnation == incarnation:
-            logger.info("peer %s left the cluster", node_id)
+            logger.debug("peer %s left the cluster", node_id)
             self._update(membership.apply(PeerEvent(PeerEventKind.LEFT, known)))
 
     # -- internals -------------------------------------------------------------------------
@@ -248,9 +248,11 @@ class Vetting:
                     _started(answer),
                 )
                 return False
-            logger.info("peer %s restarted (run %x) at %s", hint.node_id, answer.incarnation, where)
+            logger.debug(
+                "peer %s restarted (run %x) at %s", hint.node_id, answer.incarnation, where
+            )
         elif known is not None and where != known.endpoint:
-            logger.info("peer %s moved from %s to %s", hint.node_id, known.endpoint, where)
+            logger.debug("peer %s moved from %s to %s", hint.node_id, known.endpoint, where)
         kind = PeerEventKind.JOINED if known is None else PeerEventKind.UPDATED
         self._update(self._membership().apply(PeerEvent(kind, record)))
         return True
@@ -273,13 +275,13 @@ class Vetting:
         if answer is not None and answer.node_id == known.node_id:
             record = _reached(answer, known.endpoint)
             if incompatibility(membership.local, record) is None:
-                logger.info("peer %s restarted (run %x)", known.node_id, answer.incarnation)
+                logger.debug("peer %s restarted (run %x)", known.node_id, answer.incarnation)
                 self._update(membership.apply(PeerEvent(PeerEventKind.JOINED, record)))
                 return True
         if membership.is_dead(known.node_id):
             self._update(membership.apply(PeerEvent(PeerEventKind.LEFT, known)))
         else:
-            logger.info("peer %s said goodbye (mDNS) and does not answer: gone", known.node_id)
+            logger.debug("peer %s said goodbye (mDNS) and does not answer: gone", known.node_id)
             self._update(membership.mark_dead(known.node_id, known.incarnation))
         return True
 

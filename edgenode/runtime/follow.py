@@ -92,11 +92,11 @@ async def follow_plan(
             continue
         served = plan
         if parts:
-            logger.info(
+            logger.debug(
                 "plan %s: running parts %d-%d", plan.digest[:12], parts.start, parts.stop - 1
             )
         else:
-            logger.info("plan %s: no part for this node (idle)", plan.digest[:12])
+            logger.debug("plan %s: no part for this node (idle)", plan.digest[:12])
         if on_agreed is not None:
             on_agreed(plan)
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edgenode.errors import EdgenodeError, PeerUnavailable, PlanError
+from edgenode.logfields import PEER_ID, PLAN_DIGEST
 from edgenode.mesh import (
     Debounce,
     Discovery,
@@ -43,6 +44,7 @@ from edgenode.mesh import (
     Membership,
     NodeId,
     PeerInfo,
+    peer_changes,
 )
 from edgenode.mesh.vetting import CHECK_MAX_BACKOFF_S, Vetting
 from edgenode.model.manifest import Manifest
@@ -106,6 +108,25 @@ class PlanState:
     def settled(self) -> bool:
         """True when the served plan is the latest computed one."""
         return self.computed is not None and self.agreed is self.computed
+
+
+def _log_peer_changes(before: Membership, after: Membership) -> None:
+    """One line per change of a peer's state: "membership: peer b joined at HOST:PORT
+    (3 nodes)"; left, unreachable (a warning), back, restarted, moved."""
+    count = len(after.members)
+    for change in peer_changes(before, after):
+        peer = change.peer
+        where = "" if change.state in ("left", "unreachable") else f" at {peer.endpoint}"
+        logger.log(
+            logging.WARNING if change.state == "unreachable" else logging.INFO,
+            "membership: peer %s %s%s (%d node%s)",
+            peer.node_id,
+            change.state,
+            where,
+            count,
+            "" if count == 1 else "s",
+            extra={PEER_ID: peer.node_id},
+        )
 
 
 class Negotiator:
@@ -226,6 +247,7 @@ class Negotiator:
         await self._vetting.run(self._discovery.events())
 
     def _set_membership(self, membership: Membership) -> None:
+        _log_peer_changes(self._membership, membership)
         if membership.members == self._membership.members:
             self._membership = membership
             return
@@ -234,7 +256,7 @@ class Negotiator:
         self._membership = membership
         if before != after:
             self.members_changed_s = self._clock()
-        logger.info(
+        logger.debug(
             "membership: %d node%s (joined %s, left %s)",
             len(after),
             "" if len(after) == 1 else "s",
@@ -295,7 +317,17 @@ class Negotiator:
             if all(answer == plan.digest for answer in answers):
                 stages = ", ".join(f"{a.node_id}:{a.start}-{a.stop - 1}" for a in plan.assignments)
                 idle = f"; idle {', '.join(plan.idle)}" if plan.idle else ""
-                logger.info("plan %s agreed: %s%s", plan.digest[:12], stages, idle)
+                # One line per plan change: the same plan agreed again (a member that
+                # came back) is no change.
+                changed = self._state.agreed is None or self._state.agreed.digest != plan.digest
+                logger.log(
+                    logging.INFO if changed else logging.DEBUG,
+                    "plan %s agreed: %s%s",
+                    plan.digest[:12],
+                    stages,
+                    idle,
+                    extra={PLAN_DIGEST: plan.digest},
+                )
                 await self._publish(computed=plan, agreed=plan)
                 return
             await self._sleep_or_wake(self._confirm_interval_s)
@@ -312,7 +344,7 @@ class Negotiator:
         if self._debounce.pending or state.computed is None:
             return
         if any(a is not None and a != state.computed.digest for a in answers):
-            logger.info("a member computed another plan; confirming again")
+            logger.debug("a member computed another plan; confirming again")
             await self._confirm(state.computed)
 
     async def _probe_dead(self) -> None:
@@ -337,7 +369,7 @@ class Negotiator:
                 backoff = min(max(backoff * 2, self._revive_first_s * 2), self._revive_max_s)
                 self._revive[peer.node_id] = (self._clock() + backoff, backoff)
                 return
-            logger.warning("peer %s answers again: it rejoins", peer.node_id)
+            logger.debug("peer %s answers again: it rejoins", peer.node_id)
             self._revive.pop(peer.node_id, None)
             self._set_membership(self._membership.revive(peer.node_id, peer.incarnation))
 
@@ -369,7 +401,7 @@ class Negotiator:
             if failures == 1:
                 logger.warning("peer %s does not answer: %s", peer.node_id, exc)
             if failures >= self._dead_after:
-                logger.warning(
+                logger.debug(  # the membership line below says it
                     "peer %s marked dead after %d failure%s",
                     peer.node_id,
                     failures,

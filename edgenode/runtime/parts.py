@@ -168,10 +168,10 @@ class PartHost:
                     raise
                 self._loaded[i] = _Loaded(spec, runner, worker, threading.Lock())
                 self._loading.pop(i, asyncio.Event()).set()
-                logger.info("loaded part %d (%s)", i, spec.file)
+                logger.debug("loaded part %d (%s)", i, spec.file)
             for i in [i for i in self._loaded if i not in wanted]:
                 await asyncio.to_thread(self._loaded.pop(i).worker.shutdown, wait=True)
-                logger.info("unloaded part %d", i)
+                logger.debug("unloaded part %d", i)
 
     async def run(self, index: int, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run part ``index`` on its worker thread; ModelError on bad inputs."""

@@ -1,14 +1,13 @@
 """The request path: origin, join buffers, running owned parts, forwarding outputs.
 
-A request enters at any node (its origin). The origin picks a replica pipeline and
-sends each model input to the owners of the parts that read it. A node that owns
-parts [a, b) waits until every tensor its range reads from outside has arrived for a
-request (join buffer), runs its parts back to back on a worker thread, and sends
-each output straight to the owners of the parts that read it (in its own replica) and
-every final output to the origin. Intermediate tensors never go back through the
-origin or the client. Tensors for this node itself are handed over without the network.
-Intermediate tensors travel in the manifest's wire format (``transport.codec`` encodes
-them); the client's inputs and the final outputs travel exact.
+A request enters at any node (its origin). The origin picks a replica pipeline and sends each
+model input to the owners of the parts that read it. A node that owns parts [a, b) waits until
+every tensor its range reads from outside has arrived for a request (join buffer), runs its
+parts back to back on a worker thread, and sends each output straight to the owners of the parts
+that read it (in its own replica) and every final output to the origin. Intermediate tensors
+never go back through the origin or the client. Tensors for this node itself are handed over
+without the network. Intermediate tensors travel in the manifest's wire format
+(``transport.codec`` encodes them); the client's inputs and the final outputs travel exact.
 
 Failures come back to the origin as notices: control tensors (``transport.codec``) ``!retry`` or
 ``!fail`` whose bytes are a UTF-8 message. A stage that receives a tensor stamped with
@@ -51,6 +50,7 @@ from edgenode.errors import (
     RequestTimeout,
     TransportError,
 )
+from edgenode.logfields import RequestLog
 from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, WireFormat
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.parts import PartHost
@@ -61,6 +61,7 @@ from edgenode.transport.codec import FAIL, RETRY, control, control_text, is_cont
 __all__ = ["RequestTimeout", "Router"]
 
 logger = logging.getLogger(__name__)
+request_log = RequestLog(logger)
 
 SWEEP_INTERVAL_S = 1.0
 RETRY_BACKOFF_S = 0.05  # first wait before re-sending under an unchanged plan; doubles
@@ -264,7 +265,7 @@ class Router:
                 return outcome
             self.retried += 1
             progress[0] = outcome.reason
-            logger.debug("request %s: %s; sending it again", request, outcome.reason)
+            request_log.debug(request, "%s; sending it again", outcome.reason)
             failed_replicas.add(replica)
             if len(failed_replicas) < stage.plan.replicas:
                 continue  # another replica may still work: no need to wait
@@ -397,7 +398,7 @@ class Router:
         self._notified[request] = None
         if len(self._notified) > NOTIFIED_WINDOW:
             self._notified.popitem(last=False)
-        logger.debug("request %s: %s", request, message)
+        request_log.debug(request, "%s", message)
         origin = self._origin_of(request)
         notice = control(RequestId(request), kind, message, plan_digest)
         if origin == self._me:
@@ -405,7 +406,7 @@ class Router:
             return
         address = self._address_of(origin)
         if address is None:
-            logger.debug("request %s: origin %s is not a member; notice dropped", request, origin)
+            request_log.debug(request, "origin %s is not a member; notice dropped", origin)
             return
         self._spawn(self._send_notice(address, notice))
 
@@ -413,7 +414,7 @@ class Router:
         try:
             await self._transport.peer(address).send([notice])
         except EdgenodeError as exc:
-            logger.debug("request %s: origin unreachable: %s", notice.request_id, exc)
+            request_log.debug(notice.request_id, "origin unreachable: %s", exc)
 
     async def _run_stage(self, stage: NodeRole, request: str, join: _Join) -> None:
         self._joins.pop(request, None)
@@ -424,7 +425,7 @@ class Router:
             self._notify(request, plan, RETRY, f"{self._me}: {exc}")
             return
         except Exception as exc:  # noqa: BLE001  a part (user code) that raises must not take the node down
-            logger.warning("request %s: parts %s failed: %s", request, list(stage.parts), exc)
+            request_log.warning(request, "parts %s failed: %s", list(stage.parts), exc)
             self._notify(request, plan, FAIL, f"{self._me}: parts {list(stage.parts)}: {exc}")
             return
         for index, seconds in zip(stage.parts, result.seconds, strict=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
@@ -16,6 +17,7 @@ from edgenode.mesh import (
     NodeId,
     PeerEvent,
     PeerEventKind,
+    peer_changes,
 )
 from edgenode.planning import NodeSpec
 
@@ -191,3 +193,59 @@ def test_debounce_rejects_bad_windows():
         Debounce(quiet_s=2.0, max_delay_s=1.0)
     with pytest.raises(UsageError):
         Debounce(quiet_s=-1.0, max_delay_s=1.0)
+
+
+# -- peer_changes: one line per change of a peer's state ---------------------------------
+
+A1 = node("a")
+MOVED_A1 = replace(A1, port=A1.port + 1)
+FASTER_A1 = replace(A1, capacity=Capacity(speed=5.0, memory_bytes=1))  # a measured link
+A2 = node("a", incarnation=2)
+B = node("b")
+
+
+def _changes(before: Membership, after: Membership) -> list[tuple[str, str]]:
+    return [(c.peer.node_id, c.state) for c in peer_changes(before, after)]
+
+
+def _m(alive=(), dead=(), local=SELF) -> Membership:
+    return Membership(local=local, alive=alive, dead=dead)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (_m(), _m(), []),
+        (_m(), _m(alive=(A1, B)), [("a", "joined"), ("b", "joined")]),
+        (_m(alive=(A1, B)), _m(alive=(B,)), [("a", "left")]),
+        (_m(alive=(A1,)), _m(dead=(A1,)), [("a", "unreachable")]),
+        (_m(dead=(A1,)), _m(alive=(A1,)), [("a", "back")]),
+        (_m(dead=(A1,)), _m(alive=(A2,)), [("a", "restarted")]),
+        (_m(dead=(A1,)), _m(), [("a", "left")]),
+        (_m(alive=(A1,)), _m(alive=(A2,)), [("a", "restarted")]),
+        (_m(alive=(A1,)), _m(alive=(MOVED_A1,)), [("a", "moved")]),
+        (_m(alive=(A1, B)), _m(alive=(A2,), dead=(B,)), [("a", "restarted"), ("b", "unreachable")]),
+        # not a change of state: a new capacity, a dead peer's record refreshed, this node
+        (_m(alive=(A1,)), _m(alive=(FASTER_A1,)), []),
+        (_m(dead=(A1,)), _m(dead=(MOVED_A1,)), []),
+        (_m(), _m(local=replace(SELF, port=1)), []),
+    ],
+)
+def test_peer_changes(before: Membership, after: Membership, expected: list[tuple[str, str]]):
+    assert _changes(before, after) == expected
+
+
+def test_peer_changes_follow_the_events():
+    """What ``apply``, ``mark_dead`` and ``revive`` do reads as one change each."""
+    joined = run([ev(JOINED, "a"), ev(JOINED, "b")])
+    dead = joined.mark_dead(NodeId("a"))
+    back = dead.revive(NodeId("a"))
+    left = back.apply(ev(LEFT, "b"))
+    steps = [Membership.of(SELF), joined, dead, back, left]
+    said = [_changes(x, y) for x, y in itertools.pairwise(steps)]
+    assert said == [
+        [("a", "joined"), ("b", "joined")],
+        [("a", "unreachable")],
+        [("a", "back")],
+        [("b", "left")],
+    ]

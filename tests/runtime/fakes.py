@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from collections import Counter
 
 from edgenode.errors import PeerUnavailable
@@ -71,6 +72,8 @@ class InMemoryPlanPeers:
         self.down: set[str] = set()
         self.asked: Counter[str] = Counter()  # by node id asked for its plan
         self.greeted: Counter[Endpoint] = Counter()  # Hello calls by endpoint
+        # A node's context (its log tags): a call it serves runs there, as in its own server.
+        self.contexts: dict[str, contextvars.Context] = {}
 
     async def hello(self, endpoint: Endpoint) -> PeerInfo:
         self.greeted[endpoint] += 1
@@ -84,7 +87,8 @@ class InMemoryPlanPeers:
         negotiator = self.negotiators.get(peer.node_id)
         if negotiator is None or peer.node_id in self.down:
             raise PeerUnavailable(f"{peer.node_id} does not answer")
-        negotiator.peer_left(local.node_id, local.incarnation)
+        context = self.contexts.get(peer.node_id) or contextvars.copy_context()
+        context.run(negotiator.peer_left, local.node_id, local.incarnation)
 
     async def plan_digest(self, peer: PeerInfo) -> str:
         self.asked[peer.node_id] += 1

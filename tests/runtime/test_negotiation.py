@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
+import itertools
 import logging
+import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
+from edgenode import logfields
 from edgenode.mesh import Debounce, Endpoint, InMemoryNetwork, NodeId, PeerInfo
 from edgenode.model.manifest import LinkSpec
 from edgenode.runtime.negotiation import Negotiator, PlanPeers, PlanState, link_of
@@ -28,6 +32,7 @@ class Cluster:
         self.peers = InMemoryPlanPeers()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.discoveries: dict = {}
+        self.tag_logs = False  # each node's records carry its NODE_ID (logfields.bind_node)
 
     async def start(
         self,
@@ -57,7 +62,12 @@ class Cluster:
         )
         self.peers.negotiators[node_id] = negotiator
         self.discoveries[node_id] = discovery
-        self.tasks[node_id] = asyncio.create_task(negotiator.run())
+        context = None
+        if self.tag_logs:
+            context = contextvars.copy_context()
+            context.run(logfields.bind_node, node_id)
+            self.peers.contexts[node_id] = context
+        self.tasks[node_id] = asyncio.create_task(negotiator.run(), context=context)
         return negotiator
 
     async def stop(self, node_id: str, *, crash: bool = False) -> None:
@@ -153,6 +163,7 @@ async def test_a_frozen_peer_is_dropped_then_rejoins_when_it_answers_again(
         await cluster.start(node, i + 1)
     await cluster.agreed({"a", "b"})
     a = cluster.peers.negotiators["a"]
+    caplog.clear()
     cluster.peers.down.add("b")  # SIGSTOP: same run, same record, no answers
     await a.wait(lambda s: s.settled and set(s.members) == {"a"}, DEADLINE_S)
     before = cluster.peers.asked["b"]
@@ -162,12 +173,15 @@ async def test_a_frozen_peer_is_dropped_then_rejoins_when_it_answers_again(
     cluster.peers.down.discard("b")  # SIGCONT
     states = await cluster.agreed({"a", "b"})
     assert {x.node_id for x in states[0].agreed.assignments} == {"a", "b"}
-    said = [r.getMessage() for r in caplog.records if "peer b" in r.getMessage()]
-    assert [m.split(" ", 2)[2].split(":")[0] for m in said] == [
-        "does not answer",
-        "marked dead after 2 failures",
-        "answers again",
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "peer b" in r.getMessage()]
+    # the first failure, then one line per change of b's state
+    short = [(lv, re.sub(r"(: | at ).*", "", m.removeprefix("membership: "))) for lv, m in said]
+    assert short == [
+        ("WARNING", "peer b does not answer"),
+        ("WARNING", "peer b unreachable (1 node)"),
+        ("INFO", "peer b back"),
     ]
+    assert said[-1][1].endswith(" (2 nodes)")
 
 
 class PausingPeers:
@@ -219,6 +233,7 @@ async def test_a_paused_node_does_not_blame_its_peers_for_its_own_pause(
 ) -> None:
     caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
     peers, a = await paused_cluster(cluster, "b")
+    caplog.clear()  # b joined
     before = peers.asked["b"]
     peers.pausing["b"] = 4  # more asks in a row than DEAD_AFTER_FAILURES
     async with asyncio.timeout(DEADLINE_S):
@@ -240,6 +255,7 @@ async def test_one_pause_is_logged_once_for_all_the_asks_it_spoiled(
 ) -> None:
     caplog.set_level(logging.INFO, logger="edgenode.runtime.negotiation")
     peers, a = await paused_cluster(cluster, "bc")
+    caplog.clear()  # b and c joined
     before = dict(peers.asked)
     peers.pausing.update(b=2, c=2)  # two pauses, each spoiling the asks of b and c
     async with asyncio.timeout(DEADLINE_S):
@@ -366,3 +382,65 @@ async def test_a_peer_on_a_slow_link_gets_longer_to_answer(
         await asyncio.sleep(0.05)  # polling interval
     assert asked_enough()
     assert (not a.membership.is_dead(NodeId("b"))) == kept
+
+
+class _JournalFields(logging.Handler):
+    """Each record as the journal would file it: its fields (edgenode.logfields), taken
+    where it is logged, and its message."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[dict[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append({**logfields.record_fields(record), "MESSAGE": record.getMessage()})
+
+
+@pytest.fixture
+def journal(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, str]]]:
+    monkeypatch.setattr(logfields, "_last", [])  # the nodes bound here stay here
+    handler = _JournalFields()
+    logger = logging.getLogger("edgenode.runtime.negotiation")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+async def test_one_line_per_plan_change_and_per_peer_change_tagged_with_its_node(
+    cluster: Cluster, journal: list[dict[str, str]]
+) -> None:
+    cluster.tag_logs = True
+    for i, node in enumerate("ab"):
+        await cluster.start(node, i + 1)
+    (two, _) = await cluster.agreed({"a", "b"})
+    await cluster.start("c", 3)
+    (three, *_) = await cluster.agreed({"a", "b", "c"})
+    await cluster.stop("c")
+    (again, _) = await cluster.agreed({"a", "b"})
+    assert again.agreed.digest == two.agreed.digest  # the same members plan alike
+
+    def lines_of(node: str) -> list[dict[str, str]]:
+        return [line for line in journal if line.get("NODE_ID") == node]
+
+    assert {line.get("NODE_ID") for line in journal} == {"a", "b", "c"}, journal
+    for node in "ab":
+        lines = lines_of(node)
+        peers = [line for line in lines if line["MESSAGE"].startswith("membership: peer ")]
+        plans = [line for line in lines if line["MESSAGE"].startswith("plan ")]
+        assert len(peers) + len(plans) == len(lines), lines  # nothing else at INFO
+        other = "b" if node == "a" else "a"
+        assert [(p["PEER_ID"], p["MESSAGE"].split()[3]) for p in peers] == [
+            (other, "joined"),  # one line for each, though both sides ask, retry, confirm
+            ("c", "joined"),
+            ("c", "left"),
+        ]
+        digests = [p["PLAN_DIGEST"] for p in plans]
+        assert all(p["MESSAGE"].startswith(f"plan {p['PLAN_DIGEST']} agreed") for p in plans)
+        assert all(x != y for x, y in itertools.pairwise(digests)), digests  # each a change
+        short = [s.agreed.digest[: logfields.PLAN_DIGEST_CHARS] for s in (two, three, again)]
+        assert digests[-3:] == short
