@@ -16,16 +16,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from edgenode._cli_cluster import client_security, find_nodes
 from edgenode._cli_common import EXIT_FAILURE, EXIT_OK
+from edgenode._cli_progress import progress_for
 from edgenode._stats import percentile
 from edgenode.errors import EdgenodeError, InputError, UsageError
 
 __all__ = ["cmd_infer"]
-
-PROGRESS_LINES = 10  # away from a terminal, progress is one line per tenth of the inputs
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,38 +36,6 @@ class _Answer:
 @dataclass(frozen=True, slots=True)
 class _Failure:
     message: str  # one line that names the file
-
-
-class _Progress:
-    """'k/n done' on stderr: on a terminal one line rewritten in place; elsewhere (a log
-    file, a pipe) a whole line per tenth of the inputs and for the last one."""
-
-    def __init__(self, total: int, *, enabled: bool, stream: TextIO | None = None) -> None:
-        self._stream = stream or sys.stderr
-        self._total = total
-        self._enabled = enabled
-        self._terminal = self._stream.isatty()
-        self._every = max(1, total // PROGRESS_LINES)
-        self._done = self._failed = 0
-
-    def step(self, *, failed: bool) -> None:
-        self._done += 1
-        self._failed += failed
-        if not self._enabled:
-            return
-        text = f"edgenode: {self._done}/{self._total} done"
-        if self._failed:
-            text += f" ({self._failed} failed)"
-        if self._terminal:
-            self._stream.write(f"\r{text}")
-        elif self._done % self._every == 0 or self._done == self._total:
-            self._stream.write(f"{text}\n")
-        self._stream.flush()
-
-    def close(self) -> None:
-        if self._enabled and self._terminal and self._done:
-            self._stream.write("\n")
-            self._stream.flush()
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -103,7 +70,7 @@ async def _infer(args: argparse.Namespace) -> int:
         # Inputs are decoded a little ahead of the requests, not all at once: a folder of
         # thousands of images would otherwise sit in memory decoded.
         loading = asyncio.Semaphore(2 * args.concurrency)
-        progress = _Progress(len(files), enabled=len(files) > 1 and not args.quiet)
+        progress = progress_for(len(files), mode=args.progress, quiet=args.quiet)
 
         async def one(path: Path) -> _Answer | _Failure:
             outcome: _Answer | _Failure

@@ -39,6 +39,7 @@ from edgenode._cli_model import (
     cmd_profile,
     cmd_split,
 )
+from edgenode._cli_progress import add_progress_arguments
 from edgenode._cli_status import DEFAULT_READY_TIMEOUT_S, cmd_status
 from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
@@ -340,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         'is reported on stderr (and as an "error" entry in --json) while the others go '
         "on, and the exit status is then 1; a missing file or an unsupported file type "
         "stops the command before anything is sent. Progress goes to stderr: one line "
-        "updated in place on a terminal, else a line per tenth of the inputs.",
+        "updated in place on a terminal, else a line per tenth of the inputs; --progress "
+        "draws a bar with the rate and the time left.",
     )
     infer.add_argument("inputs", nargs="+", metavar="FILE", help="images, .npy/.npz, folders")
     infer.add_argument(
@@ -366,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a/cat.jpg b/cat.jpg; cat.jpg/probs for a folder); each file may be given only once",
     )
     infer.add_argument("--json", action="store_true", help="machine-readable output")
+    add_progress_arguments(infer)
     infer.set_defaults(func=cmd_infer)
 
     keygen = sub.add_parser(

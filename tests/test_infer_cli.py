@@ -196,6 +196,7 @@ def test_help_documents_keys_failures_labels_and_progress() -> None:
     assert "labels are the model's own in --json (golden_retriever)" in text
     assert "spaces for underscores in text (golden retriever)" in text
     assert "one line updated in place on a terminal, else a line per tenth" in text
+    assert "--progress draws a bar with the rate and the time left" in text
 
 
 # -- against a real cluster --------------------------------------------------------------
@@ -360,12 +361,17 @@ def test_progress_in_a_log_is_whole_lines_per_tenth(peer: str, tmp_path: Path) -
     assert [line for line in text.splitlines() if _PROGRESS.fullmatch(line)] == expected
 
 
-def _on_a_terminal(*args: str, deadline_s: float = 120.0) -> tuple[int, str]:
-    """Run `edgenode ARGS --insecure` with stderr on a pseudo-terminal; its exit status
-    and what it wrote there (byte for byte: no newline translation)."""
+def _on_a_terminal(*args: str, deadline_s: float = 120.0, columns: int = 0) -> tuple[int, str]:
+    """Run `edgenode ARGS --insecure` with stderr on a pseudo-terminal (``columns`` wide,
+    else of size 0x0, unknown); its exit status and what it wrote there (byte for byte: no
+    newline translation)."""
+    import fcntl
     import pty
+    import struct
 
     main, side = pty.openpty()
+    if columns:
+        fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     attrs = termios.tcgetattr(side)
     attrs[1] &= ~termios.OPOST  # as written: "\n" stays "\n"
     termios.tcsetattr(side, termios.TCSANOW, attrs)
@@ -433,3 +439,62 @@ def test_labels_are_the_models_in_json_and_read_with_spaces_in_text(
     for index in range(1000):
         assert in_json[index] == labels[index]  # verbatim
         assert in_text[index] == labels[index].replace("_", " ")
+
+
+# -- --progress: a bar with the rate and the time left (issue 21, item 5) ------------------
+
+
+_BAR = (
+    r"edgenode: +(\d+)%\|[ ▏▎▍▌▋▊▉█]*\| (\d+)/{n} \[\d\d:\d\d<(\d\d:\d\d|\?), +([\d.?]+)input/s\]"
+)
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+@pytest.mark.parametrize("columns", [72, 0])  # 0: a terminal that does not say its size
+def test_progress_bar_on_a_terminal_shows_the_rate_and_time_left(
+    peer: str, tmp_path: Path, columns: int
+) -> None:
+    for i in range(6):
+        _npz(tmp_path / "in" / f"x{i}.npz", i)
+    code, text = _on_a_terminal(
+        "infer", str(tmp_path / "in"), "--peer", peer, "--progress", columns=columns
+    )
+    assert code == 0, text
+    assert text.startswith("\r") and text.endswith("\n") and text.count("\n") == 1, text
+    frames = [re.fullmatch(_BAR.format(n=6), f) for f in text[1:-1].split("\r")]
+    assert all(frames), text  # one line redrawn in place, every time a whole bar
+    done = [int(f.group(2)) for f in frames if f]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == 6, text
+    assert (last := frames[-1]) and last.group(1) == "100" and last.group(3) == "00:00"
+    assert float(last.group(4)) > 0  # inputs per second
+    (width,) = {len(f.group(0)) for f in frames if f}  # the terminal's (tqdm spares one)
+    assert (columns or 80) - 1 <= width <= (columns or 80)
+
+
+@pytest.mark.tf
+@pytest.mark.slow
+def test_progress_bar_away_from_a_terminal_only_when_forced(peer: str, tmp_path: Path) -> None:
+    for i in range(4):
+        _npz(tmp_path / "in" / f"x{i}.npz", i)
+
+    def infer(flag: str) -> str:
+        log = tmp_path / f"{flag}.log"
+        with log.open("w") as handle:
+            done = subprocess.run(
+                [sys.executable, "-m", "edgenode.cli", "infer", str(tmp_path / "in"),
+                 "--peer", peer, "--insecure", flag],
+                stdout=subprocess.DEVNULL, stderr=handle, timeout=120,
+            )  # fmt: skip
+        text = log.read_bytes().decode()
+        assert done.returncode == 0, text
+        return text
+
+    text = infer("--progress")  # a log file: the lines, as without it
+    assert "\r" not in text and "%|" not in text
+    assert [line for line in text.splitlines() if _PROGRESS.fullmatch(line)] == [
+        f"edgenode: {k}/4 done" for k in range(1, 5)
+    ]
+    text = infer("--force-progress")
+    last = re.fullmatch(_BAR.format(n=4), text.rstrip("\n").split("\r")[-1])
+    assert last and last.group(1) == "100", text
