@@ -421,27 +421,23 @@ class Router:
         plan = stage.plan.digest
         try:
             result = await self._host.run_chain(stage.parts, join.values, checked=join.checked)
+            for index, seconds in zip(stage.parts, result.seconds, strict=True):
+                recent = self._part_s.get(index, seconds)  # a moving average, new runs 1/5
+                self._part_s[index] = recent + 0.2 * (seconds - recent)
+            if self._on_stage is not None:  # once per stage run: its parts and their times
+                self._on_stage(stage.parts, result.seconds)
+            values = {**join.values, **result.outputs}
+            tensors = [
+                Tensor(RequestId(request), name, values[name], plan, self._wire_of(name))
+                for name in stage.sends
+            ]
+            await self._route(stage.plan, stage.replica, tensors, producer_parts=stage.parts)
         except (PlanError, TransportError) as exc:
             self._notify(request, plan, RETRY, f"{self._me}: {exc}")
-            return
-        except Exception as exc:  # noqa: BLE001  a part (user code) that raises must not take the node down
+        # A part (user code) that raises, or a bug here, fails the request: never loses it.
+        except Exception as exc:  # noqa: BLE001
             request_log.warning(request, "parts %s failed: %s", list(stage.parts), exc)
             self._notify(request, plan, FAIL, f"{self._me}: parts {list(stage.parts)}: {exc}")
-            return
-        for index, seconds in zip(stage.parts, result.seconds, strict=True):
-            recent = self._part_s.get(index, seconds)  # a moving average, new runs 1/5
-            self._part_s[index] = recent + 0.2 * (seconds - recent)
-        if self._on_stage is not None:  # once per stage run: its parts and their times
-            self._on_stage(stage.parts, result.seconds)
-        values = {**join.values, **result.outputs}
-        tensors = [
-            Tensor(RequestId(request), name, values[name], plan, self._wire_of(name))
-            for name in stage.sends
-        ]
-        try:
-            await self._route(stage.plan, stage.replica, tensors, producer_parts=stage.parts)
-        except EdgenodeError as exc:
-            self._notify(request, plan, RETRY, f"{self._me}: {exc}")
 
     def _wire_of(self, name: str) -> WireFormat:
         """How a stage's output travels: finals exact (the origin answers with them), the

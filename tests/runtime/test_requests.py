@@ -81,9 +81,17 @@ class Sim:
 
 @contextlib.asynccontextmanager
 async def cluster(
-    split, stages, *, deadline_s: float = 10.0, max_inflight: int = 64, factory=None, links=None
+    split,
+    stages,
+    *,
+    deadline_s: float = 10.0,
+    max_inflight: int = 64,
+    factory=None,
+    links=None,
+    on_stage=None,
 ) -> AsyncIterator[Sim]:
-    """``links``: a node's own slow link in bytes/s, by name (Router's ``slow_link``)."""
+    """``links``: a node's own slow link in bytes/s, by name (Router's ``slow_link``);
+    ``on_stage(name, parts, seconds)``: also called after each stage run."""
     _, _, manifest, directory = split
     plan = plan_of(manifest, stages)
     network = MemoryNetwork()
@@ -108,8 +116,9 @@ async def cluster(
                 address_of=lambda node: f"addr-{node}" if node in sim.stacks else None,
                 deadline_s=deadline_s,
                 max_inflight=max_inflight,
-                on_stage=lambda part, seconds, name=name: sim.runs.update(
-                    {name: sim.runs.get(name, 0) + 1}
+                on_stage=lambda parts, seconds, name=name: (
+                    sim.runs.update({name: sim.runs.get(name, 0) + 1}),
+                    on_stage and on_stage(name, parts, seconds),
                 ),
                 sweep_interval_s=0.05,
                 slow_link=lambda name=name: (links or {}).get(name, 0.0),
@@ -311,6 +320,23 @@ async def test_a_failing_part_fails_the_request_at_once_and_the_node_lives_on(sp
                 await sim["origin"].infer(inputs)
         assert sim["origin"].retried == 0 and sim["origin"].failed == 2
         assert not sim.tasks["c"].done()
+
+
+async def test_a_bug_after_a_stage_ran_fails_the_request_instead_of_losing_it(split) -> None:
+    """An exception escaping a stage's task (here its observer) once left the request to
+    wait for its deadline, with "Task exception was never retrieved" in the log."""
+    model, _, _, _ = split
+
+    def broken(name, parts, seconds):
+        if name == "c":
+            raise AttributeError("'NodeMetrics' object has no attribute 'stage_latency'")
+
+    inputs = models.sample_inputs(model, batch=1)
+    async with cluster(split, STAGINGS["four nodes"], deadline_s=60.0, on_stage=broken) as sim:
+        async with asyncio.timeout(10):  # far before the 60 s deadline
+            with pytest.raises(InferenceFailed, match=r"c: parts \[2\]: .*stage_latency"):
+                await sim["origin"].infer(inputs)
+        assert sim["origin"].failed == 1 and not sim.tasks["c"].done()
 
 
 async def test_a_flood_is_queued_up_to_a_bound_then_refused(split) -> None:
