@@ -112,11 +112,14 @@ class PlanState:
 
 def _log_peer_changes(before: Membership, after: Membership) -> None:
     """One line per change of a peer's state: "membership: peer b joined at HOST:PORT
-    (3 nodes)"; left, unreachable (a warning), back, restarted, moved."""
+    (3 nodes)"; left, "unreachable, marked dead" (a warning), back, restarted, moved."""
     count = len(after.members)
     for change in peer_changes(before, after):
         peer = change.peer
-        where = "" if change.state in ("left", "unreachable") else f" at {peer.endpoint}"
+        where = f" at {peer.endpoint}"
+        if change.state in ("left", "unreachable"):
+            # "marked dead": the words benchmarks and operators have counted drops by
+            where = ", marked dead" if change.state == "unreachable" else ""
         logger.log(
             logging.WARNING if change.state == "unreachable" else logging.INFO,
             "membership: peer %s %s%s (%d node%s)",

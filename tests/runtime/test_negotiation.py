@@ -178,7 +178,7 @@ async def test_a_frozen_peer_is_dropped_then_rejoins_when_it_answers_again(
     short = [(lv, re.sub(r"(: | at ).*", "", m.removeprefix("membership: "))) for lv, m in said]
     assert short == [
         ("WARNING", "peer b does not answer"),
-        ("WARNING", "peer b unreachable (1 node)"),
+        ("WARNING", "peer b unreachable, marked dead (1 node)"),
         ("INFO", "peer b back"),
     ]
     assert said[-1][1].endswith(" (2 nodes)")
