@@ -195,7 +195,7 @@ class Node:
         security: Security | None = None,
         ready_file: Path | None = None,
     ) -> None:
-        """``runner_factory``: how parts are loaded (default: by ``model.backend``);
+        """``runner_factory``: how parts are loaded (default: by each part file's format);
         ``security``: what ``node_security(config)`` gave, when the caller checked it first;
         ``ready_file``: written once the node serves (``write_ready_file``), removed when it
         stops."""
@@ -230,7 +230,10 @@ class Node:
             # A file left by a killed run must not announce this one's address early.
             _remove_ready_file(self._ready_file)
         manifest, directory = await asyncio.to_thread(prepare_model, config.model, self._state_dir)
-        speed = config.node.speed_gflops * 1e9 or await asyncio.to_thread(measure_speed)
+        backend = manifest.parts[0].format  # what the parts run on (prepare_model converted)
+        speed = config.node.speed_gflops * 1e9 or await asyncio.to_thread(
+            measure_speed, backend=backend
+        )
         host, port = parse_address(config.node.listen, key="node.listen")
         transport_config = TransportConfig(
             max_tensor_bytes=config.limits.max_tensor_bytes, security=security
@@ -334,7 +337,7 @@ class Node:
                     node_id=local.node_id,
                     model=manifest.model.name,
                     identity=manifest.identity,
-                    backend=config.model.backend,
+                    backend=backend,
                     wire_format=manifest.wire_format,
                     threads=config.model.threads,
                     speed_flops=speed,
@@ -348,7 +351,7 @@ class Node:
                 bound_port,
                 manifest.model.name,
                 _count(len(manifest.parts), "part"),
-                config.model.backend,
+                backend,
                 _count(config.model.threads, "thread"),
                 speed / 1e9,
             )
