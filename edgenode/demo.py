@@ -81,11 +81,13 @@ async def local_cluster(
 ) -> AsyncIterator[list[LocalNode]]:
     """``count`` node processes serving ``model_dir``, members by the credential ``key``
     (None: an insecure cluster); stopped with SIGTERM on exit."""
+    from edgenode.model.manifest import load_manifest
     from edgenode.runtime.selfbench import measure_speed
 
     # The nodes share this machine: one measurement, the same score for all, so the
     # plan does not depend on which node happened to benchmark while another started.
-    speed_gflops = measure_speed() / 1e9
+    backend = load_manifest(model_dir).parts[0].format  # what the nodes will run
+    speed_gflops = measure_speed(backend=backend) / 1e9
     config = workdir / "node.toml"
     security = f'key = "{key}"' if key is not None else "insecure = true"
     config.write_text(
