@@ -16,13 +16,20 @@ from edgenode.model.manifest import Manifest, file_sha256
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.negotiation import Negotiator, PlanState
 from edgenode.runtime.parts import PartHost
-from edgenode.runtime.requests import Router
 
-__all__ = ["PartFiles", "ensure_files", "follow_plan", "tell_router"]
+__all__ = [
+    "PartFiles",
+    "PlanListener",
+    "PlanWaiter",
+    "ensure_files",
+    "follow_plan",
+    "next_agreed",
+    "tell_router",
+]
 
 logger = logging.getLogger(__name__)
 
-WAIT_S = 3600.0  # one wait for a new plan; the loops simply wait again
+WAIT_S = 3600.0  # one wait for a new plan; then the loops wait again (next_agreed)
 
 
 class PartFiles(Protocol):
@@ -36,6 +43,30 @@ class PartFiles(Protocol):
 
 def _newly_agreed(served: ClusterPlan | None, state: PlanState) -> bool:
     return state.agreed is not None and state.agreed is not served
+
+
+class PlanWaiter(Protocol):
+    """Waits for a plan state (the Negotiator)."""
+
+    async def wait(self, predicate: Callable[[PlanState], bool], timeout_s: float) -> PlanState:
+        """The first state satisfying ``predicate``; TimeoutError after ``timeout_s``."""
+        ...
+
+
+class PlanListener(Protocol):
+    """Told when the agreed plan changes (the Router)."""
+
+    def plan_changed(self) -> None: ...
+
+
+async def next_agreed(negotiator: PlanWaiter, served: ClusterPlan | None) -> PlanState:
+    """The first state whose agreed plan is not ``served``, however long that takes (a
+    cluster's plan may hold for days: each WAIT_S that passes, it waits again)."""
+    while True:
+        try:
+            return await negotiator.wait(functools.partial(_newly_agreed, served), WAIT_S)
+        except TimeoutError:
+            continue
 
 
 async def ensure_files(
@@ -77,7 +108,7 @@ async def follow_plan(
     served: ClusterPlan | None = None
     me = negotiator.membership.local.node_id
     while True:
-        state = await negotiator.wait(functools.partial(_newly_agreed, served), WAIT_S)
+        state = await next_agreed(negotiator, served)
         plan = state.agreed
         assert plan is not None
         parts = plan.parts_of(me)
@@ -101,11 +132,11 @@ async def follow_plan(
             on_agreed(plan)
 
 
-async def tell_router(negotiator: Negotiator, router: Router) -> None:
+async def tell_router(negotiator: PlanWaiter, router: PlanListener) -> None:
     """Wake the router's waiting requests whenever the agreed plan changes; runs until
     cancelled."""
     served: ClusterPlan | None = None
     while True:
-        state = await negotiator.wait(functools.partial(_newly_agreed, served), WAIT_S)
+        state = await next_agreed(negotiator, served)
         served = state.agreed
         router.plan_changed()

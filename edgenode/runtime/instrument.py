@@ -8,7 +8,6 @@ request path runs no instrumentation at all.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -18,8 +17,9 @@ import numpy as np
 
 from edgenode.errors import EdgenodeError, Overloaded
 from edgenode.planning import ClusterPlan
+from edgenode.runtime.follow import next_agreed
 from edgenode.runtime.metrics import NodeMetrics
-from edgenode.runtime.negotiation import Negotiator, PlanState
+from edgenode.runtime.negotiation import Negotiator
 from edgenode.transport import (
     InferenceService,
     PeerSender,
@@ -32,8 +32,6 @@ from edgenode.transport import (
 )
 
 __all__ = ["ObservedRequests", "TimedTransport", "stage_observer", "watch_plans"]
-
-PLAN_WAIT_S = 3600.0  # one wait for a new plan; the watcher simply waits again
 
 
 class ObservedRequests:
@@ -210,10 +208,6 @@ def stage_observer(metrics: NodeMetrics) -> Callable[[range, Sequence[float]], N
     return observe
 
 
-def _new_agreed(served: ClusterPlan | None, state: PlanState) -> bool:
-    return state.agreed is not None and state.agreed is not served
-
-
 async def watch_plans(
     negotiator: Negotiator,
     metrics: NodeMetrics,
@@ -225,10 +219,7 @@ async def watch_plans(
     served: ClusterPlan | None = None
     observed: float | None = None  # the membership change already timed
     while True:
-        try:
-            state = await negotiator.wait(functools.partial(_new_agreed, served), PLAN_WAIT_S)
-        except TimeoutError:
-            continue
+        state = await next_agreed(negotiator, served)
         plan = state.agreed
         assert plan is not None
         if served is None or served.digest != plan.digest:  # not the same plan agreed again
