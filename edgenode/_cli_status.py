@@ -159,6 +159,11 @@ def _parts(parts: set[int]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     from edgenode.transport import run
 
+    if args.watch:
+        from edgenode._cli_watch import watch
+
+        return watch(args)
+
     if args.wait_ready is not None:
         statuses = run(_wait_ready(args, args.wait_ready))
     else:

@@ -41,6 +41,7 @@ from edgenode._cli_model import (
 )
 from edgenode._cli_progress import add_progress_arguments
 from edgenode._cli_status import DEFAULT_READY_TIMEOUT_S, cmd_status
+from edgenode._cli_watch import add_watch_arguments
 from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ConfigError, EdgenodeError, UsageError
 from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, WIRE_FORMATS
@@ -328,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long --wait-ready waits",
     )
+    add_watch_arguments(status)
     status.set_defaults(func=cmd_status)
 
     infer = sub.add_parser(

@@ -104,6 +104,10 @@ def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
     return result.manifest, target
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def slow_link(local: PeerInfo, cluster_bytes_per_s: float) -> float:
     """This node's own link (measured or configured) when slower than the cluster's, else 0."""
     own = local.capacity.link_bytes_per_s
@@ -303,6 +307,23 @@ class Node:
                 slow_link=lambda: slow_link(negotiator.membership.local, cluster_link),
             )
             serving: InferenceService = ObservedRequests(router, metrics) if observed else router
+            metrics_url = ""
+            if observed:
+                m_host, m_port = parse_address(
+                    config.node.metrics_listen, key="node.metrics_listen"
+                )
+                metrics.describe(
+                    node_id=local.node_id,
+                    model=manifest.model.name,
+                    identity=manifest.identity,
+                    backend=backend,
+                    wire_format=manifest.wire_format,
+                    threads=config.model.threads,
+                    speed_flops=speed,
+                )
+                server = await stack.enter_async_context(MetricsServer(metrics, m_host, m_port))
+                reachable = local.host if m_host in ("0.0.0.0", "::", "") else m_host
+                metrics_url = f"http://{_url_host(reachable)}:{server.port}/metrics"
             control = NodeControl(
                 local=lambda: discovery.local,
                 address=lambda: f"{local.host}:{bound_port}",
@@ -314,6 +335,7 @@ class Node:
                 manifest=manifest,
                 directory=directory,
                 left=negotiator.peer_left,
+                metrics_url=metrics_url,
             )
             await transport.serve(
                 control_handlers(
@@ -329,20 +351,6 @@ class Node:
                 host=part_host,
                 control=control,
             )
-            if observed:
-                m_host, m_port = parse_address(
-                    config.node.metrics_listen, key="node.metrics_listen"
-                )
-                metrics.describe(
-                    node_id=local.node_id,
-                    model=manifest.model.name,
-                    identity=manifest.identity,
-                    backend=backend,
-                    wire_format=manifest.wire_format,
-                    threads=config.model.threads,
-                    speed_flops=speed,
-                )
-                await stack.enter_async_context(MetricsServer(metrics, m_host, m_port))
             await stack.enter_async_context(discovery)
             logger.info(
                 "node %s serving on %s:%d (model %s, %s, %s, %s per part, speed %.1f GFLOP/s)",

@@ -66,6 +66,7 @@ class NodeStatus:
     stages: tuple[StageStats, ...]
     peers: tuple[PeerInfo, ...]
     uptime_s: float
+    metrics_url: str = ""  # where this node serves Prometheus metrics ("" when off)
 
 
 def load_state(plan: PlanState, owned: tuple[int, ...], loaded: tuple[int, ...]) -> LoadState:
@@ -109,6 +110,7 @@ class NodeControl:
     directory: Path
     failed: Callable[[], int] = lambda: 0  # requests that entered here and failed
     left: Callable[[NodeId, int], None] = lambda node_id, incarnation: None  # a peer's Leave
+    metrics_url: str = ""  # where this node serves Prometheus metrics ("" when off)
     clock: Callable[[], float] = time.monotonic
     started_s: float = field(default=0.0)
     _stages: dict[int, _Stage] = field(default_factory=dict)
@@ -142,6 +144,7 @@ class NodeControl:
             stages=tuple(s.stats(p) for p, s in sorted(self._stages.items()) if s.count),
             peers=self.peers(),
             uptime_s=self.clock() - self.started_s,
+            metrics_url=self.metrics_url,
         )
 
     def file_path(self, manifest_identity: str, part: int) -> Path:

@@ -80,6 +80,7 @@ class NodeReport:
     stages: tuple[StageReport, ...]
     peers: tuple[PeerInfo, ...]  # the peers it counts alive
     uptime_s: float
+    metrics_url: str = ""  # where it serves Prometheus metrics ("" when off)
 
     @property
     def node_id(self) -> str:
@@ -175,6 +176,7 @@ def report_of(status: pb.NodeStatus) -> NodeReport:
         ),
         peers=tuple(peer_from_record(p) for p in status.peers),
         uptime_s=status.uptime_s,
+        metrics_url=status.metrics_url,
     )
 
 
@@ -210,6 +212,7 @@ def report_from(status: StatusView) -> NodeReport:
         ),
         peers=tuple(status.peers),
         uptime_s=status.uptime_s,
+        metrics_url=status.metrics_url,
     )
 
 
@@ -247,6 +250,7 @@ def message_of(report: NodeReport) -> pb.NodeStatus:
         ],
         peers=[record_of(p) for p in report.peers],
         uptime_s=report.uptime_s,
+        metrics_url=report.metrics_url,
     )
 
 

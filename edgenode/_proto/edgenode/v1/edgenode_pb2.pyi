@@ -163,7 +163,7 @@ class StageStats(_message.Message):
     def __init__(self, part: _Optional[int] = ..., count: _Optional[int] = ..., mean_s: _Optional[float] = ..., p50_s: _Optional[float] = ..., p90_s: _Optional[float] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "address", "plan", "parts", "requests_served", "stages", "peers", "uptime_s", "owned", "state", "part_runs", "requests_failed")
+    __slots__ = ("node", "address", "plan", "parts", "requests_served", "stages", "peers", "uptime_s", "owned", "state", "part_runs", "requests_failed", "metrics_url")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class NodeStatus(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     PART_RUNS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_URL_FIELD_NUMBER: _ClassVar[int]
     node: NodeRecord
     address: str
     plan: PlanReply
@@ -188,7 +189,8 @@ class NodeStatus(_message.Message):
     state: str
     part_runs: int
     requests_failed: int
-    def __init__(self, node: _Optional[_Union[NodeRecord, _Mapping]] = ..., address: _Optional[str] = ..., plan: _Optional[_Union[PlanReply, _Mapping]] = ..., parts: _Optional[_Iterable[int]] = ..., requests_served: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageStats, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., owned: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., part_runs: _Optional[int] = ..., requests_failed: _Optional[int] = ...) -> None: ...
+    metrics_url: str
+    def __init__(self, node: _Optional[_Union[NodeRecord, _Mapping]] = ..., address: _Optional[str] = ..., plan: _Optional[_Union[PlanReply, _Mapping]] = ..., parts: _Optional[_Iterable[int]] = ..., requests_served: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageStats, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., owned: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., part_runs: _Optional[int] = ..., requests_failed: _Optional[int] = ..., metrics_url: _Optional[str] = ...) -> None: ...
 
 class FileRequest(_message.Message):
     __slots__ = ("model_sha256", "part")
