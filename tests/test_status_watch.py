@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import pty
+import select
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgenode._cli_watch import quantile
+from edgenode._cli_watch import CLEAR, quantile
 from edgenode.runtime.metrics import LATENCY_BUCKETS_S
 from tests.nodes import NodeProcess, cli, node_config, running_cluster
 
@@ -105,3 +109,26 @@ def test_watch_shows_rates_and_p95_per_interval(cluster) -> None:
     assert float(last["requests/s"]) > 0 and float(last["p95 ms"]) > 0, out
     assert float(last["errors/s"]) == 0
     assert row(refreshes[-1], "b")["requests/s"] == "0.0"  # every request entered at a
+
+    # On a terminal each refresh redraws the screen; Ctrl-C ends the watch with exit 0.
+    primary, secondary = pty.openpty()
+    on_tty = subprocess.Popen(
+        [sys.executable, "-m", "edgenode.cli", "status", "--watch", "--interval", "0.2",
+         "--peer", a.address, "--insecure"],
+        stdout=secondary, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    os.close(secondary)
+    seen = b""
+    try:
+        while seen.count(CLEAR.encode()) < 2:
+            ready, _, _ = select.select([primary], [], [], 30)
+            assert ready, f"no redraw within 30 s: {seen!r}"
+            seen += os.read(primary, 65536)
+        on_tty.send_signal(signal.SIGINT)
+        _, err = on_tty.communicate(timeout=30)
+    finally:
+        os.close(primary)
+        if on_tty.poll() is None:
+            on_tty.kill()
+    assert on_tty.returncode == 0 and err == "", err
+    assert b"Ctrl-C to stop" in seen
