@@ -258,6 +258,42 @@ def _table(stdout: str) -> dict[str, list[str]]:
     return rows
 
 
+# Before the first test of cluster3 (a module fixture: its nodes a, b, c live until the module
+# ends): the README's nodes have the same names, so their mDNS instance names would collide.
+@pytest.mark.tf
+@pytest.mark.slow
+def test_readme_cluster_block_runs_as_written(tmp_path: Path) -> None:
+    # The repository as the block sees it: its venv and sample images, nothing else.
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "edgenode" / "data").mkdir(parents=True)
+    (tmp_path / "edgenode" / "data" / "images").symlink_to(ROOT / "edgenode" / "data" / "images")
+    # as in a user's shell: none of the test suite's quieting of TensorFlow and gRPC
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("EDGENODE_KEY", "TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY")}  # fmt: skip
+    try:
+        out = subprocess.run(
+            ["bash", "-e", "-c", README_BLOCK],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        left = _nodes_in(tmp_path)
+    finally:
+        for pid in _nodes_in(tmp_path):  # a failed step leaves the nodes running: stop them
+            os.kill(pid, signal.SIGKILL)
+    logs = {p.stem: p.read_text() for p in (tmp_path / "logs").glob("*.log")}
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{logs}"
+    assert sorted(logs) == ["a", "b", "c"]
+    assert left == []  # stopped, and reaped by `wait`
+    for log in logs.values():  # each node's log went to its file, and ended cleanly
+        assert "serving on" in log and "stopped" in log, log
+    assert " INFO " not in out.stdout + out.stderr  # no node log line in the terminal
+    rows = _table(out.stdout)
+    assert set(rows) == {"a", "b", "c"}
+    assert all(row[4:6] == ["yes", "ready"] for row in rows.values()), out.stdout
+    for image in ("cat.jpg", "coffee.jpg", "rocket.jpg"):
+        assert re.search(rf"^edgenode/data/images/{image}\s", out.stdout, re.M), out.stdout
+    assert re.search(r"^edgenode: \d of 3 nodes ready", out.stderr, re.M), out.stderr
+
+
 @pytest.fixture(scope="module")
 def cluster3(
     tmp_path_factory: pytest.TempPathFactory,
@@ -344,40 +380,6 @@ def test_a_node_that_cannot_load_its_parts_is_not_ready(tmp_path: Path) -> None:
         )
     finally:
         node.stop()
-
-
-@pytest.mark.tf
-@pytest.mark.slow
-def test_readme_cluster_block_runs_as_written(tmp_path: Path) -> None:
-    # The repository as the block sees it: its venv and sample images, nothing else.
-    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
-    (tmp_path / "edgenode" / "data").mkdir(parents=True)
-    (tmp_path / "edgenode" / "data" / "images").symlink_to(ROOT / "edgenode" / "data" / "images")
-    # as in a user's shell: none of the test suite's quieting of TensorFlow and gRPC
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("EDGENODE_KEY", "TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY")}  # fmt: skip
-    try:
-        out = subprocess.run(
-            ["bash", "-e", "-c", README_BLOCK],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
-        left = _nodes_in(tmp_path)
-    finally:
-        for pid in _nodes_in(tmp_path):  # a failed step leaves the nodes running: stop them
-            os.kill(pid, signal.SIGKILL)
-    logs = {p.stem: p.read_text() for p in (tmp_path / "logs").glob("*.log")}
-    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}\n{logs}"
-    assert sorted(logs) == ["a", "b", "c"]
-    assert left == []  # stopped, and reaped by `wait`
-    for log in logs.values():  # each node's log went to its file, and ended cleanly
-        assert "serving on" in log and "stopped" in log, log
-    assert " INFO " not in out.stdout + out.stderr  # no node log line in the terminal
-    rows = _table(out.stdout)
-    assert set(rows) == {"a", "b", "c"}
-    assert all(row[4:6] == ["yes", "ready"] for row in rows.values()), out.stdout
-    for image in ("cat.jpg", "coffee.jpg", "rocket.jpg"):
-        assert re.search(rf"^edgenode/data/images/{image}\s", out.stdout, re.M), out.stdout
-    assert re.search(r"^edgenode: \d of 3 nodes ready", out.stderr, re.M), out.stderr
 
 
 def _nodes_in(directory: Path) -> list[int]:
