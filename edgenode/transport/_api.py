@@ -59,6 +59,7 @@ class TransportStats:
     pending_bytes: int  # bytes allocated for them
     queued_tensors: int  # whole tensors waiting in the inbox
     queued_bytes: int  # their bytes
+    held_tensors: int = 0  # whole tensors held back until the inbox has room (backpressure)
 
 
 class PeerSender(Protocol):

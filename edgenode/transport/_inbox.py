@@ -34,6 +34,11 @@ class TensorInbox:
         return self._bytes
 
     @property
+    def held_tensors(self) -> int:
+        """Whole tensors whose put waits for room."""
+        return sum(not future.done() for future in self._putters)
+
+    @property
     def closed(self) -> bool:
         """True once the node stopped receiving."""
         return self._closed

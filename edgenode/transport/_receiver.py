@@ -50,6 +50,7 @@ class Receiver:
             pending_bytes=sum(pending),
             queued_tensors=self.inbox.queued_tensors,
             queued_bytes=self.inbox.queued_bytes,
+            held_tensors=self.inbox.held_tensors,
         )
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from edgenode.errors import (
     TransportError,
 )
 from edgenode.transport import CHUNK_BYTES, TransportConfig
+from edgenode.transport.codec import encode_frames
 from tests.transport.conftest import eventually, frame, header, receive, tensor
 
 F32 = np.arange(2, dtype=np.float32).tobytes()
@@ -264,20 +266,38 @@ async def test_peer_disconnecting_mid_tensor_frees_its_buffer(net, server) -> No
         assert [t.request_id for t in await receive(server.inbox, 2)] == ["g", "g2"]
 
 
-async def test_cancelled_send_does_not_splice_the_rest_onto_the_next(net, server) -> None:
-    big = np.ones(4 * CHUNK_BYTES // 4, dtype=np.float32)
+async def test_cancelled_send_does_not_splice_the_rest_onto_the_next(net) -> None:
     config = TransportConfig(connect_timeout_s=1.0, max_buffered_bytes=1)
     async with net.transport(config=config) as slow, net.sender(slow.address) as sender:
-        await sender.send([tensor("r0", "x", big)])  # fills the inbox
-        task = asyncio.create_task(sender.send([tensor("r1", "x", big)]))
-        await eventually(lambda: slow.stats().pending_bytes > 0, what="second tensor started")
+        # r0 fills the inbox and "held" waits whole for room, so the receiver reads no further:
+        # r1, far more than flow-control windows and socket buffers take, cannot finish.
+        await sender.send([tensor("r0", "x", np.ones(4))])
+        await sender.send([tensor("held", "x", np.ones(4))])
+        await eventually(lambda: slow.stats().held_tensors == 1, what="held tensor waiting")
+        pulled = 0
+
+        def counted() -> Iterator[bytes]:
+            nonlocal pulled
+            big = np.ones(64 * CHUNK_BYTES // 4, dtype=np.float32)
+            for data in encode_frames([tensor("r1", "x", big)], chunk_bytes=CHUNK_BYTES):
+                pulled += 1
+                yield data
+
+        task = asyncio.create_task(sender.send_frames(counted()))
+        # The second frame is pulled only once the first was written: r1 is part-way.
+        await eventually(lambda: pulled >= 2, what="r1 part-way")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        assert pulled < 64  # it was cancelled mid-tensor, not after its last frame
+        # The cancelled stream ends at the receiver with what it held: r0 alone stays queued.
+        await eventually(lambda: slow.stats().streams == 0, what="cancelled stream gone")
+        assert slow.stats().queued_tensors == 1
         assert (await slow.inbox.get()).request_id == "r0"
         await sender.send([tensor("r2", "x", np.zeros(3))])
         got = await slow.inbox.get()
         assert got.request_id == "r2"
+        np.testing.assert_array_equal(got.array, np.zeros(3))
         await eventually(lambda: slow.stats().pending_bytes == 0, what="partial freed")
 
 
