@@ -55,6 +55,20 @@ class TensorInbox:
         self.high_water_bytes = max(self.high_water_bytes, self._bytes)
         _wake(self._getters)
 
+    def put_over_budget(self, tensor: Tensor) -> bool:
+        """Queue a tensor now, even past the byte bound; False once closed (not queued).
+
+        For a whole tensor whose stream is being torn down while it waits for room: its
+        sender's send completed, so dropping it would lose a request that did nothing wrong.
+        """
+        if self._closed:
+            return False
+        self._items.append(tensor)
+        self._bytes += tensor.nbytes
+        self.high_water_bytes = max(self.high_water_bytes, self._bytes)
+        _wake(self._getters)
+        return True
+
     async def get(self) -> Tensor:
         """The oldest tensor, waiting for one; PeerUnavailable once closed and empty."""
         while not self._items:

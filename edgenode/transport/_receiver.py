@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable
 
 from edgenode.transport._api import StreamTotals, TransportConfig, TransportStats
 from edgenode.transport._inbox import TensorInbox
-from edgenode.transport.codec import FrameDecoder
+from edgenode.transport.codec import FrameDecoder, Tensor
 
 __all__ = ["Receiver"]
 
@@ -32,14 +33,25 @@ class Receiver:
         self._decoders.add(decoder)
         try:
             async for frame in frames:
-                for tensor in decoder.feed(frame):
-                    await self.inbox.put(tensor)
+                await self._deliver(decoder.feed(frame))
             decoder.finish()
         finally:
             decoder.discard()
             self._decoders.discard(decoder)
         logger.debug("stream ended: %d tensors, %d bytes", decoder.tensors, decoder.bytes)
         return StreamTotals(tensors=decoder.tensors, bytes=decoder.bytes)
+
+    async def _deliver(self, tensors: list[Tensor]) -> None:
+        """Queue whole tensors in order; if the stream is cancelled while one waits for room
+        (its sender cancelled a later send, or went away), queue it and the rest anyway: each
+        is whole and checked, and its send completed."""
+        for i, tensor in enumerate(tensors):
+            try:
+                await self.inbox.put(tensor)
+            except asyncio.CancelledError:
+                for whole in tensors[i:]:
+                    self.inbox.put_over_budget(whole)
+                raise
 
     def stats(self) -> TransportStats:
         """Open streams, partial tensors and queued tensors, with their bytes."""
