@@ -253,16 +253,6 @@ def _edgenode_tf(*args: str, env: dict[str, str] | None = None) -> tuple[float, 
 # -- real nodes: exit right after the last log line; log wording ---------------------------
 
 
-@pytest.fixture(scope="module")
-def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgenode.model.split import split_model
-    from tests.model import models
-
-    directory = tmp_path_factory.mktemp("split")
-    split_model(models.build("fork_join"), directory, parts=4)
-    return directory
-
-
 def _last_line_time(node: NodeProcess) -> tuple[float, str]:
     """The wall-clock time of a node's last log line, and that line."""
     last = [line for line in node.log().splitlines() if _LOG_TIME.match(line)][-1]

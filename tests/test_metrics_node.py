@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,32 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgenode.errors import EdgenodeError
 from edgenode.runtime.metrics import NodeMetrics
-from tests.nodes import NodeProcess, node_config, running_cluster, wait_until
+from tests.nodes import NodeProcess, wait_until
 from tests.promtext import PROMTOOL, lint, promtool, series
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 REQUESTS = 5
-
-
-@pytest.fixture(scope="module")
-def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgenode.model.split import split_model
-    from tests.model import models
-
-    directory = tmp_path_factory.mktemp("split")
-    split_model(models.build("fork_join"), directory, parts=4)
-    return directory
-
-
-@pytest.fixture
-def cluster(split_dir: Path, tmp_path: Path) -> Iterator[tuple[list[NodeProcess], dict[str, Any]]]:
-    config = node_config(tmp_path)
-    # Port 0: each node picks a free port for its metrics and logs it.
-    metrics = '[node]\nmetrics_listen = "127.0.0.1:0"\n'
-    config.write_text(config.read_text().replace("[node]\n", metrics, 1))
-    with running_cluster(split_dir, tmp_path, ("a", "b"), config=config) as found:
-        yield found
 
 
 def _metrics_url(node: NodeProcess) -> str:
@@ -87,10 +64,10 @@ async def _requests(address: str, inputs: dict[str, np.ndarray], bad: dict[str, 
         await client.aclose()
 
 
-def test_a_cluster_serves_what_an_operator_needs(cluster) -> None:
+def test_a_cluster_serves_what_an_operator_needs(metrics_cluster) -> None:
     from tests.model import models
 
-    nodes, statuses = cluster
+    nodes, statuses = metrics_cluster
     a = nodes[0]
     urls = {n.name: _metrics_url(n) for n in nodes}
     inputs = models.sample_inputs(models.build("fork_join"), batch=1)

@@ -22,16 +22,6 @@ from tests.nodes import NodeProcess, agreed_cluster, statuses, wait_until
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgenode.model.split import split_model
-    from tests.model import models
-
-    directory = tmp_path_factory.mktemp("split")
-    split_model(models.build("fork_join"), directory, parts=4)
-    return directory
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Path, list[NodeProcess]]]:
     """A fresh cluster name (tests never see each other's nodes) and cleanup of nodes."""

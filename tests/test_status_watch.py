@@ -12,16 +12,13 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from edgenode._cli_watch import CLEAR, quantile
 from edgenode.runtime.metrics import LATENCY_BUCKETS_S
-from tests.nodes import NodeProcess, cli, node_config, running_cluster
+from tests.nodes import cli
 
 
 def _cumulative(samples: np.ndarray) -> dict[float, float]:
@@ -44,25 +41,6 @@ def test_the_p95_is_of_what_the_interval_added_and_lies_in_its_bucket() -> None:
     assert quantile(0.5, {}, beyond) == LATENCY_BUCKETS_S[-1]
 
 
-@pytest.fixture(scope="module")
-def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from edgenode.model.split import split_model
-    from tests.model import models
-
-    directory = tmp_path_factory.mktemp("split")
-    split_model(models.build("fork_join"), directory, parts=4)
-    return directory
-
-
-@pytest.fixture
-def cluster(split_dir: Path, tmp_path: Path) -> Iterator[tuple[list[NodeProcess], dict[str, Any]]]:
-    config = node_config(tmp_path)
-    metrics = '[node]\nmetrics_listen = "127.0.0.1:0"\n'
-    config.write_text(config.read_text().replace("[node]\n", metrics, 1))
-    with running_cluster(split_dir, tmp_path, ("a", "b"), config=config) as found:
-        yield found
-
-
 async def _load(address: str, inputs: dict[str, np.ndarray], watcher: subprocess.Popen[str]) -> int:
     """Requests at ``address`` one after the other until the watcher exits."""
     from edgenode.transport import ControlClient
@@ -77,10 +55,10 @@ async def _load(address: str, inputs: dict[str, np.ndarray], watcher: subprocess
 
 @pytest.mark.tf
 @pytest.mark.slow
-def test_watch_shows_rates_and_p95_per_interval(cluster) -> None:
+def test_watch_shows_rates_and_p95_per_interval(metrics_cluster) -> None:
     from tests.model import models
 
-    nodes, _ = cluster
+    nodes, _ = metrics_cluster
     a = nodes[0]
     reports = json.loads(cli("status", "--json", "--peer", a.address).stdout)
     [report] = [r for r in reports if r["node"]["node_id"] == "a"]
