@@ -125,6 +125,25 @@ async def settled(client: Any, cluster: Any, spec: dict[str, Any]) -> None:
         await asyncio.sleep(0.5)
 
 
+def cpu_sample(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far: each node process, this process (the client), and the machine's
+    kernel time in softirq (the lab's veth, bridge and tbf path) and in total busy."""
+    from harness.nodes import cpu_seconds
+
+    sample = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    sample["client"] = time.process_time()
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    hz = os.sysconf("SC_CLK_TCK")
+    sample["softirq"] = ticks[6] / hz
+    sample["busy"] = (sum(ticks) - ticks[3] - ticks[4]) / hz  # all but idle and iowait
+    return sample
+
+
+def cpu_per_request(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """Milliseconds of CPU per completed request, per key of two cpu_sample()s."""
+    return {k: round(1e3 * (after[k] - before[k]) / max(n, 1), 3) for k in before}
+
+
 async def _client(spec: dict[str, Any]) -> dict[str, Any]:
     """Wait for the agreed plan, tell the parent (which reshapes the first node's download)
     and wait for its go; answer every photo; time latency, then throughput."""
@@ -161,7 +180,9 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
                 await client.infer(origin, photos[k % len(photos)])
                 done.append(time.perf_counter())
 
+        before = cpu_sample(spec["pids"])
         await asyncio.gather(*(worker(k) for k in range(spec["in_flight"])))
+        cpu = cpu_per_request(before, cpu_sample(spec["pids"]), len(done))
         done.sort()
         # steady state: completions after the first, over the time they took
         throughput = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else 0.0
@@ -175,6 +196,7 @@ async def _client(spec: dict[str, Any]) -> dict[str, Any]:
             "latencies_s": latencies,
             "throughput_rps": throughput,
             "completions": len(done),
+            "cpu_ms_per_request": cpu,
             "logits": logits,
             "plan": describe_plan(cluster.assignments),
             "stages": [list(s) for s in cluster.stages],
@@ -366,6 +388,7 @@ def cluster_run(lab: Lab, client: Host, run: dict[str, Any], model_dir: Path,
             node.wait_serving(AGREE_DEADLINE_S)
         spec = {
             "nodes": {n.name: n.address for n in nodes},
+            "pids": {n.name: n.process.pid for n in nodes},
             "input_names": [local.input_name],
             "photos": args.photo_paths,
             "requests": args.requests,
