@@ -129,7 +129,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from edgenode.model.cost import graph_stats
     from edgenode.model.graph import build_graph
     from edgenode.model.split import layer_cost_graph
-    from edgenode.planning import Link, NodeSpec, plan_pipeline
+    from edgenode.planning import NodeSpec, node_link, plan_pipeline
 
     model = load_model_arg(args)
     graph = build_graph(model)
@@ -151,7 +151,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         NodeSpec(node_id=f"node-{i}", speed=base_speed * s, memory_bytes=args.node_memory)
         for i, s in enumerate(args.nodes)
     ]
-    link = Link(bandwidth_bytes_per_s=args.bandwidth, latency_s=args.hop_latency_ms / 1e3)
+    link = node_link(args.bandwidth, args.hop_latency_ms / 1e3)
     plan = plan_pipeline(costs, nodes, link, max_parts=args.max_parts)
     if args.json:
         print(json.dumps(_plan_json(plan, graph, args), indent=2))

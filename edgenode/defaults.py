@@ -6,12 +6,18 @@ numpy or TensorFlow, and no two modules can disagree about them.
 
 from __future__ import annotations
 
-__all__ = ["HOP_LATENCY_MS", "LINK_MBPS", "MAX_TENSOR_BYTES"]
+__all__ = ["BYTE_CPU_NS", "HOP_LATENCY_MS", "LINK_MBPS", "MAX_TENSOR_BYTES", "STAGE_CPU_MS"]
 
 # The network the planner assumes when neither the manifest nor node.toml says otherwise:
 # gigabit Ethernet. `split --cut balanced`, `plan` and the nodes' negotiation all use it.
 LINK_MBPS = 1000.0
 HOP_LATENCY_MS = 0.5  # the fixed cost of one hop on that network
+# CPU a node spends on a request besides running its part (gRPC, framing, copies, the
+# request's bookkeeping), measured per node process in the edge lab on a 2-core x86 VM
+# (benchmarks/results/edgelab.md, "Where the CPU goes"): a fixed cost per stage, and a
+# cost per byte for every byte a node sends or receives. A slower device pays more.
+STAGE_CPU_MS = 0.6
+BYTE_CPU_NS = 3.0
 
 # A receiver refuses incoming tensors larger than this unless configured
 # (node.toml: limits.max_tensor_bytes).

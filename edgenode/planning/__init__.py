@@ -13,6 +13,7 @@ from edgenode.planning._costs import (
     TensorCost,
     boundary_tensors,
     crossing_bytes,
+    node_link,
     stage_cost,
     stage_memory_bytes,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "crossing_bytes",
     "equal_cuts",
     "narrow_cuts",
+    "node_link",
     "plan_cluster",
     "plan_parts",
     "plan_pipeline",

@@ -7,8 +7,12 @@ Cost of a part [a, b) of the topological order on a node (the model every planne
 - send bytes: every tensor produced in [a, b) with a consumer at or after b, once, plus every
   final tensor produced in [a, b), again, because it also goes back to the request's origin;
   model inputs (producer -1) come from the request's origin and cost no stage anything;
-- time: compute + send_bytes / bandwidth + the hop latency, where the latency is paid only by
-  a stage that sends at least one byte (to the next stage or to the origin);
+- CPU: compute + the link's per-request CPU + its per-byte CPU for every byte sent, twice:
+  once for the sender and once for the receiver, both charged to the sending stage (so that
+  a part's cost still never grows as its start moves later);
+- time: CPU + send_bytes / bandwidth + the hop latency, where the latency is paid only by a
+  stage that sends at least one byte (to the next stage or to the origin). Measured in the
+  edge lab, a node's sends do not overlap its next request's compute: the times add up.
 - memory: its parameters plus the largest working set of one of its ops (every tensor the op
   reads plus every tensor it writes, all held at once). An estimate, not a bound: it assumes
   activations are freed after their last reader.
@@ -22,12 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
+from edgenode.defaults import BYTE_CPU_NS, HOP_LATENCY_MS, LINK_MBPS, STAGE_CPU_MS
 from edgenode.errors import PlanError
 
 __all__ = [
     "DEFAULT_BANDWIDTH_BYTES_PER_S",
+    "DEFAULT_BYTE_CPU_S",
     "DEFAULT_HOP_LATENCY_S",
+    "DEFAULT_STAGE_CPU_S",
     "CostGraph",
     "CostTables",
     "Link",
@@ -42,6 +48,7 @@ __all__ = [
     "check_speed",
     "crossing_bytes",
     "make_stage",
+    "node_link",
     "stage_cost",
     "stage_memory_bytes",
     "work_prefix",
@@ -49,6 +56,8 @@ __all__ = [
 
 DEFAULT_BANDWIDTH_BYTES_PER_S = LINK_MBPS * 1e6 / 8  # gigabit Ethernet, edgenode.defaults
 DEFAULT_HOP_LATENCY_S = HOP_LATENCY_MS / 1e3
+DEFAULT_STAGE_CPU_S = STAGE_CPU_MS / 1e3
+DEFAULT_BYTE_CPU_S = BYTE_CPU_NS / 1e9
 # Stands for "cannot fit" in the memory table; far above any real memory.
 _NO_FIT_BYTES = np.iinfo(np.int64).max
 
@@ -99,10 +108,32 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Link:
-    """The network between nodes, the same for every hop."""
+    """The network between nodes, the same for every hop, and the CPU a node spends on it:
+    per request of each stage, and per byte at each end (0 by default, for the model's own
+    arithmetic; ``node_link`` is the link with what nodes were measured to spend)."""
 
     bandwidth_bytes_per_s: float = DEFAULT_BANDWIDTH_BYTES_PER_S
     latency_s: float = DEFAULT_HOP_LATENCY_S
+    stage_cpu_s: float = 0.0
+    byte_cpu_s: float = 0.0
+
+    def cpu_s(self, send_bytes: float) -> float:
+        """CPU one request costs a stage besides its part, for the bytes it sends."""
+        return self.stage_cpu_s + 2 * self.byte_cpu_s * send_bytes
+
+
+def node_link(
+    bandwidth_bytes_per_s: float = DEFAULT_BANDWIDTH_BYTES_PER_S,
+    latency_s: float = DEFAULT_HOP_LATENCY_S,
+) -> Link:
+    """The link as the product plans for it: with the CPU nodes were measured to spend per
+    request and per byte (edgenode.defaults)."""
+    return Link(
+        bandwidth_bytes_per_s=bandwidth_bytes_per_s,
+        latency_s=latency_s,
+        stage_cpu_s=DEFAULT_STAGE_CPU_S,
+        byte_cpu_s=DEFAULT_BYTE_CPU_S,
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,7 +146,8 @@ class StageCost:
     compute_s: float
     send_bytes: int
     send_s: float
-    time_s: float
+    cpu_s: float  # compute plus the link's CPU per request and per byte
+    time_s: float  # cpu_s + send_s + the hop latency
     param_bytes: int
     work: float
 
@@ -159,6 +191,10 @@ def check_link(link: Link) -> None:
         raise PlanError(f"link bandwidth must be positive, got {link.bandwidth_bytes_per_s!r}")
     if not (math.isfinite(link.latency_s) and link.latency_s >= 0):
         raise PlanError(f"link latency must be finite and >= 0, got {link.latency_s!r}")
+    for name in ("stage_cpu_s", "byte_cpu_s"):
+        value = getattr(link, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise PlanError(f"link {name} must be finite and >= 0, got {value!r}")
 
 
 def check_speed(node: NodeSpec) -> None:
@@ -192,6 +228,7 @@ def make_stage(
     compute_s = work / node.speed
     send_s = send_bytes / node.bandwidth(link)
     hop_s = link.latency_s if send_bytes > 0 else 0.0
+    cpu_s = compute_s + link.cpu_s(send_bytes)
     return StageCost(
         node_id=node.node_id,
         start=start,
@@ -199,7 +236,8 @@ def make_stage(
         compute_s=compute_s,
         send_bytes=send_bytes,
         send_s=send_s,
-        time_s=compute_s + (send_s + hop_s),
+        cpu_s=cpu_s,
+        time_s=cpu_s + (send_s + hop_s),
         param_bytes=param_bytes,
         work=work,
     )

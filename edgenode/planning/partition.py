@@ -37,6 +37,7 @@ from edgenode.planning._costs import (
     check_link,
     check_speed,
     make_stage,
+    node_link,
     work_prefix,
 )
 
@@ -54,7 +55,7 @@ MAX_EXACT_NODES = 10  # beyond this many nodes the node order is fixed, not sear
 TIE_REL_TOL = 1e-9  # plans within this relative bottleneck count as optimal
 _MAX_MEMORY_BYTES = int(np.iinfo(np.int64).max) - 1  # below the tables' "cannot fit" mark
 _FIRST_RELAXED_BALANCE = 0.25
-_DEFAULT_LINK = Link()
+_DEFAULT_LINK = node_link()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +114,7 @@ def _flipped_costs(
     work = prefix[None, ::-1] - prefix[:, None]
     send = tables.send_bytes[:, ::-1]
     hops = np.where(send > 0, link.latency_s, 0.0)
+    overhead = link.stage_cpu_s + 2 * link.byte_cpu_s * send
     memory = np.ascontiguousarray(tables.memory_bytes[:, ::-1])
     comms: dict[float, NDArray[np.float64]] = {}
     costs = []
@@ -123,6 +125,7 @@ def _flipped_costs(
             comms[bandwidth] += hops
         speed, memory_bytes = kind.speed, kind.memory_bytes
         cost = work / speed
+        cost += overhead
         cost += comms[bandwidth]
         np.putmask(cost, memory > min(memory_bytes, _MAX_MEMORY_BYTES), np.inf)
         costs.append(cost)

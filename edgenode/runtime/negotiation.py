@@ -48,13 +48,13 @@ from edgenode.mesh import (
 )
 from edgenode.mesh.vetting import CHECK_MAX_BACKOFF_S, Vetting
 from edgenode.model.manifest import Manifest
-from edgenode.planning import ClusterPlan, CostGraph, Link, plan_cluster
+from edgenode.planning import ClusterPlan, CostGraph, Link, node_link, plan_cluster
 
 __all__ = ["DEFAULT_LINK", "Negotiator", "PlanPeers", "PlanState", "link_of"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LINK = Link()  # gigabit Ethernet: edgenode.defaults, as `split` and `plan` assume
+DEFAULT_LINK = node_link()  # gigabit Ethernet: edgenode.defaults, as `split` and `plan` assume
 
 
 def link_of(manifest: Manifest) -> Link:
@@ -62,7 +62,7 @@ def link_of(manifest: Manifest) -> Link:
     spec = manifest.link
     if spec is None:
         return DEFAULT_LINK
-    return Link(bandwidth_bytes_per_s=spec.bandwidth_bytes_per_s, latency_s=spec.latency_s)
+    return node_link(spec.bandwidth_bytes_per_s, spec.latency_s)
 
 
 CONFIRM_INTERVAL_S = 0.02  # between rounds of asking peers for their digest

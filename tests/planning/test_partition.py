@@ -196,6 +196,8 @@ def random_case(seed: int) -> tuple[CostGraph, list[NodeSpec], Link, int | None]
     link = Link(
         bandwidth_bytes_per_s=rng.choice([10.0, 100.0, 1000.0]),
         latency_s=rng.choice([0.0, 0.01, 0.5]),
+        stage_cpu_s=rng.choice([0.0, 0.0, 0.02]),
+        byte_cpu_s=rng.choice([0.0, 0.0, 1e-3]),
     )
     return graph, nodes, link, rng.choice([None, None, None, 1, 2, 3])
 
@@ -351,6 +353,19 @@ def test_latency_is_paid_only_by_stages_that_send() -> None:
     with_output = chain([2.0], final_bytes=10)
     stage = stage_cost(with_output, 0, 1, node("v", 2.0), link)
     assert (stage.compute_s, stage.send_bytes, stage.send_s, stage.time_s) == (1.0, 10, 1.0, 2.5)
+
+
+def test_the_link_charges_cpu_per_request_and_per_byte_at_both_ends() -> None:
+    graph = chain([2.0, 2.0], final_bytes=10)
+    link = Link(bandwidth_bytes_per_s=10.0, latency_s=0.5, stage_cpu_s=0.25, byte_cpu_s=0.01)
+    stage = stage_cost(graph, 1, 2, node("v", 2.0), link)
+    assert stage.cpu_s == 1.0 + 0.25 + 2 * 0.01 * 10
+    assert stage.time_s == stage.cpu_s + 1.0 + 0.5
+    # the planner's tables do the same arithmetic
+    plan = plan_pipeline(graph, [node("v", 2.0)], link)
+    assert plan.stages[0].time_s == stage_cost(graph, 0, 2, node("v", 2.0), link).time_s
+    with pytest.raises(PlanError, match="byte_cpu_s must be finite and >= 0"):
+        plan_pipeline(graph, [node("v")], Link(byte_cpu_s=-1.0))
 
 
 # Brute force.

@@ -38,7 +38,7 @@ def test_on_a_slow_link_the_origins_replica_serves_and_the_link_feeds_the_rest()
     plan = plan_cluster(graph, nodes, LINK, manifest_digest="m")
     assert plan.replicas == 4  # each node runs the whole model: nothing crosses 8 Mbit/s
     got = serving(plan, graph, nodes, LINK, origin="n2")
-    one = WORK / SPEED + 4000 / 1e6 + LINK.latency_s  # compute, then the answer home
+    one = WORK / SPEED  # its own replica ends on it: the answer goes back to the client
     assert got.latency_s == pytest.approx(one)
     forward = 1 / (INPUT / 1e6 + LINK.latency_s)  # 8 Mbit/s = 1e6 B/s
     assert got.forward_rps == pytest.approx(forward)
@@ -84,3 +84,22 @@ def test_a_model_without_inputs_to_send_is_not_link_bound() -> None:
     got = serving(plan, graph, nodes, LINK, origin="n0")
     assert math.isinf(got.forward_rps)
     assert got.throughput_rps == pytest.approx(sum(got.replica_rates))
+
+
+def test_the_cpu_a_node_spends_on_requests_counts() -> None:
+    cpu = Link(bandwidth_bytes_per_s=1e6, latency_s=1e-3, stage_cpu_s=6e-4, byte_cpu_s=3e-9)
+    graph, nodes = model(), members(2)
+    plan = plan_cluster(graph, nodes, cpu, manifest_digest="m")
+    assert plan.replicas == 2  # 200 kB per hop at 1 MB/s: each node runs it all
+    got = serving(plan, graph, nodes, cpu, origin="n0")
+    take_in = 3e-9 * (INPUT + 4000)  # the origin receives the image, returns the answer
+    own = WORK / SPEED + 6e-4 + take_in
+    assert got.latency_s == pytest.approx(own)
+    assert got.cpu_s == pytest.approx(own)  # one stage: all of it is CPU
+    other = WORK / SPEED + 6e-4 + 2 * 3e-9 * 4000 + 4000 / 1e6 + 1e-3  # its answer, a hop
+    assert got.replica_rates[1] == pytest.approx(1 / other)
+    forwarded = min(1 / other, 1 / (INPUT / 1e6 + 1e-3))
+    away = take_in + 2 * 3e-9 * INPUT + 6e-4  # the origin's CPU per request sent away
+    assert got.throughput_rps == pytest.approx((1 - forwarded * away) / own + forwarded)
+    free = serving(plan, graph, nodes, LINK, origin="n0")  # the same, without the CPU
+    assert got.throughput_rps < free.throughput_rps
