@@ -310,7 +310,7 @@ def predicted_serving(model_dir: Path, result: dict[str, Any]) -> dict[str, floa
     ]  # fmt: skip
     got = serving(plan, manifest.cost_graph(), members, link_of(manifest), origin=result["origin"])
     return {"latency_s": got.latency_s, "throughput_rps": got.throughput_rps,
-            "forward_rps": got.forward_rps}  # fmt: skip
+            "forward_rps": got.forward_rps, "cpu_s": got.cpu_s}  # fmt: skip
 
 
 def hop_bytes(model_dir: Path, stages: list[list[Any]]) -> list[int]:

@@ -36,9 +36,20 @@ def _pred_latency(r: dict[str, Any]) -> float:
     return float(plan_s) + edges / CLIENT_LINK_BYTES_PER_S
 
 
+# CPU per request the lab spends besides the nodes, on the same cores: the client (1.0-1.2 ms
+# measured outside the lab, one node on its own core, 2 requests in flight) and the kernel's
+# veth, bridge and tbf path (0.2-0.8 ms of softirq in the lab's 2-node runs).
+LAB_CLIENT_CPU_S = 1.5e-3
+
+
 def machine_rps(r: dict[str, Any]) -> float:
-    """What this machine's cores can compute: one one-thread local run per core (the lab's
-    nodes are separate hosts on the network, not on the CPU)."""
+    """What this machine's cores can serve (the lab's nodes are separate hosts on the
+    network, not on the CPU): the cores over the CPU a request costs the nodes (the planner's
+    ``serving.cpu_s``) plus the client and the kernel (LAB_CLIENT_CPU_S); for runs recorded
+    before, one one-thread local run per core."""
+    cpu = r.get("serving", {}).get("cpu_s")
+    if cpu:
+        return float(CORES / (cpu + LAB_CLIENT_CPU_S))
     return float(CORES * r["local"]["throughput_rps"])
 
 
@@ -284,7 +295,9 @@ def report(args: Any, rate_rows: Sequence[dict[str, Any]], done: Sequence[dict[s
         "client's origin (`edgenode.planning.serving`: the origin's own pipeline, and the "
         "others fed over the origin's link) plus the client's input and the answer over "
         "gigabit, which no plan sees; throughput capped at what this machine's "
-        f"{CORES} cores compute (one one-thread local run each: the lab's hosts share them). "
+        f"{CORES} cores serve (the lab's hosts share them): the cores over the CPU the "
+        "planner says a request costs the nodes, plus "
+        f"{LAB_CLIENT_CPU_S * 1e3:g} ms for the client and the kernel's network path. "
         "Ratios to local: the whole model in this process right before the cluster.",
         "",
         *table(
