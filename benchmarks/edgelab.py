@@ -289,8 +289,11 @@ def calibrated_gflops(directory: Path, local: Local) -> float:
 
 def predicted_serving(model_dir: Path, result: dict[str, Any]) -> dict[str, float]:
     """The planner's model of what the agreed plan serves to requests entering at the
-    client's origin (edgenode.planning.serving: the origin's link feeds other replicas)."""
+    client's origin (edgenode.planning.serving: the origin's link feeds other replicas).
+    A table run's plan was made with speeds pinned low (to force a stage per node); it is
+    priced with the speed the nodes really have: the model's FLOPs over its local latency."""
     from harness.models import manifest_of
+    from harness.report import two_digits
 
     from edgenode.planning import Assignment, ClusterPlan, NodeSpec
     from edgenode.planning.serving import serving
@@ -303,8 +306,12 @@ def predicted_serving(model_dir: Path, result: dict[str, Any]) -> dict[str, floa
                           for n, a, b, r in result["assignments"]),
         bottleneck_s=result["predicted_bottleneck_s"], latency_s=result["predicted_latency_s"],
     )  # fmt: skip
+    speeds = dict(result["speeds_gflops"])
+    if result.get("kind") == "table":
+        real = sum(p.flops for p in manifest.parts) / result["local"]["latency_s"] / 1e9
+        speeds = dict.fromkeys(speeds, two_digits(real))
     members = [
-        NodeSpec(node_id=n, speed=result["speeds_gflops"][n] * 1e9, memory_bytes=1 << 40,
+        NodeSpec(node_id=n, speed=speeds[n] * 1e9, memory_bytes=1 << 40,
                  link_bytes_per_s=result["links_mbps"][n] * 1e6 / 8)
         for n in result["members"]
     ]  # fmt: skip
@@ -437,7 +444,7 @@ def cluster_run(lab: Lab, client: Host, run: dict[str, Any], model_dir: Path,
         run["plans_agreed"] = sum(n.log().count(" agreed: ") for n in nodes)
     run.update(result)
     run["hop_bytes"] = hop_bytes(model_dir, result["stages"])
-    run["serving"] = predicted_serving(model_dir, result)
+    run["serving"] = predicted_serving(model_dir, run)
     got = np.asarray(result["logits"])
     ref = np.asarray(local.logits)
     run["agree"] = int(np.sum(got.argmax(-1) == ref.argmax(-1)))
@@ -503,7 +510,20 @@ def report_only(args: argparse.Namespace) -> None:
     raw = json.loads((args.work / "edgelab.json").read_text())
     vars(args).update(raw["meta"], commands=raw["commands"], earlier=([], []))
     args.command = raw["commands"][-1]
-    print(write_results(args, raw["rates"], raw["runs"], raw["failed"], [], 0.0))
+    print(write_results(args, raw["rates"], repriced(args.work, raw["runs"]), raw["failed"],
+                        [], 0.0))  # fmt: skip
+
+
+def repriced(work: Path, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recorded runs with the planner's predictions made again by the current cost model
+    (from what each run recorded: plan, origin, speeds, links; runs recorded before those
+    fields keep their predictions)."""
+    for r in runs:
+        model_dir = work / f"{MODEL.lower()}-8-litert-{r['format']}"
+        recorded = {"assignments", "members", "origin", "speeds_gflops", "links_mbps"} <= set(r)
+        if recorded and (model_dir / "manifest.json").is_file():
+            r["serving"] = predicted_serving(model_dir, r)
+    return runs
 
 
 def main() -> None:
@@ -579,7 +599,7 @@ def main() -> None:
     earlier_path = args.work / "edgelab.json"
     if args.merge and earlier_path.is_file():
         earlier = json.loads(earlier_path.read_text())
-        args.earlier = (earlier["runs"], earlier["failed"])
+        args.earlier = (repriced(args.work, earlier["runs"]), earlier["failed"])
         args.commands = [*earlier.get("commands", []), args.command]
     with Lab() as lab:
         rate_rows = rates(lab, args.rate_s)
