@@ -5,25 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from typing import Any
+
+from edgenode.units import parse_size
 
 __all__ = ["HelpFormatter", "Parser", "finite_float", "int_list", "node_speeds",
            "non_negative_float", "positive_float", "positive_int", "shape", "size"]  # fmt: skip
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "kib": 2**10,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 2**20,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 2**30,
-}
 
 
 # -- argument types ------------------------------------------------------------------
@@ -86,11 +73,11 @@ def shape(text: str) -> tuple[int, ...]:
 
 
 def size(text: str) -> int:
-    """'512MiB', '2GB', '1000': a size in bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise argparse.ArgumentTypeError(f"expected a size such as 512MiB or 2GB, got {text!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    """'512MiB', '2GB', '1000': a size in bytes (edgenode.units)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def node_speeds(text: str) -> list[float]:

@@ -212,7 +212,7 @@ def status_table(statuses: Sequence[NodeReport], *, wide: bool = False) -> str:
     headers = ["node", "address", "parts", "plan", "agreed", "state", "requests here",
                "part runs", "run p50 ms", "up", "GFLOP/s"]  # fmt: skip
     if wide:
-        headers += ["failed here", "memory", "link Mbit/s", "part run ms p50/p90"]
+        headers += ["failed here", "memory budget", "link Mbit/s", "part run ms p50/p90"]
         return format_table(headers, rows)
     # address, uptime and speed while they fit (always with --wide)
     return format_table(headers, rows, max_width=TABLE_WIDTH, optional=(1, 9, 10))

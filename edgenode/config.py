@@ -23,6 +23,7 @@ from edgenode.defaults import HOP_LATENCY_MS, MAX_TENSOR_BYTES
 from edgenode.errors import ConfigError
 from edgenode.ids import NODE_ID_MAX_CHARS, node_id_from_name, valid_node_id
 from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, WireFormat
+from edgenode.units import parse_size
 
 __all__ = [
     "ClusterConfig",
@@ -67,6 +68,14 @@ class NodeConfig:
     # This node's own link in Mbit/s, for the planner; 0 measures it with a timed transfer
     # to a peer once it has one, and again now and then (edgenode.runtime.linkmeter).
     link_mbps: float = 0.0
+    # The memory this node offers the cluster's plan, e.g. "400 MiB"; "" takes
+    # MEMORY_BUDGET_SHARE of the memory available when the node starts.
+    memory_budget: str = ""
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        """``memory_budget`` in bytes; 0 when not set (checked when the config is read)."""
+        return parse_size(self.memory_budget) if self.memory_budget else 0
 
     @property
     def node_id(self) -> str:
@@ -207,6 +216,13 @@ def _check(config: Config) -> None:
         raise ConfigError("node.speed_gflops: must be positive, or 0 to measure at start-up")
     if not (math.isfinite(config.node.link_mbps) and config.node.link_mbps >= 0):
         raise ConfigError("node.link_mbps: must be positive, or 0 to measure it with a peer")
+    if config.node.memory_budget:
+        try:
+            budget = parse_size(config.node.memory_budget)
+        except ValueError as exc:
+            raise ConfigError(f"node.memory_budget: {exc}") from None
+        if budget < 1:
+            raise ConfigError("node.memory_budget: must be positive, or absent for the default")
     if not config.cluster.name:
         raise ConfigError("cluster.name: must not be empty")
     if config.security.key and config.security.insecure:

@@ -6,7 +6,14 @@ numpy or TensorFlow, and no two modules can disagree about them.
 
 from __future__ import annotations
 
-__all__ = ["BYTE_CPU_NS", "HOP_LATENCY_MS", "LINK_MBPS", "MAX_TENSOR_BYTES", "STAGE_CPU_MS"]
+__all__ = [
+    "BYTE_CPU_NS",
+    "HOP_LATENCY_MS",
+    "LINK_MBPS",
+    "MAX_TENSOR_BYTES",
+    "MEMORY_BUDGET_SHARE",
+    "STAGE_CPU_MS",
+]
 
 # The network the planner assumes when neither the manifest nor node.toml says otherwise:
 # gigabit Ethernet. `split --cut balanced`, `plan` and the nodes' negotiation all use it.
@@ -22,3 +29,8 @@ BYTE_CPU_NS = 3.0
 # A receiver refuses incoming tensors larger than this unless configured
 # (node.toml: limits.max_tensor_bytes).
 MAX_TENSOR_BYTES = 256 * 2**20
+
+# The memory a node offers the cluster when node.toml sets no node.memory_budget: this share
+# of the memory the OS says is available when the node starts (MemAvailable, not the total:
+# other software on the device keeps what it already uses, and some room to grow).
+MEMORY_BUDGET_SHARE = 0.75

@@ -21,7 +21,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgenode._table import format_bytes
 from edgenode.config import Config, ModelConfig, parse_address
+from edgenode.defaults import MEMORY_BUDGET_SHARE
 from edgenode.errors import ConfigError, EdgenodeError
 from edgenode.mesh import (
     Capacity,
@@ -49,7 +51,7 @@ from edgenode.runtime.metrics import MetricsServer, NodeMetrics, sample_gauges
 from edgenode.runtime.negotiation import Negotiator, PlanState, link_of
 from edgenode.runtime.parts import PartHost, RunnerFactory
 from edgenode.runtime.requests import Router
-from edgenode.runtime.selfbench import measure_speed, total_memory_bytes
+from edgenode.runtime.selfbench import measure_speed, memory_budget_bytes
 from edgenode.security import load_credentials
 from edgenode.transport import (
     PROTOCOL_VERSION,
@@ -353,7 +355,8 @@ class Node:
             )
             await stack.enter_async_context(discovery)
             logger.info(
-                "node %s serving on %s:%d (model %s, %s, %s, %s per part, speed %.1f GFLOP/s)",
+                "node %s serving on %s:%d (model %s, %s, %s, %s per part, speed %.1f GFLOP/s, "
+                "memory budget %s%s)",
                 local.node_id,
                 local.host,
                 bound_port,
@@ -362,6 +365,10 @@ class Node:
                 backend,
                 _count(config.model.threads, "thread"),
                 speed / 1e9,
+                format_bytes(local.capacity.memory_bytes),
+                ""
+                if config.node.memory_budget
+                else f", {MEMORY_BUDGET_SHARE:.0%} of the memory available at start",
             )
             if self._ready_file is not None:
                 await asyncio.to_thread(
@@ -429,7 +436,7 @@ class Node:
             manifest_identity=manifest.identity,
             capacity=Capacity(
                 speed=speed,
-                memory_bytes=total_memory_bytes(),
+                memory_bytes=memory_budget_bytes(config.node.memory_budget_bytes),
                 link_bytes_per_s=config.node.link_mbps * 1e6 / 8,  # 0: measured later
             ),
             incarnation=new_incarnation(),

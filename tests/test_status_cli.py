@@ -181,7 +181,7 @@ def test_table_shows_the_plan_apart_from_what_is_loaded() -> None:
         "node": "a", "address": "127.0.0.1:4097", "parts": "0-2", "plan": digest,
         "agreed": "yes", "state": "ready", "requests here": "0", "part runs": "4",
         "run p50 ms": "60.00",  # the sum of the medians of its parts, not of part 6 (old)
-        "up": "12m05s", "GFLOP/s": "1", "failed here": "0", "memory": "1.0 GiB",
+        "up": "12m05s", "GFLOP/s": "1", "failed here": "0", "memory budget": "1.0 GiB",
         "link Mbit/s": "-",
         "part run ms p50/p90": "0: 10.00/10.00, 1: 20.00/20.00, 2: 30.00/30.00, 6: 500.00/500.00",
     }  # fmt: skip

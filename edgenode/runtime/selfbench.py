@@ -22,17 +22,21 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 
+from edgenode.defaults import MEMORY_BUDGET_SHARE
 from edgenode.errors import ModelError
 
 __all__ = [
     "MODEL_EFFICIENCY",
     "UNKNOWN_BACKEND_EFFICIENCY",
+    "available_memory_bytes",
     "burst_flops",
     "burst_time_s",
     "measure_speed",
+    "memory_budget_bytes",
     "total_memory_bytes",
 ]
 
@@ -113,6 +117,30 @@ def measure_speed(
         raise ValueError("a burst needs its flops_per_burst")
     seconds = burst_time_s(burst, window_s=window_s, clock=clock, wall=wall)
     return efficiency * flops_per_burst / max(seconds, 1e-9)
+
+
+def available_memory_bytes(meminfo: str | None = None) -> int:
+    """Memory the OS can give new work without swapping (Linux MemAvailable, from
+    /proc/meminfo or the text given); the physical total where it does not say."""
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            meminfo = ""
+    for line in meminfo.splitlines():
+        key, _, value = line.partition(":")
+        fields = value.split()
+        if key == "MemAvailable" and fields and fields[0].isdigit():
+            return int(fields[0]) * (1024 if fields[1:2] == ["kB"] else 1)
+    return total_memory_bytes()
+
+
+def memory_budget_bytes(configured: int, meminfo: str | None = None) -> int:
+    """What this node offers the cluster: ``configured`` (node.memory_budget), else
+    MEMORY_BUDGET_SHARE of the memory available now."""
+    if configured > 0:
+        return configured
+    return int(MEMORY_BUDGET_SHARE * available_memory_bytes(meminfo))
 
 
 def total_memory_bytes() -> int:
