@@ -73,7 +73,8 @@ def _why_not_ready(status: NodeReport, digest: str) -> str:
     who = status.node_id
     agreed, computed = status.plan.agreed_digest, status.plan.computed_digest
     if not agreed:
-        return f"{who} has no agreed plan yet"
+        problem = status.plan.problem
+        return f"{who} has no plan: {problem}" if problem else f"{who} has no agreed plan yet"
     if agreed != digest:
         return f"{who} serves another plan ({agreed[:8]})"
     if computed != agreed:
@@ -213,9 +214,12 @@ def status_table(statuses: Sequence[NodeReport], *, wide: bool = False) -> str:
                "part runs", "run p50 ms", "up", "GFLOP/s"]  # fmt: skip
     if wide:
         headers += ["failed here", "memory budget", "link Mbit/s", "part run ms p50/p90"]
-        return format_table(headers, rows)
-    # address, uptime and speed while they fit (always with --wide)
-    return format_table(headers, rows, max_width=TABLE_WIDTH, optional=(1, 9, 10))
+        table = format_table(headers, rows)
+    else:  # address, uptime and speed while they fit (always with --wide)
+        table = format_table(headers, rows, max_width=TABLE_WIDTH, optional=(1, 9, 10))
+    # every member computes the same plan, so they give the same reason: say it once
+    problems = dict.fromkeys(st.plan.problem for st in statuses if st.plan.problem)
+    return "\n".join([table, *(f"no plan: {problem}" for problem in problems)])
 
 
 def _link_label(bytes_per_s: float) -> str:

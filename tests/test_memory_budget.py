@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +14,15 @@ from edgenode.config import parse_config
 from edgenode.defaults import MEMORY_BUDGET_SHARE
 from edgenode.errors import ConfigError
 from edgenode.runtime.selfbench import available_memory_bytes, memory_budget_bytes
-from tests.nodes import SLOW_GFLOPS, NodeProcess, agreed_cluster
+from tests.nodes import (
+    SLOW_GFLOPS,
+    START_DEADLINE_S,
+    NodeProcess,
+    agreed_cluster,
+    cli,
+    statuses,
+    wait_until,
+)
 
 MEMINFO = "MemTotal:        2048000 kB\nMemFree:          100000 kB\nMemAvailable:     800000 kB\n"
 
@@ -46,20 +56,26 @@ def test_without_a_budget_a_node_offers_a_share_of_the_memory_available() -> Non
     assert 0 < available_memory_bytes() <= available_memory_bytes("")
 
 
-@pytest.mark.tf
-def test_a_node_whose_budget_holds_no_part_is_left_idle(split_dir: Path, tmp_path: Path) -> None:
+def starter(split_dir: Path, workdir: Path) -> Callable[[str, str], NodeProcess]:
+    """Starts nodes of one new test cluster on ``split_dir``, each with its own budget."""
     cluster = f"test-{uuid.uuid4().hex[:12]}"
 
     def start(name: str, budget: str) -> NodeProcess:
-        config = tmp_path / f"{name}.toml"
+        config = workdir / f"{name}.toml"
         config.write_text(
             f'[node]\nspeed_gflops = {SLOW_GFLOPS}\nmemory_budget = "{budget}"\n'
             f'[cluster]\nname = "{cluster}"\n'
         )
-        return NodeProcess(name, tmp_path, "--config", str(config), "--listen", "127.0.0.1:0",
+        return NodeProcess(name, workdir, "--config", str(config), "--listen", "127.0.0.1:0",
                            "--model", str(split_dir), "--interfaces", "127.0.0.1",
-                           "--state-dir", str(tmp_path / name))  # fmt: skip
+                           "--state-dir", str(workdir / name))  # fmt: skip
 
+    return start
+
+
+@pytest.mark.tf
+def test_a_node_whose_budget_holds_no_part_is_left_idle(split_dir: Path, tmp_path: Path) -> None:
+    start = starter(split_dir, tmp_path)
     nodes = [start("a", "1 KiB"), start("b", "64 MiB")]
     try:
         for node in nodes:
@@ -71,6 +87,42 @@ def test_a_node_whose_budget_holds_no_part_is_left_idle(split_dir: Path, tmp_pat
         assert not found["a"]["parts"]
         assert len(found["b"]["parts"]) == 4
         assert "memory budget 1.0 KiB" in nodes[0].log()
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.mark.tf
+def test_budgets_that_cannot_hold_the_model_say_so_until_a_node_that_can_joins(
+    split_dir: Path, tmp_path: Path
+) -> None:
+    start = starter(split_dir, tmp_path)
+    nodes = [start("a", "1 KiB"), start("b", "1 KiB")]
+    try:
+        for node in nodes:
+            node.wait_serving()
+
+        def stuck() -> dict[str, dict[str, Any]] | None:
+            found = statuses([n.address for n in nodes])
+            said = [st["plan"].get("problem") for st in found.values()]
+            ok = set(found) == {"a", "b"} and all(said)
+            return found if ok else None
+
+        found = wait_until(stuck, START_DEADLINE_S, "both nodes to say why there is no plan")
+        problem = found["a"]["plan"]["problem"]
+        assert problem == found["b"]["plan"]["problem"]
+        assert problem.startswith("no feasible plan: op ")  # one op alone exceeds 1 KiB
+        assert "the largest node" in problem and "holds 1024 bytes" in problem
+        assert not found["a"]["parts"] and not found["b"]["parts"]  # they serve nothing
+        shown = cli("status", "--peer", nodes[0].address)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.rstrip().endswith(f"no plan: {problem}")
+        for node in nodes:  # one line each, in the log, whatever the rounds of planning
+            assert node.log().count(problem) == 1
+        nodes.append(start("c", "64 MiB"))
+        nodes[-1].wait_serving()
+        agreed = agreed_cluster(nodes, {"a", "b", "c"})
+        assert len(agreed["c"]["parts"]) == 4 and not agreed["a"]["plan"].get("problem")
     finally:
         for node in nodes:
             node.stop()

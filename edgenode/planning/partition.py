@@ -265,23 +265,33 @@ def _no_plan(
     graph: CostGraph, tables: CostTables, nodes: Sequence[NodeSpec], max_parts: int
 ) -> PlanError:
     largest = max(nodes, key=lambda v: v.memory_bytes)
+    budget = largest.memory_bytes
     needs = [int(tables.memory_bytes[k, k + 1]) for k in range(tables.n)]
     worst = max(range(tables.n), key=lambda k: needs[k])
-    if needs[worst] > largest.memory_bytes:
+    if needs[worst] > budget:
         return PlanError(
-            f"no feasible plan: op {graph.ops[worst].name!r} needs {needs[worst]} bytes"
-            f" but the largest node {largest.node_id!r} holds {largest.memory_bytes}"
+            f"no feasible plan: op {graph.ops[worst].name!r} needs {_size(needs[worst])}"
+            f" but the largest node {largest.node_id!r} holds {_size(budget)}"
         )
-    params = int(tables.param_prefix[-1])
-    held = sum(sorted((v.memory_bytes for v in nodes), reverse=True)[:max_parts])
-    if params > held:
-        return PlanError(
-            f"no feasible plan: the parameters need {params} bytes but the {max_parts}"
-            f" largest nodes hold {held} ({params - held} bytes short)"
-        )
+    # Fewest parts that each fit the largest budget: from each start, the furthest stop
+    # that fits (a part's need never shrinks as it grows, so this greedy count is the least).
+    count, need, start = 0, 0, 0
+    while start < tables.n:
+        stop = start + 1
+        while stop < tables.n and tables.memory_bytes[start, stop + 1] <= budget:
+            stop += 1
+        count, need, start = count + 1, need + int(tables.memory_bytes[start, stop]), stop
+    have = str(len(nodes))
+    if max_parts < len(nodes):
+        have += f", at most {max_parts} part{'' if max_parts == 1 else 's'}"
     return PlanError(
-        f"no feasible plan: no split into at most {max_parts} parts fits the nodes' memory"
+        f"no feasible plan: the model needs {_size(need)} in at least {count} nodes of"
+        f" {_size(budget)} (the largest budget); the cluster has {have}"
     )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 def _table_stage(

@@ -103,6 +103,7 @@ class PlanState:
     agreed: ClusterPlan | None  # latest plan every member confirmed; the one served
     members: tuple[NodeId, ...]
     version: int  # increases on every change of this state
+    problem: str = ""  # why the current members have no plan ("" when they have one)
 
     @property
     def settled(self) -> bool:
@@ -287,23 +288,30 @@ class Negotiator:
                 await self._sleep_or_wake(due - self._clock())
                 continue
             self._debounce = self._debounce.done()
-            plan = self._compute()
-            await self._publish(computed=plan, agreed=self._state.agreed)
+            plan, problem = self._compute()
+            await self._publish(computed=plan, agreed=self._state.agreed, problem=problem)
             if plan is not None:
                 await self._confirm(plan)
 
-    def _compute(self) -> ClusterPlan | None:
+    def _compute(self) -> tuple[ClusterPlan | None, str]:
+        """The plan for the current members, or None and why there is none (logged once
+        per new reason: every member computes the same, so each node says so itself)."""
         members = self._membership.node_specs()
         try:
             plan = plan_cluster(
                 self._graph, members, self._link, manifest_digest=self._manifest_digest
             )
         except PlanError as exc:
-            logger.warning(
-                "no plan for %d node%s: %s", len(members), "" if len(members) == 1 else "s", exc
-            )
-            return None
-        return plan
+            problem = str(exc)
+            if problem != self._state.problem:
+                logger.warning(
+                    "no plan for %d node%s, serving nothing until one joins: %s",
+                    len(members),
+                    "" if len(members) == 1 else "s",
+                    problem,
+                )
+            return None, problem
+        return plan, ""
 
     async def _confirm(self, plan: ClusterPlan) -> None:
         """Ask every other member for its digest until all match or membership changes."""
@@ -431,12 +439,15 @@ class Negotiator:
             self._resumed_at = now
         return True
 
-    async def _publish(self, *, computed: ClusterPlan | None, agreed: ClusterPlan | None) -> None:
+    async def _publish(
+        self, *, computed: ClusterPlan | None, agreed: ClusterPlan | None, problem: str = ""
+    ) -> None:
         async with self._changed:
             self._state = PlanState(
                 computed=computed,
                 agreed=agreed,
                 members=tuple(p.node_id for p in self._membership.members),
                 version=self._state.version + 1,
+                problem=problem,
             )
             self._changed.notify_all()

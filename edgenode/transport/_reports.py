@@ -46,6 +46,7 @@ class PlanReport:
     # slowest stage (1 / pipelined throughput) and one request's latency through it.
     bottleneck_s: float = 0.0
     latency_s: float = 0.0
+    problem: str = ""  # why the members have no plan ("" when they have one)
 
     @property
     def agreed(self) -> bool:
@@ -163,6 +164,7 @@ def report_of(status: pb.NodeStatus) -> NodeReport:
             idle=tuple(plan.idle),
             bottleneck_s=plan.bottleneck_s,
             latency_s=plan.latency_s,
+            problem=plan.problem,
         ),
         parts=tuple(status.parts),
         owned=tuple(status.owned),
@@ -191,6 +193,7 @@ def plan_report(state: PlanView) -> PlanReport:
         idle=tuple(agreed.idle) if agreed else (),
         bottleneck_s=agreed.bottleneck_s if agreed else 0.0,
         latency_s=agreed.latency_s if agreed else 0.0,
+        problem=state.problem,
     )
 
 
@@ -229,6 +232,7 @@ def plan_message(plan: PlanReport) -> pb.PlanReply:
         idle=list(plan.idle),
         bottleneck_s=plan.bottleneck_s,
         latency_s=plan.latency_s,
+        problem=plan.problem,
     )
 
 

@@ -18,6 +18,7 @@ import pytest
 from edgenode import logfields
 from edgenode.mesh import Debounce, Endpoint, InMemoryNetwork, NodeId, PeerInfo
 from edgenode.model.manifest import LinkSpec
+from edgenode.planning import stage_memory_bytes
 from edgenode.runtime.negotiation import Negotiator, PlanPeers, PlanState, link_of
 from tests.runtime.fakes import InMemoryPlanPeers, chain_manifest, peer_info
 
@@ -42,9 +43,14 @@ class Cluster:
         clock: Callable[[], float] = time.monotonic,
         peers: PlanPeers | None = None,
         link_bytes_per_s: float = 0.0,
+        memory_bytes: int | None = None,
     ) -> Negotiator:
         info = peer_info(node_id, port, self.manifest, speed)
-        capacity = dataclasses.replace(info.capacity, link_bytes_per_s=link_bytes_per_s)
+        capacity = dataclasses.replace(
+            info.capacity,
+            link_bytes_per_s=link_bytes_per_s,
+            memory_bytes=info.capacity.memory_bytes if memory_bytes is None else memory_bytes,
+        )
         discovery = self.network.discovery(dataclasses.replace(info, capacity=capacity))
         await discovery.start()
         negotiator = Negotiator(
@@ -131,6 +137,32 @@ async def test_a_joining_node_gets_a_share_and_old_plan_is_served_meanwhile(
     assert "c" in {x.node_id for x in states[0].agreed.assignments}
     # the served plan never went back to None during the switch
     assert a.state.agreed is not None
+
+
+async def test_members_whose_budgets_cannot_hold_the_model_say_why_until_one_joins(
+    cluster: Cluster,
+) -> None:
+    graph = cluster.manifest.cost_graph()
+    tight = max(stage_memory_bytes(graph, k, k + 1) for k in range(len(graph.ops)))
+    a = await cluster.start("a", 1, memory_bytes=tight)
+    b = await cluster.start("b", 2, memory_bytes=tight)
+
+    def stuck(state: PlanState) -> bool:
+        return set(state.members) == {"a", "b"} and bool(state.problem)
+
+    states = [await n.wait(stuck, DEADLINE_S) for n in (a, b)]
+    assert states[0].problem == states[1].problem  # every member says the same
+    found = re.fullmatch(
+        r"no feasible plan: the model needs \d+ bytes in at least (\d+) nodes of (\d+) bytes"
+        r" \(the largest budget\); the cluster has 2",
+        states[0].problem,
+    )
+    assert found, states[0].problem
+    assert int(found[1]) > 2 and int(found[2]) == tight
+    assert all(s.computed is None and s.agreed is None for s in states)  # serves nothing
+    await cluster.start("c", 3, memory_bytes=1 << 40)  # a node that can hold it joins
+    joined = await cluster.agreed({"a", "b", "c"})
+    assert all(s.agreed is not None and not s.problem for s in joined)
 
 
 async def test_a_crashed_node_is_marked_dead_and_the_rest_replan(cluster: Cluster) -> None:

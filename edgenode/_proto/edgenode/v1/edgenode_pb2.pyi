@@ -127,7 +127,7 @@ class Assignment(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., replica: _Optional[int] = ...) -> None: ...
 
 class PlanReply(_message.Message):
-    __slots__ = ("computed_digest", "agreed_digest", "assignments", "members", "idle", "bottleneck_s", "latency_s")
+    __slots__ = ("computed_digest", "agreed_digest", "assignments", "members", "idle", "bottleneck_s", "latency_s", "problem")
     COMPUTED_DIGEST_FIELD_NUMBER: _ClassVar[int]
     AGREED_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +135,7 @@ class PlanReply(_message.Message):
     IDLE_FIELD_NUMBER: _ClassVar[int]
     BOTTLENECK_S_FIELD_NUMBER: _ClassVar[int]
     LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
     computed_digest: str
     agreed_digest: str
     assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
@@ -142,7 +143,8 @@ class PlanReply(_message.Message):
     idle: _containers.RepeatedScalarFieldContainer[str]
     bottleneck_s: float
     latency_s: float
-    def __init__(self, computed_digest: _Optional[str] = ..., agreed_digest: _Optional[str] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., members: _Optional[_Iterable[str]] = ..., idle: _Optional[_Iterable[str]] = ..., bottleneck_s: _Optional[float] = ..., latency_s: _Optional[float] = ...) -> None: ...
+    problem: str
+    def __init__(self, computed_digest: _Optional[str] = ..., agreed_digest: _Optional[str] = ..., assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., members: _Optional[_Iterable[str]] = ..., idle: _Optional[_Iterable[str]] = ..., bottleneck_s: _Optional[float] = ..., latency_s: _Optional[float] = ..., problem: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
