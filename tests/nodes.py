@@ -184,6 +184,24 @@ def node_config(workdir: Path, *, speed_gflops: float = SLOW_GFLOPS, extra: str 
     return config
 
 
+def start_node(
+    directory: Path,
+    workdir: Path,
+    name: str,
+    *,
+    config: Path,
+    env: dict[str, str] | None = None,
+    insecure: bool = True,
+) -> NodeProcess:
+    """`edgenode run` as ``name``, serving the split in ``directory`` on 127.0.0.1 with its
+    state in ``workdir / name`` (started, not yet waited for)."""
+    return NodeProcess(
+        name, workdir, "--config", str(config), "--listen", "127.0.0.1:0",
+        "--model", str(directory), "--interfaces", "127.0.0.1",
+        "--state-dir", str(workdir / name), env=env, insecure=insecure,
+    )  # fmt: skip
+
+
 def start_nodes(
     directory: Path,
     workdir: Path,
@@ -192,14 +210,8 @@ def start_nodes(
     config: Path,
     env: dict[str, str] | None = None,
 ) -> list[NodeProcess]:
-    """One `edgenode run` per name, serving the split in ``directory`` on 127.0.0.1
-    (started, not yet waited for)."""
-    args = ["--config", str(config), "--listen", "127.0.0.1:0", "--model", str(directory),
-            "--interfaces", "127.0.0.1"]  # fmt: skip
-    return [
-        NodeProcess(name, workdir, *args, "--state-dir", str(workdir / name), env=env)
-        for name in names
-    ]
+    """One `edgenode run` per name, as start_node (started, not yet waited for)."""
+    return [start_node(directory, workdir, name, config=config, env=env) for name in names]
 
 
 @contextlib.contextmanager

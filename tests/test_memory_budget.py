@@ -20,6 +20,7 @@ from tests.nodes import (
     NodeProcess,
     agreed_cluster,
     cli,
+    start_node,
     statuses,
     wait_until,
 )
@@ -66,9 +67,7 @@ def starter(split_dir: Path, workdir: Path) -> Callable[[str, str], NodeProcess]
             f'[node]\nspeed_gflops = {SLOW_GFLOPS}\nmemory_budget = "{budget}"\n'
             f'[cluster]\nname = "{cluster}"\n'
         )
-        return NodeProcess(name, workdir, "--config", str(config), "--listen", "127.0.0.1:0",
-                           "--model", str(split_dir), "--interfaces", "127.0.0.1",
-                           "--state-dir", str(workdir / name))  # fmt: skip
+        return start_node(split_dir, workdir, name, config=config)
 
     return start
 

@@ -21,6 +21,7 @@ from tests.nodes import (
     agreed_cluster,
     infer_checked,
     multi_io_split,
+    start_node,
     statuses,
     wait_until,
 )
@@ -62,11 +63,7 @@ def members(keys, split, tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
             f'[node]\nspeed_gflops = 0.000001\n[cluster]\nname = "{cluster}"\n'
             f'[security]\nkey = "{key}"\n'
         )
-        return NodeProcess(
-            name, work, "--config", str(config), "--listen", "127.0.0.1:0",
-            "--model", str(split["dir"]), "--interfaces", "127.0.0.1",
-            "--state-dir", str(work / name), insecure=False,
-        )  # fmt: skip
+        return start_node(split["dir"], work, name, config=config, insecure=False)
 
     nodes = [start(n, keys["member_file"]) for n in ("a", "b")]
     try:

@@ -50,10 +50,7 @@ class TensorInbox:
             await self._wait(self._putters)
         if self._closed:
             raise PeerUnavailable("the receiving node is shutting down")
-        self._items.append(tensor)
-        self._bytes += size
-        self.high_water_bytes = max(self.high_water_bytes, self._bytes)
-        _wake(self._getters)
+        self._append(tensor)
 
     def put_over_budget(self, tensor: Tensor) -> bool:
         """Queue a tensor now, even past the byte bound; False once closed (not queued).
@@ -63,11 +60,14 @@ class TensorInbox:
         """
         if self._closed:
             return False
+        self._append(tensor)
+        return True
+
+    def _append(self, tensor: Tensor) -> None:
         self._items.append(tensor)
         self._bytes += tensor.nbytes
         self.high_water_bytes = max(self.high_water_bytes, self._bytes)
         _wake(self._getters)
-        return True
 
     async def get(self) -> Tensor:
         """The oldest tensor, waiting for one; PeerUnavailable once closed and empty."""
