@@ -22,8 +22,11 @@ from edgenode.model.manifest import (
     ModelSpec,
     OutputSpec,
     PartSpec,
+    RowSlice,
     TensorSpec,
+    TileSpec,
     WireFormat,
+    slice_name,
 )
 
 __all__ = ["parse_manifest"]
@@ -137,6 +140,7 @@ def parse_manifest(data: Any) -> Manifest:
         created_by=str(data.get("created_by", "")),
         link=_link(data["link"]) if "link" in data else None,
         wire_format=_wire_format(data),
+        tiles=_tiles(data["tiles"]) if "tiles" in data else None,
     )
     _check(manifest)
     return manifest
@@ -204,11 +208,71 @@ def _link(data: Any) -> LinkSpec:
     return LinkSpec(bandwidth_bytes_per_s=float(bandwidth), latency_s=float(latency))
 
 
+def _rows(value: Any, where: str) -> tuple[int, int]:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        or not 0 <= value[0] < value[1]
+    ):
+        raise ManifestError(f"{where}.rows: expected [start, stop) with 0 <= start < stop")
+    return value[0], value[1]
+
+
+def _index(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ManifestError(f"{where}: expected a part index, got {value!r:.60}")
+    return value
+
+
+def _tiles(data: Any) -> TileSpec:
+    slices = []
+    for i, s in enumerate(_list(data, "slices", "tiles")):
+        where = f"tiles.slices[{i}]"
+        rows = _rows(_field(s, "rows", list, where), where)
+        source = _field(s, "source", str, where)
+        name = _field(s, "name", str, where)
+        if name != slice_name(source, rows):
+            raise ManifestError(f"{where}.name: expected {slice_name(source, rows)!r}")
+        slices.append(RowSlice(name=name, source=source, rows=rows))
+    stripes = tuple(
+        _index(v, f"tiles.stripes[{i}]") for i, v in enumerate(_list(data, "stripes", "tiles"))
+    )
+    if not stripes or list(stripes) != list(range(stripes[0], stripes[0] + len(stripes))):
+        raise ManifestError("tiles.stripes: expected consecutive part indices")
+    gather = _index(_field(data, "gather", int, "tiles"), "tiles.gather")
+    return TileSpec(slices=tuple(slices), stripes=stripes, gather=gather)
+
+
+def _check_tiles(manifest: Manifest) -> None:
+    tiles = manifest.tiles
+    if tiles is None:
+        return
+    n = len(manifest.parts)
+    if tiles.stripes[-1] >= n or not tiles.stripes[-1] < tiles.gather < n:
+        raise ManifestError(
+            f"tiles: stripes {list(tiles.stripes)} and gather {tiles.gather} "
+            f"must be parts (0..{n - 1}), the gather after the stripes"
+        )
+    shapes = {t.name: t.shape for t in manifest.model.inputs}
+    shapes.update((o.name, o.shape) for p in manifest.parts for o in p.outputs)
+    for i, s in enumerate(tiles.slices):
+        shape = shapes.get(s.source)
+        if shape is None or len(shape) < 2:
+            raise ManifestError(f"tiles.slices[{i}].source: {s.source!r} is no tensor with rows")
+        height = shape[1]
+        if height is not None and s.rows[1] > height:
+            raise ManifestError(f"tiles.slices[{i}].rows: past the {height} rows of {s.source!r}")
+
+
 def _check(manifest: Manifest) -> None:
     """Cross-field checks: indices, file names, dataflow and final outputs."""
     if not manifest.parts:
         raise ManifestError("manifest.parts: empty")
+    _check_tiles(manifest)
+    slices = manifest.tiles.slices if manifest.tiles is not None else ()
     available = {t.name for t in manifest.model.inputs}
+    available |= {s.name for s in slices if s.source in available}
     finals: set[str] = set()
     for i, part in enumerate(manifest.parts):
         if part.index != i:
@@ -225,6 +289,7 @@ def _check(manifest: Manifest) -> None:
             available.add(out.name)
             if out.final:
                 finals.add(out.name)
+        available |= {s.name for s in slices if s.source in available}
     missing = set(manifest.model.outputs) - finals
     extra = finals - set(manifest.model.outputs)
     if missing:

@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, TypeVar, get_args
 
 from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ManifestError
-from edgenode.planning import CostGraph, OpCost, TensorCost
+from edgenode.planning import CostGraph, Link, OpCost, TensorCost, TileShape, node_link
 
 __all__ = [
     "DEFAULT_WIRE_FORMAT",
@@ -29,11 +29,16 @@ __all__ = [
     "ModelSpec",
     "OutputSpec",
     "PartSpec",
+    "RowSlice",
     "TensorSpec",
+    "TileSpec",
     "WireFormat",
     "file_sha256",
     "link_spec",
     "load_manifest",
+    "planning_link",
+    "row_slices",
+    "slice_name",
     "wire_nbytes",
 ]
 
@@ -132,6 +137,55 @@ class PartSpec:
         return "litert" if self.file.endswith(".tflite") else "keras"
 
 
+def slice_name(source: str, rows: tuple[int, int]) -> str:
+    """The name of rows ``[lo, hi)`` of tensor ``source`` (a stripe's input)."""
+    return f"{source}.rows{rows[0]}_{rows[1]}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RowSlice:
+    """Rows ``[lo, hi)`` (height, axis 1) of tensor ``source``: a tensor of its own,
+    ``name``, made where ``source`` is and sent only to the stripes that read it."""
+
+    name: str
+    source: str
+    rows: tuple[int, int]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object of this slice."""
+        return {"name": self.name, "source": self.source, "rows": list(self.rows)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TileSpec:
+    """Spatial parts (``edgenode split --spatial``): the stripes, consecutive parts that
+    each compute some rows of a local region from a row slice of its input and can run
+    at once on different nodes, and the part that gathers them."""
+
+    slices: tuple[RowSlice, ...]
+    stripes: tuple[int, ...]  # part indices, consecutive
+    gather: int  # the part index that concatenates the stripes
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON object of this spec."""
+        return {
+            "slices": [s.to_json() for s in self.slices],
+            "stripes": list(self.stripes),
+            "gather": self.gather,
+        }
+
+
+def row_slices(tiles: TileSpec | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The row slices whose source is in ``values`` (views, not copies), by name."""
+    if tiles is None:
+        return {}
+    return {
+        s.name: values[s.source][:, s.rows[0] : s.rows[1]]
+        for s in tiles.slices
+        if s.source in values
+    }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkSpec:
     """The network the cluster plans for. Every node must plan for the same one, so it
@@ -143,6 +197,14 @@ class LinkSpec:
     def to_json(self) -> dict[str, Any]:
         """JSON object of this spec."""
         return {"bandwidth_bytes_per_s": self.bandwidth_bytes_per_s, "latency_s": self.latency_s}
+
+
+def planning_link(spec: LinkSpec | None) -> Link:
+    """The link a cluster plans with for a manifest's ``link`` (None: gigabit Ethernet),
+    with the CPU nodes spend per request and per byte (``planning.node_link``)."""
+    if spec is None:
+        return node_link()
+    return node_link(spec.bandwidth_bytes_per_s, spec.latency_s)
 
 
 def link_spec(mbps: float | None, hop_latency_ms: float | None) -> LinkSpec | None:
@@ -165,6 +227,7 @@ class Manifest:
     created_by: str = ""
     link: LinkSpec | None = None
     wire_format: WireFormat = DEFAULT_WIRE_FORMAT
+    tiles: TileSpec | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as a JSON-ready dict (format ``edgenode-manifest/1``)."""
@@ -205,6 +268,7 @@ class Manifest:
             **(
                 {"wire_format": self.wire_format} if self.wire_format != DEFAULT_WIRE_FORMAT else {}
             ),
+            **({"tiles": self.tiles.to_json()} if self.tiles is not None else {}),
         }
 
     def dumps(self) -> str:
@@ -259,6 +323,7 @@ class Manifest:
         specs: dict[str, TensorSpec] = {t.name: t for t in self.model.inputs}
         consumers: dict[str, list[int]] = {}
         finals: set[str] = set()
+        slices = {s.name: s for s in self.tiles.slices} if self.tiles is not None else {}
         for part in self.parts:
             for t in part.inputs:
                 consumers.setdefault(t.name, []).append(part.index)
@@ -267,6 +332,10 @@ class Manifest:
                 specs[out.name] = out
                 if out.final:
                     finals.add(out.name)
+            for t in part.inputs:  # a row slice is made where its source is
+                if t.name in slices:
+                    producer[t.name] = producer[slices[t.name].source]
+                    specs[t.name] = t
         return CostGraph(
             ops=tuple(
                 OpCost(name=f"part-{p.index}", work=float(p.flops), param_bytes=p.param_bytes)
@@ -285,6 +354,11 @@ class Manifest:
                     final=name in finals,
                 )
                 for name in producer
+            ),
+            tiles=(
+                TileShape(stripes=self.tiles.stripes, gather=self.tiles.gather)
+                if self.tiles is not None
+                else None
             ),
         )
 

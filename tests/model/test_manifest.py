@@ -186,3 +186,53 @@ def test_the_preprocessing_travels_in_the_manifest_and_its_identity() -> None:
     assert preprocess_of("MobileNetV3Large", "resnet50") == "resnet50"
     assert preprocess_of("MobileNetV3Large", None) == "mobilenet_v3"
     assert preprocess_of("my_detector", None) is None
+
+
+def _tiled_json() -> dict:
+    from tests.runtime.test_stages import tiled
+
+    return tiled().to_json()
+
+
+def test_tiles_round_trip_and_enter_the_identity_and_cost_graph() -> None:
+    data = _tiled_json()
+    manifest = Manifest.from_json(json.loads(json.dumps(data)))
+    assert manifest.to_json() == data
+    assert manifest.tiles is not None and manifest.tiles.stripes == (1, 2)
+    untiled = copy.deepcopy(data)
+    del untiled["tiles"]
+    untiled["parts"][1]["inputs"][0]["name"] = "image"
+    untiled["parts"][2]["inputs"][0]["name"] = "image"
+    assert Manifest.from_json(untiled).identity != manifest.identity
+    graph = manifest.cost_graph()
+    assert graph.tiles is not None and graph.tiles.gather == 3
+    rows = {t.name: t for t in graph.tensors}
+    # a row slice is made where its source is, and costs its own rows only
+    assert rows["image.rows4_10"].producer == 0 and rows["image.rows4_10"].consumers == (2,)
+    assert rows["image.rows4_10"].nbytes == 6 * 4 * 2 * 4
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t: t["slices"][0].update(rows=[6, 2]), r"tiles.slices\[0\].rows"),
+        (
+            lambda t: t["slices"][0].update(rows=[0, 11], name="image.rows0_11"),
+            r"past the 10 rows",
+        ),
+        (lambda t: t["slices"][1].update(name="image.rows0_1"), r"tiles.slices\[1\].name"),
+        (
+            lambda t: t["slices"][0].update(source="nothing", name="nothing.rows0_6"),
+            r"no tensor with rows",
+        ),
+        (lambda t: t.update(stripes=[1, 3]), "consecutive"),
+        (lambda t: t.update(gather=1), "the gather after the stripes"),
+        (lambda t: t.update(gather=True), r"tiles.gather"),
+        (lambda t: t.pop("slices"), r"tiles.slices: missing"),
+    ],
+)
+def test_invalid_tiles_name_the_field(mutate, message: str) -> None:
+    data = _tiled_json()
+    mutate(data["tiles"])
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_json(data)
