@@ -11,6 +11,7 @@ from edgenode.planning._costs import (
     OpCost,
     StageCost,
     TensorCost,
+    TileShape,
     boundary_tensors,
     crossing_bytes,
     node_link,
@@ -34,6 +35,7 @@ from edgenode.planning.partition import (
     plan_pipeline,
 )
 from edgenode.planning.serving import Serving, serving
+from edgenode.planning.tiles import TiledPlan, plan_tiles, schedule
 
 __all__ = [
     "DEFAULT_BANDWIDTH_BYTES_PER_S",
@@ -50,6 +52,8 @@ __all__ = [
     "Serving",
     "StageCost",
     "TensorCost",
+    "TileShape",
+    "TiledPlan",
     "boundary_tensors",
     "crossing_bytes",
     "equal_cuts",
@@ -58,8 +62,10 @@ __all__ = [
     "plan_cluster",
     "plan_parts",
     "plan_pipeline",
+    "plan_tiles",
     "quantize_link",
     "quantize_speed",
+    "schedule",
     "serving",
     "stage_cost",
     "stage_memory_bytes",

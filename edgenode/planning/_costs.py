@@ -41,6 +41,7 @@ __all__ = [
     "OpCost",
     "StageCost",
     "TensorCost",
+    "TileShape",
     "boundary_tensors",
     "build_tables",
     "check_graph",
@@ -83,11 +84,22 @@ class TensorCost:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TileShape:
+    """Spatial ops: ``stripes`` (consecutive ops that may run at once on different nodes,
+    each computing some rows of one region) and the op ``gather`` that joins them."""
+
+    stripes: tuple[int, ...]
+    gather: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CostGraph:
-    """Ops in topological order and the tensors between them."""
+    """Ops in topological order and the tensors between them; ``tiles`` when some ops
+    are stripes of a spatial region (``planning.tiles`` plans those for latency)."""
 
     ops: tuple[OpCost, ...]
     tensors: tuple[TensorCost, ...] = ()
+    tiles: TileShape | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,7 +22,8 @@ from functools import cached_property
 
 from edgenode.errors import PlanError
 from edgenode.planning._costs import CostGraph, Link, NodeSpec
-from edgenode.planning.partition import plan_pipeline
+from edgenode.planning.partition import Plan, plan_pipeline
+from edgenode.planning.tiles import TiledPlan, plan_tiles
 
 __all__ = ["Assignment", "ClusterPlan", "plan_cluster", "quantize_speed"]
 
@@ -110,13 +111,21 @@ def quantize_link(bytes_per_s: float) -> float:
     return 2.0 ** round(math.log2(max(mbit, 1.0))) * 1e6 / 8
 
 
+def _plan_replica(graph: CostGraph, nodes: Sequence[NodeSpec], link: Link) -> Plan | TiledPlan:
+    """One replica: the fastest pipeline, or for a tiled model the fastest spatial plan."""
+    if graph.tiles is not None:
+        return plan_tiles(graph, nodes, link)
+    return plan_pipeline(graph, nodes, link)
+
+
 def plan_cluster(
     graph: CostGraph, members: Sequence[NodeSpec], link: Link, *, manifest_digest: str
 ) -> ClusterPlan:
     """The plan over manifest parts (``graph.ops`` are the parts) for these members.
 
-    Replica 0 is the best pipeline over all members; each further replica is the best
-    pipeline over the members still left out, until none are left or they cannot hold
+    Replica 0 is the best pipeline over all members (for a tiled model, the plan with
+    the lowest latency, ``planning.tiles``); each further replica is the best one over
+    the members still left out, until none are left or they cannot hold
     the model (memory), in which case they stay idle.
     """
     if not members:
@@ -131,7 +140,7 @@ def plan_cluster(
         )
         for m in ordered
     ]
-    best = plan_pipeline(graph, spare, link)
+    best = _plan_replica(graph, spare, link)
     assignments: list[Assignment] = []
     plan = best
     while True:
@@ -145,7 +154,7 @@ def plan_cluster(
         if not spare:
             break
         try:
-            plan = plan_pipeline(graph, spare, link)
+            plan = _plan_replica(graph, spare, link)
         except PlanError:  # the rest cannot hold the model: they stay idle
             break
     busy = {a.node_id for a in assignments}

@@ -47,7 +47,7 @@ from edgenode.mesh import (
     peer_changes,
 )
 from edgenode.mesh.vetting import CHECK_MAX_BACKOFF_S, Vetting
-from edgenode.model.manifest import Manifest
+from edgenode.model.manifest import Manifest, planning_link
 from edgenode.planning import ClusterPlan, CostGraph, Link, node_link, plan_cluster
 
 __all__ = ["DEFAULT_LINK", "Negotiator", "PlanPeers", "PlanState", "link_of"]
@@ -59,10 +59,7 @@ DEFAULT_LINK = node_link()  # gigabit Ethernet: edgenode.defaults, as `split` an
 
 def link_of(manifest: Manifest) -> Link:
     """The network the cluster plans for: the manifest's, else gigabit Ethernet."""
-    spec = manifest.link
-    if spec is None:
-        return DEFAULT_LINK
-    return node_link(spec.bandwidth_bytes_per_s, spec.latency_s)
+    return planning_link(manifest.link)
 
 
 CONFIRM_INTERVAL_S = 0.02  # between rounds of asking peers for their digest
