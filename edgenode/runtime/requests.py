@@ -51,10 +51,17 @@ from edgenode.errors import (
     TransportError,
 )
 from edgenode.logfields import RequestLog
-from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, WireFormat
+from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, WireFormat, row_slices
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.parts import PartHost
-from edgenode.runtime.stages import NodeRole, consumers_of, pick_replica, recipients, role_of
+from edgenode.runtime.stages import (
+    NodeRole,
+    Segment,
+    consumers_of,
+    pick_replica,
+    recipients,
+    role_of,
+)
 from edgenode.transport import RequestId, Tensor, Transport
 from edgenode.transport.codec import FAIL, RETRY, control, control_text, is_control
 
@@ -92,6 +99,7 @@ class _Join:
     # The others came from peers and are checked when the stage starts.
     checked: set[str] = field(default_factory=set)
     started: bool = False
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set on every arrival
 
 
 class Router:
@@ -236,6 +244,7 @@ class Router:
         backoff = RETRY_BACKOFF_S
         failed_replicas: set[int] = set()
         arrays = {name: np.ascontiguousarray(value) for name, value in inputs.items()}
+        arrays.update(_contiguous(row_slices(self._manifest.tiles, arrays)))
         while True:
             stage = self._role()
             input_bytes = sum(a.nbytes for a in arrays.values())
@@ -361,15 +370,18 @@ class Router:
                 )
             return
         stage = self._role()
-        if tensor.name not in stage.needs or request in self._started:
+        join = self._joins.get(request)
+        if tensor.name not in stage.needs or (join is None and request in self._started):
             return  # not ours, or a copy of an input of a stage already run: run it once
-        join = self._joins.setdefault(request, _Join(created_s=self._clock(), plan=plan.digest))
+        if join is None:
+            join = self._joins[request] = _Join(created_s=self._clock(), plan=plan.digest)
         join.values[tensor.name] = tensor.array
         if checked:
             join.checked.add(tensor.name)
         else:
             join.checked.discard(tensor.name)
-        if not join.started and stage.needs <= set(join.values):
+        join.arrived.set()  # a running stage's later segment may wait for it
+        if not join.started and stage.segments[0].needs <= set(join.values):
             join.started = True
             self._started[request] = None
             if len(self._started) > STARTED_WINDOW:
@@ -417,27 +429,64 @@ class Router:
             request_log.debug(notice.request_id, "origin unreachable: %s", exc)
 
     async def _run_stage(self, stage: NodeRole, request: str, join: _Join) -> None:
-        self._joins.pop(request, None)
+        """Run the node's segments in turn, each once its inputs are there, sending what
+        each makes as soon as it ends (the sends overlap the next segment)."""
         plan = stage.plan.digest
+        sends: list[asyncio.Task[None]] = []
         try:
-            result = await self._host.run_chain(stage.parts, join.values, checked=join.checked)
-            for index, seconds in zip(stage.parts, result.seconds, strict=True):
-                recent = self._part_s.get(index, seconds)  # a moving average, new runs 1/5
-                self._part_s[index] = recent + 0.2 * (seconds - recent)
-            if self._on_stage is not None:  # once per stage run: its parts and their times
-                self._on_stage(stage.parts, result.seconds)
-            values = {**join.values, **result.outputs}
-            tensors = [
-                Tensor(RequestId(request), name, values[name], plan, self._wire_of(name))
-                for name in stage.sends
-            ]
-            await self._route(stage.plan, stage.replica, tensors, producer_parts=stage.parts)
+            made: set[str] = set()
+            for segment in stage.segments:
+                await self._inputs_of(segment, join)
+                tensors = self._run_segment(segment, request, join, made)
+                route = self._route(
+                    stage.plan, stage.replica, await tensors, producer_parts=stage.parts
+                )
+                sends.append(asyncio.create_task(route))
+            for send in sends:
+                await send
         except (PlanError, TransportError) as exc:
             self._notify(request, plan, RETRY, f"{self._me}: {exc}")
         # A part (user code) that raises, or a bug here, fails the request: never loses it.
         except Exception as exc:  # noqa: BLE001
             request_log.warning(request, "parts %s failed: %s", list(stage.parts), exc)
             self._notify(request, plan, FAIL, f"{self._me}: parts {list(stage.parts)}: {exc}")
+        finally:
+            self._joins.pop(request, None)
+            for send in sends:
+                send.cancel()
+
+    async def _inputs_of(self, segment: Segment, join: _Join) -> None:
+        """Wait until the tensors ``segment`` reads from outside have arrived."""
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                while not segment.needs <= set(join.values):
+                    join.arrived.clear()
+                    await join.arrived.wait()
+        except TimeoutError:
+            missing = sorted(segment.needs - set(join.values))
+            raise PlanError(f"{', '.join(missing)} never arrived") from None
+
+    async def _run_segment(
+        self, segment: Segment, request: str, join: _Join, made: set[str]
+    ) -> list[Tensor]:
+        """Run one segment's parts; the tensors it sends. ``made`` (what earlier segments
+        made here, not checked again) grows by what this one makes."""
+        checked = join.checked | made
+        values = dict(join.values)  # arrivals may add to it while a worker reads it
+        result = await self._host.run_chain(segment.parts, values, checked=checked)
+        for index, seconds in zip(segment.parts, result.seconds, strict=True):
+            recent = self._part_s.get(index, seconds)  # a moving average, new runs 1/5
+            self._part_s[index] = recent + 0.2 * (seconds - recent)
+        if self._on_stage is not None:  # once per segment run: its parts and their times
+            self._on_stage(segment.parts, result.seconds)
+        outputs = {**result.outputs, **row_slices(self._manifest.tiles, result.outputs)}
+        join.values.update(outputs)
+        made.update(outputs)
+        plan = join.plan
+        return [
+            Tensor(RequestId(request), name, value, plan, self._wire_of(name))
+            for name, value in _contiguous({n: join.values[n] for n in segment.sends}).items()
+        ]
 
     def _wire_of(self, name: str) -> WireFormat:
         """How a stage's output travels: finals exact (the origin answers with them), the
@@ -494,3 +543,8 @@ class Router:
                 del self._joins[request]
             if stale:
                 logger.info("freed the join buffers of %d abandoned requests", len(stale))
+
+
+def _contiguous(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each array C-contiguous (a row slice of a batch of more than one is not)."""
+    return {name: np.ascontiguousarray(value) for name, value in values.items()}
