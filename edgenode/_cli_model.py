@@ -21,6 +21,12 @@ def check_split(args: argparse.Namespace) -> None:
 
     check_model_arg(args)
     _check_profile_file(args.profile)
+    if args.spatial is not None and (args.parts or args.at or args.per_op or args.profile):
+        raise UsageError("--spatial chooses its own parts: drop --parts, --at, --per-op, --profile")
+    if args.spatial is not None and args.spatial < 2:
+        raise UsageError(f"--spatial {args.spatial}: at least 2 stripes")
+    if args.spatial is None and (args.spatial_last_op or args.gflops):
+        raise UsageError("--spatial-last-op and --gflops go with --spatial N")
     out = Path(args.out)
     # The rule edgenode.model.split applies again (that module imports TensorFlow).
     if out.exists() and not out.is_dir():
@@ -51,12 +57,19 @@ def _check_profile_file(path: str | None) -> None:
 def cmd_split(args: argparse.Namespace) -> int:
     from edgenode.model.graph import build_graph
     from edgenode.model.manifest import link_spec
-    from edgenode.model.split import split_model, verify_chain
+    from edgenode.model.split import SpatialOptions, split_model, verify_chain
 
     model = load_model_arg(args)
     method = "per-op" if args.per_op else args.cut
     op_seconds = _profile_seconds(args.profile, build_graph(model)) if args.profile else None
     link = link_spec(args.link_mbps, args.hop_latency_ms)
+    spatial = None
+    if args.spatial is not None:
+        spatial = SpatialOptions(
+            stripes=args.spatial,
+            speed=_speed(args, build_graph(model)),
+            last_op=args.spatial_last_op,
+        )
     started = time.perf_counter()
     result = split_model(
         model,
@@ -68,6 +81,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         op_seconds=op_seconds,
         link=link,
         wire_format=args.wire_format,
+        spatial=spatial,
         progress=lambda m: say(args, m),
     )
     elapsed = time.perf_counter() - started
@@ -92,6 +106,12 @@ def cmd_split(args: argparse.Namespace) -> int:
     )
     print(f"\nwrote {len(manifest.parts)} parts and manifest.json to {args.out} in {elapsed:.1f} s")
     print(f"model {manifest.model.name} sha256 {manifest.model.sha256}")
+    if manifest.tiles is not None:
+        stripes = manifest.tiles.stripes
+        print(
+            f"stripes: parts {stripes[0]}..{stripes[-1]} run at once on different nodes, "
+            f"part {manifest.tiles.gather} gathers them"
+        )
     if manifest.link is not None:
         print(
             f"the cluster plans for a {manifest.link.bandwidth_bytes_per_s * 8 / 1e6:g} Mbit/s "
@@ -231,6 +251,16 @@ def _plan_json(plan: Any, graph: Any, args: argparse.Namespace) -> dict[str, Any
             for st in plan.stages
         ],
     }
+
+
+def _speed(args: argparse.Namespace, graph: Any) -> float:
+    """FLOP/s of the nodes: --gflops, else measured here on the whole model."""
+    if args.gflops:
+        return float(args.gflops) * 1e9
+    from edgenode.model.cost import graph_stats
+
+    say(args, "measuring this machine's speed on the whole model (--gflops skips it)")
+    return _calibrate(graph, sum(s.flops for s in graph_stats(graph)))
 
 
 def _calibrate(graph: Any, flops: int) -> float:

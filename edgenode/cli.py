@@ -171,6 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
         "per-tensor scale: for slow links; `benchmarks/wire_formats.py` measures the cost) "
         "(default: %(default)s)",
     )
+    split.add_argument(
+        "--spatial",
+        type=positive_int,
+        metavar="N",
+        help="cut the early convolutional layers into N horizontal stripes that N nodes "
+        "compute at once (one answer sooner), plus a part that gathers them; the region's "
+        "depth is chosen with the cost model (instead of --parts/--at)",
+    )
+    split.add_argument(
+        "--spatial-last-op",
+        metavar="OP",
+        help="with --spatial: end the striped region after this op instead of choosing",
+    )
+    split.add_argument(
+        "--gflops",
+        type=positive_float,
+        help="with --spatial: the nodes' speed in GFLOP/s, to weigh halos against hops "
+        "(default: measure here)",
+    )
     split.add_argument("--tolerance", type=float, default=1e-6, help=argparse.SUPPRESS)
     split.add_argument(
         "--threads", type=positive_int, help="TensorFlow threads (default: one per core)"
@@ -223,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how tensors travel between parts (as `split --wire-format`): the bytes per hop",
     )
     plan.add_argument("--max-parts", type=positive_int, help="at most this many parts")
+    plan.add_argument(
+        "--spatial",
+        type=positive_int,
+        metavar="N",
+        help="also price a spatial plan of N stripes (`split --spatial N`) on these nodes "
+        "and say which answers one request sooner",
+    )
     plan.add_argument("--json", action="store_true", help="machine-readable output")
     plan.add_argument("--threads", type=positive_int, default=1, help="TensorFlow threads")
     plan.set_defaults(needs_tensorflow=True, check=check_plan, func=cmd_plan)

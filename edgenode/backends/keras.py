@@ -27,6 +27,9 @@ class KerasPart:
         import tensorflow as tf
 
         if isinstance(source, Path):
+            from edgenode.model.tiles import register_layers
+
+            register_layers()  # a stripe of a tiled model (split --spatial) uses its own layer
             try:
                 model = keras.models.load_model(source, compile=False)
             except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -22,6 +22,7 @@ import numpy as np
 
 from edgenode.errors import ModelError
 from edgenode.model.graph import LayerGraph
+from edgenode.model.manifest import TileSpec, row_slices
 
 __all__ = [
     "Part",
@@ -120,12 +121,19 @@ def run_model(graph: LayerGraph, inputs: Mapping[str, np.ndarray]) -> dict[str, 
 
 
 def run_parts(
-    parts: Sequence[Part], inputs: Mapping[str, np.ndarray], *, outputs: Sequence[str]
+    parts: Sequence[Part],
+    inputs: Mapping[str, np.ndarray],
+    *,
+    outputs: Sequence[str],
+    tiles: TileSpec | None = None,
 ) -> dict[str, np.ndarray]:
-    """Chain ``parts`` on named model inputs; return the named ``outputs``."""
+    """Chain ``parts`` on named model inputs (cutting the row slices of ``tiles`` where
+    their sources are made); return the named ``outputs``."""
     values: dict[str, Any] = dict(inputs)
+    values.update(row_slices(tiles, values))
     for part in parts:
         feed = {name: values[name] for name in part.inputs}
-        result = part.model(feed, training=False)
-        values.update({name: np.asarray(t) for name, t in result.items()})
+        result = {name: np.asarray(t) for name, t in part.model(feed, training=False).items()}
+        values.update(result)
+        values.update(row_slices(tiles, result))
     return {name: values[name] for name in outputs}

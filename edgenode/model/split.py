@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -30,15 +31,26 @@ from edgenode.model.manifest import (
     TensorSpec,
     WireFormat,
     file_sha256,
+    planning_link,
     wire_nbytes,
 )
 from edgenode.model.preprocess import family_of
 from edgenode.model.slicing import SUFFIX, Part, cut_graph, export_part, run_parts
-from edgenode.planning import CostGraph, OpCost, TensorCost, equal_cuts, narrow_cuts, plan_parts
+from edgenode.model.spatial_split import choose_region
+from edgenode.model.tiles import build_tiles
+from edgenode.planning import (
+    CostGraph,
+    OpCost,
+    TensorCost,
+    equal_cuts,
+    narrow_cuts,
+    plan_parts,
+)
 
 __all__ = [
     "CUT_METHODS",
     "ChainCheck",
+    "SpatialOptions",
     "SplitResult",
     "choose_cuts",
     "layer_cost_graph",
@@ -135,6 +147,16 @@ def choose_cuts(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SpatialOptions:
+    """``split --spatial``: how many stripes, the speed of the nodes that will run them
+    (FLOP/s, to price halos against hops), and optionally the region's last op."""
+
+    stripes: int
+    speed: float
+    last_op: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SplitResult:
     """What ``split_model`` wrote."""
 
@@ -174,11 +196,14 @@ def split_model(
     op_seconds: dict[str, float] | None = None,
     link: LinkSpec | None = None,
     wire_format: WireFormat = DEFAULT_WIRE_FORMAT,
+    spatial: SpatialOptions | None = None,
     progress: Progress | None = None,
 ) -> SplitResult:
     """Cut ``model``, export every part into ``out`` and write ``manifest.json`` last
     (with ``link``, the network the cluster plans for; None: gigabit Ethernet; and
-    ``wire_format``, how intermediate tensors travel between nodes).
+    ``wire_format``, how intermediate tensors travel between nodes). With ``spatial``,
+    the parts are stripes of a spatial region and a gather part (``spatial_split``)
+    instead of consecutive cuts.
 
     Files are written into a temporary directory beside ``out`` and moved into place
     at the end, so an interrupted split never leaves a manifest that lies.
@@ -190,11 +215,49 @@ def split_model(
         )
     graph = build_graph(model)
     stats = graph_stats(graph)
-    chosen = choose_cuts(graph, stats, parts=parts, method=method, at=cuts, op_seconds=op_seconds)
     _check_output_names(graph)
+    model_spec = ModelSpec(
+        name=graph.name,
+        sha256=model_sha256(graph),
+        inputs=tuple(_spec(graph, n) for n in graph.inputs),
+        outputs=graph.outputs,
+        output_names=graph.output_names,
+        preprocess=family_of(graph.name),
+        ops=len(graph.ops),
+        macs=sum(s.macs for s in stats),
+        flops=sum(s.flops for s in stats),
+        param_bytes=_unique_weight_bytes(model),
+    )
+    planned: Manifest | None = None
+    if spatial is not None:
+        choice = choose_region(
+            graph,
+            stats,
+            spatial.stripes,
+            model=model_spec,
+            speed=spatial.speed,
+            link=planning_link(link),
+            last_op=spatial.last_op,
+            link_spec=link,
+            wire_format=wire_format,
+        )
+        planned = choice.manifest
+        say(
+            f"spatial region: ops {choice.region.start}..{choice.region.stop - 1} "
+            f"({graph.ops[choice.region.stop - 1].name}), {choice.region.input_height} rows in, "
+            f"{choice.region.output_height} out; predicted {choice.latency_s * 1e3:.1f} ms on "
+            f"{choice.nodes} node(s) against {choice.whole_s * 1e3:.1f} ms whole"
+        )
+        tiles = build_tiles(graph, choice.region, spatial.stripes)
+        built = [*([tiles.before] if tiles.before else []), *(s.part for s in tiles.stripes)]
+        built.append(tiles.gather)
+    else:
+        chosen = choose_cuts(
+            graph, stats, parts=parts, method=method, at=cuts, op_seconds=op_seconds
+        )
+        say(f"cutting {graph.name} ({len(graph.ops)} ops) into {len(chosen) + 1} parts")
+        built = cut_graph(graph, chosen)
     _prepare_directory(out)
-    say(f"cutting {graph.name} ({len(graph.ops)} ops) into {len(chosen) + 1} parts")
-    built = cut_graph(graph, chosen)
     out.parent.mkdir(parents=True, exist_ok=True)
     finals = set(graph.outputs)
     specs = []
@@ -204,8 +267,15 @@ def split_model(
             say(f"exporting part {part.index + 1}/{len(built)} ({part.op_count} ops, {fmt})")
             path = export_part(part, staging / f"part-{part.index}{SUFFIX[fmt]}", fmt)
             ops = stats[part.start : part.stop]
-            specs.append(
-                PartSpec(
+            if planned is not None:  # tile parts: their interface and work as planned
+                spec = dataclasses.replace(
+                    planned.parts[part.index],
+                    file=path.name,
+                    sha256=file_sha256(path),
+                    param_bytes=_unique_weight_bytes(part.model),
+                )
+            else:
+                spec = PartSpec(
                     index=part.index,
                     file=path.name,
                     sha256=file_sha256(path),
@@ -217,24 +287,14 @@ def split_model(
                     flops=sum(s.flops for s in ops),
                     param_bytes=_unique_weight_bytes(part.model),
                 )
-            )
+            specs.append(spec)
         manifest = Manifest(
-            model=ModelSpec(
-                name=graph.name,
-                sha256=model_sha256(graph),
-                inputs=tuple(_spec(graph, n) for n in graph.inputs),
-                outputs=graph.outputs,
-                output_names=graph.output_names,
-                preprocess=family_of(graph.name),
-                ops=len(graph.ops),
-                macs=sum(s.macs for s in stats),
-                flops=sum(s.flops for s in stats),
-                param_bytes=_unique_weight_bytes(model),
-            ),
+            model=model_spec,
             parts=tuple(specs),
             created_by=f"edgenode {__version__}",
             link=link,
             wire_format=wire_format,
+            tiles=planned.tiles if planned is not None else None,
         )
         manifest.write(staging)
         _replace_directory(staging, out)
@@ -298,7 +358,8 @@ def verify_chain(
     references = [
         {n: v for n, v in run_model(graph, b).items() if n in graph.outputs} for b in batches
     ]
-    answers = [run_parts(result.parts, b, outputs=graph.outputs) for b in batches]
+    tiles = result.manifest.tiles
+    answers = [run_parts(result.parts, b, outputs=graph.outputs, tiles=tiles) for b in batches]
     diff = max(max_abs_diff(r, a) for r, a in zip(references, answers, strict=True))
     try:
         spread = ReferenceSet(references, tolerance=tolerance).spread()

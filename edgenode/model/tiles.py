@@ -2,7 +2,8 @@
 
 Each stripe is a Keras sub-model over the model's own layers (shared weights): it takes
 rows ``input_rows`` of the region's input tensor (its output rows plus the halo; the
-caller slices them) and the region's gates whole, and returns its rows of the region's
+caller slices them), named ``manifest.slice_name(input, input_rows)``, and the region's
+gates whole, and returns its rows of the region's
 output, named ``<output>.stripe<i>``. Inside a stripe every windowed op reads exactly
 the rows :func:`~edgenode.model.spatial.stripe_plan` gives it, padded explicitly only
 at the true image border, and runs "valid" along the height (its own width padding is
@@ -24,6 +25,7 @@ import numpy as np
 
 from edgenode.errors import ModelError
 from edgenode.model.graph import LayerGraph, OpInfo
+from edgenode.model.manifest import slice_name
 from edgenode.model.slicing import Part, build_part
 from edgenode.model.spatial import Rows, SpatialRegion, same_padding, split_rows, stripe_plan
 
@@ -32,6 +34,7 @@ __all__ = [
     "TileParts",
     "build_stripe",
     "build_tiles",
+    "register_layers",
     "run_tiles",
     "stripe_name",
 ]
@@ -147,6 +150,11 @@ def _window_layer() -> Any:
 _WINDOW: Any = None
 
 
+def register_layers() -> None:
+    """Make the stripes' own layer known to Keras (before loading a stripe's file)."""
+    _window_layer()
+
+
 def _call(op: OpInfo, fill: Mapping[int, Any]) -> Any:
     import keras
 
@@ -178,17 +186,18 @@ def build_stripe(
     window = _window_layer()
     spec = graph.tensors[region.input]
     lo, hi = plan.input_rows
+    rows_name = slice_name(region.input, (lo, hi))
     inputs = {
-        region.input: keras.Input(
+        rows_name: keras.Input(
             batch_shape=(spec.shape[0], hi - lo, *spec.shape[2:]),
             dtype=spec.dtype,
-            name=region.input,
+            name=rows_name,
         )
     }
     for name in region.gates:
         gate = graph.tensors[name]
         inputs[name] = keras.Input(batch_shape=gate.shape, dtype=gate.dtype, name=name)
-    values: dict[str, tuple[Any, Rows]] = {region.input: (inputs[region.input], (lo, hi))}
+    values: dict[str, tuple[Any, Rows]] = {region.input: (inputs[rows_name], (lo, hi))}
     values.update((name, (inputs[name], (0, 0))) for name in region.gates)
     for op in graph.ops[region.start : region.stop]:
         out_rows = plan.tensor_rows[op.outputs[0]]
@@ -333,7 +342,7 @@ def run_tiles(
 
     def call(stripe: StripePart) -> Callable[[], Mapping[str, np.ndarray]]:
         lo, hi = stripe.input_rows
-        feed = {region.input: source[:, lo:hi], **gates}
+        feed = {stripe.part.inputs[0]: source[:, lo:hi], **gates}
         return lambda: run(stripe.part, feed)
 
     calls = [call(s) for s in tiles.stripes]

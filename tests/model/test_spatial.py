@@ -84,7 +84,7 @@ def check_rows(graph, region, x, whole, rows, *, case: str, shift: int = 0) -> f
     stripe = build_stripe(graph, region, rows)
     lo, hi = stripe.input_rows
     source = whole[region.input] if region.input in whole else x[region.input]
-    feed = {region.input: source[:, lo + shift : hi + shift]}
+    feed = {stripe.part.inputs[0]: source[:, lo + shift : hi + shift]}
     feed.update({name: whole[name] for name in region.gates})
     got = np.asarray(next(iter(stripe.part.model(feed, training=False).values())))
     ref = whole[region.output][:, rows[0] : rows[1]]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgenode.model.graph import build_graph
+from edgenode.model.manifest import slice_name
 from edgenode.model.slicing import export_part, run_model
 from edgenode.model.spatial import find_regions, region_between, region_ending_at
 from edgenode.model.tiles import build_tiles, run_tiles, stripe_name
@@ -78,9 +79,10 @@ def test_stripe_interfaces_are_named() -> None:
     tiles = build_tiles(graph, region, 3)
     assert tiles.before is None
     for i, stripe in enumerate(tiles.stripes):
-        assert stripe.part.inputs == ("image",)
+        rows = slice_name("image", stripe.input_rows)
+        assert stripe.part.inputs == (rows,)
         assert stripe.part.outputs == (stripe_name("cat", i),)
-        assert set(stripe.part.model.input) == {"image"}
+        assert set(stripe.part.model.input) == {rows}
     assert tiles.gather.inputs == tuple(stripe_name("cat", i) for i in range(3))
     assert tiles.gather.outputs == ("head",)
     # shared weights, not copies
@@ -99,9 +101,8 @@ def test_wrong_halo_is_caught() -> None:
     def shifted(part, feed):  # the second stripe fed rows one lower than it needs
         if part is tiles.stripes[1].part:
             lo, hi = tiles.stripes[1].input_rows
-            feed = {
-                "image": np.pad(x["image"], ((0, 0), (0, 1), (0, 0), (0, 0)))[:, lo + 1 : hi + 1]
-            }
+            padded = np.pad(x["image"], ((0, 0), (0, 1), (0, 0), (0, 0)))
+            feed = {part.inputs[0]: padded[:, lo + 1 : hi + 1]}
         return {k: np.asarray(v) for k, v in part.model(feed, training=False).items()}
 
     assert relative(run_tiles(tiles, x, run=shifted)["head"], ref) > 1e-3
@@ -113,7 +114,8 @@ def test_region_after_a_squeeze_excite_gate() -> None:
     tiles = build_tiles(graph, second, 3)
     assert tiles.before is not None and second.gates == ("se_gate",)
     for stripe in tiles.stripes:
-        assert set(stripe.part.inputs) == {second.input, "se_gate"}
+        rows = slice_name(second.input, stripe.input_rows)
+        assert set(stripe.part.inputs) == {rows, "se_gate"}
     check_tiles(graph, tiles, "squeeze_excite gate")
 
 
