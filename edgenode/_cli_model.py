@@ -47,6 +47,12 @@ def check_plan(args: argparse.Namespace) -> None:
     """What `plan` can check before TensorFlow is imported: the model, --profile."""
     check_model_arg(args)
     _check_profile_file(args.profile)
+    if args.spatial is not None and args.profile:
+        raise UsageError("--spatial prices stripes by FLOPs: drop --profile (or give --gflops)")
+    if args.spatial is not None and args.spatial < 2:
+        raise UsageError(f"--spatial {args.spatial}: at least 2 stripes")
+    if args.spatial is not None and args.json:
+        raise UsageError("--spatial is a table only: drop --json")
 
 
 def _check_profile_file(path: str | None) -> None:
@@ -222,7 +228,77 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"on {plan.single_node_id} ({plan.latency_s / plan.single_node_s:.2f}x); "
             f"pipelined throughput is {plan.speedup:.2f}x"
         )
+    if args.spatial is not None:
+        _print_spatial(
+            args, graph, stats, nodes, link, base_speed, plan.latency_s, plan.single_node_s
+        )
     return EXIT_OK
+
+
+def _print_spatial(
+    args: argparse.Namespace,
+    graph: Any,
+    stats: Any,
+    nodes: Any,
+    link: Any,
+    speed: float,
+    layer_s: float,
+    single_s: float,
+) -> None:
+    """`plan --spatial N`: the striped region for N nodes of the unit speed, the spatial
+    plan on these nodes, and which of the two answers one request sooner."""
+    from edgenode.model.manifest import ModelSpec, TensorSpec
+    from edgenode.model.spatial_split import choose_region
+    from edgenode.planning import plan_tiles
+
+    inputs = tuple(
+        TensorSpec(name=n, shape=graph.tensors[n].shape, dtype=graph.tensors[n].dtype)
+        for n in graph.inputs
+    )
+    spec = ModelSpec(name=graph.name, sha256="", inputs=inputs, outputs=graph.outputs, ops=0,
+                     macs=0, flops=0, param_bytes=0)  # fmt: skip
+    choice = choose_region(graph, stats, args.spatial, model=spec, speed=speed, link=link,
+                           wire_format=args.wire_format)  # fmt: skip
+    manifest = choice.manifest
+    tiled = plan_tiles(manifest.cost_graph(), nodes, link)
+    region = choice.region
+    print(
+        f"\nspatial, {args.spatial} stripes of ops {region.start}..{region.stop - 1} "
+        f"({graph.ops[region.stop - 1].name}; {region.input_height} rows in, "
+        f"{region.output_height} out), then a gather part:"
+    )
+    rows = [
+        [st.node_id, f"{st.start}..{st.stop - 1}",
+         ", ".join(_tile_role(manifest, i) for i in range(st.start, st.stop)),
+         f"{st.compute_s * 1e3:.2f}", format_bytes(st.send_bytes)]
+        for st in tiled.stages
+    ]  # fmt: skip
+    print(format_table(["node", "parts", "runs", "compute ms", "sends"], rows))
+    spatial_s = tiled.latency_s
+    if len(tiled.stages) == 1:
+        print(
+            f"predicted: stripes do not pay on these nodes (their hops cost more than the "
+            f"halves save): the plan keeps them on one node, {spatial_s * 1e3:.2f} ms; "
+            f"layer-wise {layer_s * 1e3:.2f} ms; one node alone {single_s * 1e3:.2f} ms"
+        )
+        return
+    best = min(
+        [("spatial", spatial_s), ("layer-wise", layer_s), ("one node alone", single_s)],
+        key=lambda pair: pair[1],
+    )[0]
+    print(
+        f"predicted latency: spatial {spatial_s * 1e3:.2f} ms on {len(tiled.stages)} nodes, "
+        f"layer-wise {layer_s * 1e3:.2f} ms, one node alone {single_s * 1e3:.2f} ms: "
+        f"{best} answers one request soonest"
+    )
+
+
+def _tile_role(manifest: Any, index: int) -> str:
+    tiles = manifest.tiles
+    if index in tiles.stripes:
+        lo, hi = tiles.slices[tiles.stripes.index(index)].rows
+        return f"stripe {tiles.stripes.index(index)} (rows {lo}..{hi - 1})"
+    return "gather" if index == tiles.gather else "before the stripes"
 
 
 def _plan_json(plan: Any, graph: Any, args: argparse.Namespace) -> dict[str, Any]:

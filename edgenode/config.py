@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgenode.defaults import HOP_LATENCY_MS, MAX_TENSOR_BYTES
+from edgenode.defaults import HOP_LATENCY_MS, MAX_TENSOR_BYTES, SPATIAL_GFLOPS
 from edgenode.errors import ConfigError
 from edgenode.ids import NODE_ID_MAX_CHARS, node_id_from_name, valid_node_id
 from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, WireFormat
@@ -112,6 +112,10 @@ class ModelConfig:
     # How intermediate tensors travel between nodes, for a model the node cuts itself (a
     # split directory's manifest carries its own: `edgenode split --wire-format`).
     wire_format: WireFormat = DEFAULT_WIRE_FORMAT
+    # Spatial stripes for a model the node cuts itself (0: consecutive parts), and the
+    # node speed their region is chosen for: `edgenode split --spatial N --gflops G`.
+    spatial: int = 0
+    spatial_gflops: float = SPATIAL_GFLOPS
 
     @property
     def custom_link(self) -> bool:
@@ -243,6 +247,15 @@ def _check(config: Config) -> None:
         raise ConfigError(
             "model.link_mbps, model.hop_latency_ms: only for a model the node cuts itself; "
             "a split directory's manifest sets the link (edgenode split --link-mbps)"
+        )
+    if config.model.spatial < 0 or config.model.spatial == 1:
+        raise ConfigError("model.spatial: 0 (off) or at least 2 stripes")
+    if not (math.isfinite(config.model.spatial_gflops) and config.model.spatial_gflops > 0):
+        raise ConfigError("model.spatial_gflops: must be positive")
+    if config.model.spatial and Path(config.model.source).is_dir():
+        raise ConfigError(
+            "model.spatial: only for a model the node cuts itself; for a split directory "
+            "use `edgenode split --spatial N`"
         )
     if config.model.wire_format != DEFAULT_WIRE_FORMAT and Path(config.model.source).is_dir():
         raise ConfigError(

@@ -12,6 +12,7 @@ __all__ = [
     "LINK_MBPS",
     "MAX_TENSOR_BYTES",
     "MEMORY_BUDGET_SHARE",
+    "SPATIAL_GFLOPS",
     "STAGE_CPU_MS",
 ]
 
@@ -34,3 +35,8 @@ MAX_TENSOR_BYTES = 256 * 2**20
 # of the memory the OS says is available when the node starts (MemAvailable, not the total:
 # other software on the device keeps what it already uses, and some room to grow).
 MEMORY_BUDGET_SHARE = 0.75
+
+# A node that cuts the model itself into spatial stripes ([model] spatial) chooses the
+# region's depth for nodes of this speed (one thread, GFLOP/s; a Raspberry Pi 4 class
+# device): every node must cut alike, so it is a setting, not a measurement.
+SPATIAL_GFLOPS = 10.0

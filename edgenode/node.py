@@ -81,13 +81,16 @@ def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
     if source.is_dir():
         return load_manifest(source), source
     from edgenode.model.loading import load_model
-    from edgenode.model.split import split_model
+    from edgenode.model.split import SpatialOptions, split_model
 
     fmt = model.backend
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.stem if source.suffix else model.source)
     # float32 keeps the directory it always had; another wire format is another cut's files
     wire = "" if model.wire_format == DEFAULT_WIRE_FORMAT else f"-{model.wire_format}"
-    target = state_dir / "models" / f"{slug}-{DEFAULT_SPLIT_PARTS}-{fmt}{wire}"
+    cut = (
+        f"spatial{model.spatial}-{model.spatial_gflops:g}" if model.spatial else DEFAULT_SPLIT_PARTS
+    )
+    target = state_dir / "models" / f"{slug}-{cut}-{fmt}{wire}"
     keras_model = load_model(
         model.source,
         weights=model.weights,
@@ -95,13 +98,17 @@ def prepare_model(model: ModelConfig, state_dir: Path) -> tuple[Manifest, Path]:
         seed=model.seed,
     )
     link = link_spec(model.link_mbps or None, model.hop_latency_ms) if model.custom_link else None
+    spatial = None
+    if model.spatial:
+        spatial = SpatialOptions(stripes=model.spatial, speed=model.spatial_gflops * 1e9)
     result = split_model(
         keras_model,
         target,
-        parts=DEFAULT_SPLIT_PARTS,
+        parts=None if spatial else DEFAULT_SPLIT_PARTS,
         fmt=fmt,
         link=link,
         wire_format=model.wire_format,
+        spatial=spatial,
     )
     return result.manifest, target
 

@@ -317,8 +317,9 @@ class Manifest:
         """The planner's view of the parts: each part is one op, boundary tensors link them
         (``split.layer_cost_graph`` is the finer view, one op per layer, used to choose cuts).
 
-        A tensor sent from part to part costs its size in the manifest's wire format; the
-        model's inputs and final outputs travel exact (float32)."""
+        A tensor sent from part to part costs its size in the manifest's wire format (so
+        does a row slice of a model input: the origin sends it to a stripe); the model's
+        inputs and final outputs travel exact (float32)."""
         producer: dict[str, int] = {t.name: -1 for t in self.model.inputs}
         specs: dict[str, TensorSpec] = {t.name: t for t in self.model.inputs}
         consumers: dict[str, list[int]] = {}
@@ -348,7 +349,7 @@ class Manifest:
                     consumers=tuple(consumers.get(name, ())),
                     nbytes=(
                         _nbytes(specs[name])
-                        if name in finals or producer[name] < 0
+                        if name in finals or (producer[name] < 0 and name not in slices)
                         else wire_nbytes(specs[name], self.wire_format)
                     ),
                     final=name in finals,

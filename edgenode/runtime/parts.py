@@ -186,15 +186,18 @@ class PartHost:
         inputs: Mapping[str, np.ndarray],
         *,
         checked: Collection[str] = (),
+        inline: bool = True,
     ) -> ChainResult:
         """Run consecutive parts back to back on the first one's worker, in one hand-off,
-        or on the loop when the node is idle (see the module's doc); PlanError when one
-        is not loaded, ModelError on bad inputs (except those named in ``checked``)."""
+        or on the loop when the node is idle and ``inline`` (see the module's doc; False
+        while the loop has tensors to send: a stripe's rows must leave before its
+        neighbour computes); PlanError when one is not loaded, ModelError on bad inputs
+        (except those named in ``checked``)."""
         parts = [await self._ready(i) for i in indices]
         if not parts:
             return ChainResult({}, ())
         _check_entry(parts, inputs, checked)
-        if self._may_inline(parts):
+        if inline and self._may_inline(parts):
             self.inlined += 1
             try:
                 return _run_parts(parts, inputs)

@@ -156,6 +156,7 @@ class Router:
         self._replica_turn = itertools.count()
         self._draining = False
         self._running_here = 0  # requests started here and not yet answered
+        self._sending = 0  # sends to peers in flight: a part must not hold the loop then
         self._drained = asyncio.Event()
         self.served = 0
         self.retried = 0  # attempts re-sent
@@ -258,8 +259,8 @@ class Router:
             self._attempts[request] = attempt
             try:
                 progress[0] = f"plan {stage.plan.digest[:12]} replica {replica} running"
-                tensors = [
-                    Tensor(request, name, value, stage.plan.digest)
+                tensors = [  # the inputs exact; their row slices as any tensor between parts
+                    Tensor(request, name, value, stage.plan.digest, self._wire_of(name))
                     for name, value in arrays.items()
                 ]
                 try:
@@ -441,7 +442,10 @@ class Router:
                 route = self._route(
                     stage.plan, stage.replica, await tensors, producer_parts=stage.parts
                 )
-                sends.append(asyncio.create_task(route))
+                send = asyncio.create_task(route)
+                self._sending += 1  # now: the next segment must not take the loop first
+                send.add_done_callback(self._sent)
+                sends.append(send)
             for send in sends:
                 await send
         except (PlanError, TransportError) as exc:
@@ -454,6 +458,9 @@ class Router:
             self._joins.pop(request, None)
             for send in sends:
                 send.cancel()
+
+    def _sent(self, _task: asyncio.Task[None]) -> None:
+        self._sending -= 1
 
     async def _inputs_of(self, segment: Segment, join: _Join) -> None:
         """Wait until the tensors ``segment`` reads from outside have arrived."""
@@ -473,7 +480,9 @@ class Router:
         made here, not checked again) grows by what this one makes."""
         checked = join.checked | made
         values = dict(join.values)  # arrivals may add to it while a worker reads it
-        result = await self._host.run_chain(segment.parts, values, checked=checked)
+        result = await self._host.run_chain(
+            segment.parts, values, checked=checked, inline=not self._sending
+        )
         for index, seconds in zip(segment.parts, result.seconds, strict=True):
             recent = self._part_s.get(index, seconds)  # a moving average, new runs 1/5
             self._part_s[index] = recent + 0.2 * (seconds - recent)
@@ -489,9 +498,12 @@ class Router:
         ]
 
     def _wire_of(self, name: str) -> WireFormat:
-        """How a stage's output travels: finals exact (the origin answers with them), the
-        others in the cluster's wire format (handed over locally, they are never encoded)."""
-        return DEFAULT_WIRE_FORMAT if name in self._finals else self._manifest.wire_format
+        """How a tensor travels: model inputs and finals exact (the origin answers with
+        them), the others (a stage's outputs, row slices) in the cluster's wire format
+        (handed over locally, they are never encoded)."""
+        if name in self._finals or name in self._input_names:
+            return DEFAULT_WIRE_FORMAT
+        return self._manifest.wire_format
 
     async def _route(
         self,
@@ -527,7 +539,11 @@ class Router:
                     self._accept(tensor, checked=True)
                 continue
             sends.append(self._transport.peer(address).send(batch))
-        results = await asyncio.gather(*sends, return_exceptions=True)
+        self._sending += len(sends)
+        try:
+            results = await asyncio.gather(*sends, return_exceptions=True)
+        finally:
+            self._sending -= len(sends)
         for result in results:
             if isinstance(result, BaseException):
                 if isinstance(result, EdgenodeError):
