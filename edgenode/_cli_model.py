@@ -260,6 +260,8 @@ def _print_spatial(
     choice = choose_region(graph, stats, args.spatial, model=spec, speed=speed, link=link,
                            wire_format=args.wire_format)  # fmt: skip
     manifest = choice.manifest
+    tiles = manifest.tiles
+    assert tiles is not None  # choose_region made stripes
     tiled = plan_tiles(manifest.cost_graph(), nodes, link)
     region = choice.region
     print(
@@ -269,7 +271,7 @@ def _print_spatial(
     )
     rows = [
         [st.node_id, f"{st.start}..{st.stop - 1}",
-         ", ".join(_tile_role(manifest, i) for i in range(st.start, st.stop)),
+         ", ".join(tiles.role(i) for i in range(st.start, st.stop)),
          f"{st.compute_s * 1e3:.2f}", format_bytes(st.send_bytes)]
         for st in tiled.stages
     ]  # fmt: skip
@@ -291,14 +293,6 @@ def _print_spatial(
         f"layer-wise {layer_s * 1e3:.2f} ms, one node alone {single_s * 1e3:.2f} ms: "
         f"{best} answers one request soonest"
     )
-
-
-def _tile_role(manifest: Any, index: int) -> str:
-    tiles = manifest.tiles
-    if index in tiles.stripes:
-        lo, hi = tiles.slices[tiles.stripes.index(index)].rows
-        return f"stripe {tiles.stripes.index(index)} (rows {lo}..{hi - 1})"
-    return "gather" if index == tiles.gather else "before the stripes"
 
 
 def _plan_json(plan: Any, graph: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -40,9 +40,10 @@ def _ranges(parts: Iterable[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
 
 
-def parts_label(status: NodeReport) -> str:
+def parts_label(status: NodeReport, *, wide: bool = False) -> str:
     """The parts the agreed plan gives a node: "2-4", "r1:2-4" (replica 1) when the plan has
-    several pipelines, "idle" when it gives none, "-" before a plan is agreed."""
+    several pipelines, "idle" when it gives none, "-" before a plan is agreed; for a tiled
+    model what they are: "1-2: stripe 1, gather" (``wide``: with the stripe's input rows)."""
     plan = status.plan
     if not plan.agreed_digest:
         return "-"
@@ -52,6 +53,9 @@ def parts_label(status: NodeReport) -> str:
     if len({a.replica for a in plan.assignments}) > 1:
         mine = status.replica
         label = f"r{'?' if mine is None else mine}:{label}"
+    if status.roles:
+        roles = status.roles if wide else [r.split(" (", 1)[0] for r in status.roles]
+        label = f"{label}: {', '.join(roles)}"
     return label
 
 
@@ -189,7 +193,7 @@ def status_table(statuses: Sequence[NodeReport], *, wide: bool = False) -> str:
         row = [
             node.node_id,
             st.address,
-            parts_label(st),
+            parts_label(st, wide=wide),
             digest,
             "yes" if plan.agreed else "no",
             _state_label(st),

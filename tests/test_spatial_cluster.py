@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.nodes import running_cluster
+from tests.nodes import cli, running_cluster
 from tests.reference import NODE_TOLERANCE, assert_answer, reference_set
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
@@ -73,6 +74,16 @@ def test_stripes_run_on_different_nodes_and_answer_like_the_whole_model(
                 await client.aclose()
 
         outs = run(go())
+        table = cli("status", "--peer", nodes[0].address)
+        assert table.returncode == 0, table.stderr
+        for node in ("a", "b", "c"):  # each runs one stripe, and one of them the gather
+            assert any(
+                line.startswith(node) and ": stripe " in line for line in table.stdout.splitlines()
+            ), table.stdout
+        assert table.stdout.count("gather") == 1, table.stdout
+        wide = cli("status", "--peer", nodes[0].address, "--wide", "--json")
+        roles = [r for st in json.loads(wide.stdout) for r in st.get("roles", [])]
+        assert roles.count("gather") == 1 and "stripe 0 (rows 0.." in " ".join(roles)
     refs = reference_set(tiled["graph"], batches, tolerance=NODE_TOLERANCE, manifest=manifest)
     for i, out in enumerate(outs):
         assert_answer(refs, i, out)

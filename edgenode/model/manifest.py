@@ -166,6 +166,15 @@ class TileSpec:
     stripes: tuple[int, ...]  # part indices, consecutive
     gather: int  # the part index that concatenates the stripes
 
+    def role(self, index: int) -> str:
+        """What part ``index`` does: "stripe 1 (rows 230..511)", "gather" or "before the
+        stripes" (rows: of the region's input that the stripe reads, halo included)."""
+        if index in self.stripes:
+            stripe = self.stripes.index(index)
+            lo, hi = self.slices[stripe].rows
+            return f"stripe {stripe} (rows {lo}..{hi - 1})"
+        return "gather" if index == self.gather else "before the stripes"
+
     def to_json(self) -> dict[str, Any]:
         """JSON object of this spec."""
         return {

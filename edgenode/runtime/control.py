@@ -67,6 +67,7 @@ class NodeStatus:
     peers: tuple[PeerInfo, ...]
     uptime_s: float
     metrics_url: str = ""  # where this node serves Prometheus metrics ("" when off)
+    roles: tuple[str, ...] = ()  # what each owned part is, for a tiled model
 
 
 def load_state(plan: PlanState, owned: tuple[int, ...], loaded: tuple[int, ...]) -> LoadState:
@@ -145,6 +146,7 @@ class NodeControl:
             peers=self.peers(),
             uptime_s=self.clock() - self.started_s,
             metrics_url=self.metrics_url,
+            roles=tuple(self.manifest.tiles.role(i) for i in owned) if self.manifest.tiles else (),
         )
 
     def file_path(self, manifest_identity: str, part: int) -> Path:

@@ -82,6 +82,7 @@ class NodeReport:
     peers: tuple[PeerInfo, ...]  # the peers it counts alive
     uptime_s: float
     metrics_url: str = ""  # where it serves Prometheus metrics ("" when off)
+    roles: tuple[str, ...] = ()  # what each owned part is, for a tiled model
 
     @property
     def node_id(self) -> str:
@@ -179,6 +180,7 @@ def report_of(status: pb.NodeStatus) -> NodeReport:
         peers=tuple(peer_from_record(p) for p in status.peers),
         uptime_s=status.uptime_s,
         metrics_url=status.metrics_url,
+        roles=tuple(status.roles),
     )
 
 
@@ -216,6 +218,7 @@ def report_from(status: StatusView) -> NodeReport:
         peers=tuple(status.peers),
         uptime_s=status.uptime_s,
         metrics_url=status.metrics_url,
+        roles=tuple(status.roles),
     )
 
 
@@ -255,6 +258,7 @@ def message_of(report: NodeReport) -> pb.NodeStatus:
         peers=[record_of(p) for p in report.peers],
         uptime_s=report.uptime_s,
         metrics_url=report.metrics_url,
+        roles=list(report.roles),
     )
 
 

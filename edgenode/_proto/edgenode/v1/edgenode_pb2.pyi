@@ -165,7 +165,7 @@ class StageStats(_message.Message):
     def __init__(self, part: _Optional[int] = ..., count: _Optional[int] = ..., mean_s: _Optional[float] = ..., p50_s: _Optional[float] = ..., p90_s: _Optional[float] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "address", "plan", "parts", "requests_served", "stages", "peers", "uptime_s", "owned", "state", "part_runs", "requests_failed", "metrics_url")
+    __slots__ = ("node", "address", "plan", "parts", "requests_served", "stages", "peers", "uptime_s", "owned", "state", "part_runs", "requests_failed", "metrics_url", "roles")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +179,7 @@ class NodeStatus(_message.Message):
     PART_RUNS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FAILED_FIELD_NUMBER: _ClassVar[int]
     METRICS_URL_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
     node: NodeRecord
     address: str
     plan: PlanReply
@@ -192,7 +193,8 @@ class NodeStatus(_message.Message):
     part_runs: int
     requests_failed: int
     metrics_url: str
-    def __init__(self, node: _Optional[_Union[NodeRecord, _Mapping]] = ..., address: _Optional[str] = ..., plan: _Optional[_Union[PlanReply, _Mapping]] = ..., parts: _Optional[_Iterable[int]] = ..., requests_served: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageStats, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., owned: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., part_runs: _Optional[int] = ..., requests_failed: _Optional[int] = ..., metrics_url: _Optional[str] = ...) -> None: ...
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node: _Optional[_Union[NodeRecord, _Mapping]] = ..., address: _Optional[str] = ..., plan: _Optional[_Union[PlanReply, _Mapping]] = ..., parts: _Optional[_Iterable[int]] = ..., requests_served: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageStats, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., owned: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., part_runs: _Optional[int] = ..., requests_failed: _Optional[int] = ..., metrics_url: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FileRequest(_message.Message):
     __slots__ = ("model_sha256", "part")
