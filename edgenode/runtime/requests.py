@@ -91,6 +91,12 @@ class _Attempt:
 
 
 @dataclass(slots=True)
+class _Outbound:
+    count: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(slots=True)
 class _Join:
     created_s: float
     plan: str
@@ -156,7 +162,10 @@ class Router:
         self._replica_turn = itertools.count()
         self._draining = False
         self._running_here = 0  # requests started here and not yet answered
-        self._sending = 0  # sends to peers in flight: a part must not hold the loop then
+        # Sends to peers in flight, by request: a part waits for its own request's (a
+        # stripe's neighbour waits for its rows, and this node's one core would share
+        # itself between the send and the part), and none holds the loop while any are.
+        self._outbound: dict[str, _Outbound] = {}
         self._drained = asyncio.Event()
         self.served = 0
         self.retried = 0  # attempts re-sent
@@ -443,8 +452,8 @@ class Router:
                     stage.plan, stage.replica, await tensors, producer_parts=stage.parts
                 )
                 send = asyncio.create_task(route)
-                self._sending += 1  # now: the next segment must not take the loop first
-                send.add_done_callback(self._sent)
+                self._outbound_add(request, 1)  # now: before the next segment can start
+                send.add_done_callback(lambda _task: self._outbound_done(request, 1))
                 sends.append(send)
             for send in sends:
                 await send
@@ -459,8 +468,25 @@ class Router:
             for send in sends:
                 send.cancel()
 
-    def _sent(self, _task: asyncio.Task[None]) -> None:
-        self._sending -= 1
+    def _outbound_add(self, request: str, count: int) -> None:
+        self._outbound.setdefault(request, _Outbound()).count += count
+
+    def _outbound_done(self, request: str, count: int) -> None:
+        outbound = self._outbound[request]
+        outbound.count -= count
+        if not outbound.count:
+            del self._outbound[request]
+            outbound.done.set()
+
+    async def _sends_of(self, request: str) -> None:
+        """Wait until this request's sends from here have left (at most the deadline)."""
+        outbound = self._outbound.get(request)
+        if outbound is not None:
+            try:
+                async with asyncio.timeout(self._deadline_s):
+                    await outbound.done.wait()
+            except TimeoutError:
+                raise TransportError("its tensors for other nodes never left") from None
 
     async def _inputs_of(self, segment: Segment, join: _Join) -> None:
         """Wait until the tensors ``segment`` reads from outside have arrived."""
@@ -479,9 +505,10 @@ class Router:
         """Run one segment's parts; the tensors it sends. ``made`` (what earlier segments
         made here, not checked again) grows by what this one makes."""
         checked = join.checked | made
+        await self._sends_of(request)
         values = dict(join.values)  # arrivals may add to it while a worker reads it
         result = await self._host.run_chain(
-            segment.parts, values, checked=checked, inline=not self._sending
+            segment.parts, values, checked=checked, inline=not self._outbound
         )
         for index, seconds in zip(segment.parts, result.seconds, strict=True):
             recent = self._part_s.get(index, seconds)  # a moving average, new runs 1/5
@@ -539,11 +566,14 @@ class Router:
                     self._accept(tensor, checked=True)
                 continue
             sends.append(self._transport.peer(address).send(batch))
-        self._sending += len(sends)
+        request = str(tensors[0].request_id) if tensors else ""
+        if sends:
+            self._outbound_add(request, len(sends))
         try:
             results = await asyncio.gather(*sends, return_exceptions=True)
         finally:
-            self._sending -= len(sends)
+            if sends:
+                self._outbound_done(request, len(sends))
         for result in results:
             if isinstance(result, BaseException):
                 if isinstance(result, EdgenodeError):
