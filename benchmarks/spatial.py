@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -64,7 +65,8 @@ def backbone_512() -> Any:
 
 
 def tiny_yolo_448() -> Any:
-    X
+    """Tiny-YOLOv2's convolutional stack (3x3 conv, BN, leaky ReLU, 2x2 max-pool) at 448 px
+    (14 output rows: two equal stripes; at 416, 13 rows split 7/6)."""
     import keras
 
     layers = keras.layers
@@ -105,6 +107,13 @@ def split(model: Any, out: Path, **kwargs: Any) -> Any:
     from edgenode.model.manifest import load_manifest
 
     return load_manifest(out)
+
+
+def predicted_on(manifest: Any, nodes: int, speed: float, link: Any) -> float:
+    """The planner's latency for ``manifest`` as if it planned for ``link`` (a LinkSpec)."""
+    import dataclasses
+
+    return predicted(dataclasses.replace(manifest, link=link), nodes, speed)[0]
 
 
 def predicted(manifest: Any, nodes: int, speed: float) -> tuple[float, str]:
@@ -183,6 +192,91 @@ async def clusters_run(
         await client.aclose()
 
 
+# -- the edge lab: the same splits on hosts of their own, over shaped gigabit Ethernet --------
+
+
+async def _lab_client(spec: dict[str, Any]) -> dict[str, Any]:
+    """On the client's lab host: wait for a settled plan, answer the feeds (saved for the
+    parent to check), then time single requests; each part's mean time."""
+    from edgelab import _Remote, settled
+    from harness.cluster import Cluster
+
+    client = Client()
+    try:
+        cluster = Cluster(nodes=[_Remote(n, a) for n, a in spec["nodes"].items()])
+        await settled(client, cluster, {"wait_link": False, "stable_s": 2.0})
+        feeds = dict(np.load(spec["feeds"]))
+        inputs = [{spec["input"]: feeds[k]} for k in sorted(feeds)]
+        answers = [await client.infer(cluster.origin, x) for x in inputs]
+        np.savez(spec["answers"], *[np.asarray(next(iter(a.values()))) for a in answers])
+        await client.latencies(cluster.origin, inputs[0], WARMUP)
+        times = await client.latencies(cluster.origin, inputs[0], spec["runs"])
+        runs_of = await stage_counters(client, cluster)
+        part_ms = {p: total / count * 1e3 for p, (count, total) in runs_of.items()}
+        plan = ", ".join(
+            f"{n[1:]}: " + " ".join(f"{p} ({part_ms.get(p, 0):.1f})" for p in range(a, b))
+            for n, a, b in cluster.stages
+        )
+        return {"times": times, "plan": plan}
+    finally:
+        await client.aclose()
+
+
+def lab_runs(
+    configs: list[tuple[str, Path, int]], work: Path, speed: float, feeds: list[Any],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Each (label, split, nodes) on hosts of their own on the lab's ``ethernet`` profile
+    (1 Gbit/s, shaped), each node pinned to its own core, the client on a host of its own."""
+    from harness import ROOT
+    from harness.lab import PROFILES, lab, unavailable
+
+    from tests.lab import LabNode
+
+    reason = unavailable()
+    if reason:
+        say(f"no edge lab here: {reason}")
+        return []
+    feeds_path = work / "feeds.npz"
+    name = next(iter(feeds[0]))
+    np.savez(feeds_path, **{f"x{i}": f[name] for i, f in enumerate(feeds)})
+    out = []
+    with lab() as lab_:
+        client_host = lab_.add_host("client", PROFILES["ethernet"])
+        for index, (label, directory, count) in enumerate(configs):
+            tag = f"lab{index}-{uuid.uuid4().hex[:6]}"
+            config = write_config(work / f"{tag}.toml", tag, speed / 1e9, "litert")
+            hosts = [lab_.add_host(f"{tag}-{i}", PROFILES["ethernet"]) for i in range(count)]
+            nodes = [LabNode(h, f"n{i}", work, "--config", str(config), "--model",
+                             str(directory), cpu=i) for i, h in enumerate(hosts)]  # fmt: skip
+            try:
+                for node in nodes:
+                    node.wait_serving(180.0)
+                spec = {"nodes": {n.name: n.address for n in nodes}, "feeds": str(feeds_path),
+                        "input": name, "answers": str(work / f"{tag}-answers.npz"),
+                        "runs": args.runs}  # fmt: skip
+                spec_path = work / f"{tag}.json"
+                spec_path.write_text(json.dumps(spec))
+                say(f"lab: {label}")
+                done = client_host.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--client", str(spec_path)],
+                    capture_output=True, text=True, cwd=ROOT, timeout=900,
+                    env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                )  # fmt: skip
+                if done.returncode != 0:
+                    raise RuntimeError(f"lab client failed: {done.stderr[-2000:]}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                answers = np.load(spec["answers"])
+                result["answers"] = [{"out": answers[k]} for k in sorted(answers)]
+            finally:
+                for node in nodes:
+                    node.stop()
+                for host in hosts:
+                    host.kill()
+            out.append({"label": f"lab ethernet: {label}", **result})
+    return out
+
+
 def relative(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(got - ref).max() / np.abs(ref).max())
 
@@ -252,6 +346,16 @@ def measure(key: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rows["configs"].append(
             {"label": label, "times": took, "plan": plan, "predicted_s": pred_s, "error": error}
         )
+    if args.lab:  # the link the splits plan for is loopback's: the lab's prediction is gigabit
+        lab_configs = [(label, d, n) for label, d, _, n in configs if n > 1]
+        for run in lab_runs(lab_configs, work, speed, feeds, args):
+            manifest = next(m for label, _, m, _ in configs if run["label"].endswith(label))
+            run["predicted_s"] = predicted_on(manifest, 2, speed, link_spec(1000.0, None))
+            run["error"] = max(
+                relative(np.asarray(a["out"]), r[out_name])
+                for a, r in zip(run.pop("answers"), refs, strict=True)
+            )
+            rows["configs"].append(run)
     return rows
 
 
@@ -348,9 +452,17 @@ def main() -> None:
     parser.add_argument(
         "--wire-format", default="float16", help="between parts (float16: exact for pixels)"
     )
+    parser.add_argument(
+        "--no-lab", dest="lab", action="store_false", help="skip the edge lab's Ethernet runs"
+    )
+    parser.add_argument("--client", help=argparse.SUPPRESS)  # the lab client, on its host
     parser.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where spatial.md goes")
     args = parser.parse_args()
+    if args.client:
+        spec = json.loads(Path(args.client).read_text())
+        print(json.dumps(asyncio.run(_lab_client(spec))), flush=True)
+        return
     from edgenode.model import tfsetup
 
     tfsetup.configure(threads=1)
