@@ -1,13 +1,15 @@
 """The request path: origin, join buffers, running owned parts, forwarding outputs.
 
 A request enters at any node (its origin). The origin picks a replica pipeline and sends each
-model input to the owners of the parts that read it. A node that owns parts [a, b) waits until
-every tensor its range reads from outside has arrived for a request (join buffer), runs its
-parts back to back on a worker thread, and sends each output straight to the owners of the parts
-that read it (in its own replica) and every final output to the origin. Intermediate tensors
-never go back through the origin or the client. Tensors for this node itself are handed over
-without the network. Intermediate tensors travel in the manifest's wire format
-(``transport.codec`` encodes them); the client's inputs and the final outputs travel exact.
+model input (and each row slice of one, for a tiled model) to the owners of the parts that
+read it. A node that owns parts [a, b) runs them in segments (``stages.Segment``: one for a
+pipeline stage): a segment starts once the tensors it reads from outside have arrived for the
+request (join buffer), runs its parts back to back on a worker thread, and its outputs leave
+at once (``outbox.Outbox``), straight to the owners of the parts that read them (in its own
+replica) and every final output to the origin. Intermediate tensors never go back through the
+origin or the client. Tensors for this node itself are handed over without the network.
+Intermediate tensors travel in the manifest's wire format (``transport.codec`` encodes them);
+the client's inputs and the final outputs travel exact.
 
 Failures come back to the origin as notices: control tensors (``transport.codec``) ``!retry`` or
 ``!fail`` whose bytes are a UTF-8 message. A stage that receives a tensor stamped with
@@ -53,13 +55,13 @@ from edgenode.errors import (
 from edgenode.logfields import RequestLog
 from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, WireFormat, row_slices
 from edgenode.planning import ClusterPlan
+from edgenode.runtime.outbox import Outbox, origin_of
 from edgenode.runtime.parts import PartHost
 from edgenode.runtime.stages import (
     NodeRole,
     Segment,
     consumers_of,
     pick_replica,
-    recipients,
     role_of,
 )
 from edgenode.transport import RequestId, Tensor, Transport
@@ -88,12 +90,6 @@ class _Attempt:
     plan: str
     replica: int
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Outbound:
-    count: int = 0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True)
@@ -137,9 +133,8 @@ class Router:
         self._part_s: dict[int, float] = {}  # recent run time of each part run here
         self._manifest = manifest
         self._host = host
-        self._transport = transport
+        self._transport = transport  # its inbox: the outbox sends
         self._plan = plan
-        self._address_of = address_of
         self._deadline_s = deadline_s
         self._on_stage = on_stage
         self._clock = clock
@@ -162,10 +157,15 @@ class Router:
         self._replica_turn = itertools.count()
         self._draining = False
         self._running_here = 0  # requests started here and not yet answered
-        # Sends to peers in flight, by request: a part waits for its own request's (a
-        # stripe's neighbour waits for its rows, and this node's one core would share
-        # itself between the send and the part), and none holds the loop while any are.
-        self._outbound: dict[str, _Outbound] = {}
+        self._outbox = Outbox(
+            me=node_id,
+            transport=transport,
+            address_of=address_of,
+            consumers=self._consumers,
+            finals=self._finals,
+            deliver=lambda tensor: self._accept(tensor, checked=True),
+            deadline_s=deadline_s,
+        )
         self._drained = asyncio.Event()
         self.served = 0
         self.retried = 0  # attempts re-sent
@@ -273,7 +273,7 @@ class Router:
                     for name, value in arrays.items()
                 ]
                 try:
-                    await self._route(stage.plan, replica, tensors, producer_parts=range(0))
+                    await self._outbox.route(stage.plan, replica, tensors, producer_parts=range(0))
                 except TransportError as exc:
                     outcome: dict[str, np.ndarray] | _Retry = _Retry(str(exc))
                 else:
@@ -350,9 +350,6 @@ class Router:
             cached = self._role_cache = role_of(plan, self._me, self._manifest, self._consumers)
         return cached
 
-    def _origin_of(self, request: str) -> str:
-        return request.split(".", 1)[0]
-
     def _accept(self, tensor: Tensor, *, checked: bool) -> None:
         """Take a tensor from a peer, or one this node sends itself (``checked``)."""
         request = str(tensor.request_id)
@@ -360,7 +357,7 @@ class Router:
             self._on_notice(request, tensor)
             return
         attempt = self._attempts.get(request)
-        if attempt is None and self._origin_of(request) == self._me:
+        if attempt is None and origin_of(request) == self._me:
             return  # a tensor of an attempt of ours that was abandoned
         if attempt is not None and tensor.name in self._finals:
             attempt.outputs[tensor.name] = tensor.array
@@ -421,22 +418,8 @@ class Router:
         if len(self._notified) > NOTIFIED_WINDOW:
             self._notified.popitem(last=False)
         request_log.debug(request, "%s", message)
-        origin = self._origin_of(request)
         notice = control(RequestId(request), kind, message, plan_digest)
-        if origin == self._me:
-            self._accept(notice, checked=True)
-            return
-        address = self._address_of(origin)
-        if address is None:
-            request_log.debug(request, "origin %s is not a member; notice dropped", origin)
-            return
-        self._spawn(self._send_notice(address, notice))
-
-    async def _send_notice(self, address: str, notice: Tensor) -> None:
-        try:
-            await self._transport.peer(address).send([notice])
-        except EdgenodeError as exc:
-            request_log.debug(notice.request_id, "origin unreachable: %s", exc)
+        self._spawn(self._outbox.notify(notice))
 
     async def _run_stage(self, stage: NodeRole, request: str, join: _Join) -> None:
         """Run the node's segments in turn, each once its inputs are there, sending what
@@ -447,14 +430,12 @@ class Router:
             made: set[str] = set()
             for segment in stage.segments:
                 await self._inputs_of(segment, join)
-                tensors = self._run_segment(segment, request, join, made)
-                route = self._route(
-                    stage.plan, stage.replica, await tensors, producer_parts=stage.parts
+                tensors = await self._run_segment(segment, request, join, made)
+                sends.append(  # leaving from now on: before the next segment can start
+                    self._outbox.start(
+                        request, stage.plan, stage.replica, tensors, producer_parts=stage.parts
+                    )
                 )
-                send = asyncio.create_task(route)
-                self._outbound_add(request, 1)  # now: before the next segment can start
-                send.add_done_callback(lambda _task: self._outbound_done(request, 1))
-                sends.append(send)
             for send in sends:
                 await send
         except (PlanError, TransportError) as exc:
@@ -467,26 +448,6 @@ class Router:
             self._joins.pop(request, None)
             for send in sends:
                 send.cancel()
-
-    def _outbound_add(self, request: str, count: int) -> None:
-        self._outbound.setdefault(request, _Outbound()).count += count
-
-    def _outbound_done(self, request: str, count: int) -> None:
-        outbound = self._outbound[request]
-        outbound.count -= count
-        if not outbound.count:
-            del self._outbound[request]
-            outbound.done.set()
-
-    async def _sends_of(self, request: str) -> None:
-        """Wait until this request's sends from here have left (at most the deadline)."""
-        outbound = self._outbound.get(request)
-        if outbound is not None:
-            try:
-                async with asyncio.timeout(self._deadline_s):
-                    await outbound.done.wait()
-            except TimeoutError:
-                raise TransportError("its tensors for other nodes never left") from None
 
     async def _inputs_of(self, segment: Segment, join: _Join) -> None:
         """Wait until the tensors ``segment`` reads from outside have arrived."""
@@ -505,10 +466,10 @@ class Router:
         """Run one segment's parts; the tensors it sends. ``made`` (what earlier segments
         made here, not checked again) grows by what this one makes."""
         checked = join.checked | made
-        await self._sends_of(request)
+        await self._outbox.sent(request)
         values = dict(join.values)  # arrivals may add to it while a worker reads it
         result = await self._host.run_chain(
-            segment.parts, values, checked=checked, inline=not self._outbound
+            segment.parts, values, checked=checked, inline=not self._outbox.busy
         )
         for index, seconds in zip(segment.parts, result.seconds, strict=True):
             recent = self._part_s.get(index, seconds)  # a moving average, new runs 1/5
@@ -531,54 +492,6 @@ class Router:
         if name in self._finals or name in self._input_names:
             return DEFAULT_WIRE_FORMAT
         return self._manifest.wire_format
-
-    async def _route(
-        self,
-        plan: ClusterPlan,
-        replica: int,
-        tensors: list[Tensor],
-        *,
-        producer_parts: range,
-    ) -> None:
-        """Send each tensor once to every node of ``replica`` that needs it (finals to the
-        origin); TransportError when a peer cannot be reached."""
-        by_node: dict[str, list[Tensor]] = {}
-        for tensor in tensors:
-            for node in recipients(
-                plan,
-                replica,
-                tensor.name,
-                consumers=self._consumers,
-                finals=self._finals,
-                origin=self._origin_of(str(tensor.request_id)),
-                producer_parts=producer_parts,
-            ):
-                by_node.setdefault(node, []).append(tensor)
-        addresses = {n: self._address_of(n) for n in by_node if n != self._me}
-        missing = sorted(n for n, a in addresses.items() if a is None)
-        if missing:  # before sending anything: the attempt is re-sent as a whole
-            raise TransportError(f"no address for node {missing[0]}")
-        sends = []
-        for node, batch in by_node.items():
-            address = addresses.get(node)
-            if address is None:  # this node itself
-                for tensor in batch:
-                    self._accept(tensor, checked=True)
-                continue
-            sends.append(self._transport.peer(address).send(batch))
-        request = str(tensors[0].request_id) if tensors else ""
-        if sends:
-            self._outbound_add(request, len(sends))
-        try:
-            results = await asyncio.gather(*sends, return_exceptions=True)
-        finally:
-            if sends:
-                self._outbound_done(request, len(sends))
-        for result in results:
-            if isinstance(result, BaseException):
-                if isinstance(result, EdgenodeError):
-                    raise result
-                raise TransportError(f"sending failed: {result!r}") from result
 
     async def _sweep(self) -> None:
         while True:
