@@ -460,3 +460,48 @@ async def test_a_large_encoding_runs_off_the_event_loop(monkeypatch: pytest.Monk
         assert frames == list(real([tensor]))
         on_loop = threads[-1] == threading.current_thread().name
         assert on_loop == (where == "loop"), (wire, array.size, threads[-1])
+
+
+# -- a client's inputs: exact, in half the bytes where float16 holds them -----------------
+
+
+def pixels(seed: int = 0, shape=(1, 224, 224, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.float32)
+
+
+def test_pixels_travel_in_float16_and_arrive_exact() -> None:
+    from edgenode.transport.codec import exact_format
+
+    x = pixels()
+    assert exact_format(x) == "float16"
+    got, header = roundtrip(x, exact_format(x))
+    assert header.encoding == pb.ENCODING_FLOAT16 and header.byte_length == x.nbytes // 2
+    np.testing.assert_array_equal(got.array, x)
+    assert got.array.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda x: x + np.float32(0.1),  # not on float16's grid
+        lambda x: x * np.float32(1000.0),  # beyond float16's 2048 exact integers
+        lambda x: np.where(x == 0, np.float32(np.nan), x),  # NaN is never "equal"
+        lambda x: np.where(x == 0, np.float32(1e6), x),  # beyond float16's range
+    ],
+)
+def test_inputs_float16_cannot_hold_travel_as_they_are(spoil) -> None:
+    from edgenode.transport.codec import exact_format
+
+    x = spoil(pixels(1)).astype(np.float32)
+    assert exact_format(x) == "float32"
+    got, header = roundtrip(x, exact_format(x))
+    assert header.encoding == pb.ENCODING_NONE
+    np.testing.assert_array_equal(got.array, x)
+
+
+def test_small_or_other_dtype_inputs_are_not_checked() -> None:
+    from edgenode.transport.codec import exact_format
+
+    assert exact_format(np.zeros((4, 4), np.float32)) == "float32"
+    assert exact_format(pixels().astype(np.float64)) == "float32"
+    assert exact_format(pixels().astype(np.uint8)) == "float32"
