@@ -51,7 +51,6 @@ from edgenode.transport.codec import (
     control,
     control_text,
     encode_frames,
-    exact_format,
 )
 
 __all__ = [
@@ -339,9 +338,7 @@ class ClientSession:
         pending = _Pending(asyncio.get_running_loop().create_future())
         self._pending[request] = pending
         rid = RequestId(request)
-        arrays = {k: np.asarray(v) for k, v in inputs.items()}
-        # exact either way; pixels as float32 travel in float16, half the bytes
-        tensors = [Tensor(rid, k, a, wire_format=exact_format(a)) for k, a in arrays.items()]
+        tensors = [Tensor(rid, k, np.asarray(v)) for k, v in inputs.items()]
         frames = list(encode_frames([*tensors, control(rid, END)]))
         # A request's frames go out whole even if its caller gives up meanwhile: half a
         # tensor followed by another request's would end the call for every request on it.

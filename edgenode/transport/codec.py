@@ -81,7 +81,6 @@ __all__ = [
     "control_text",
     "encode_frames",
     "encode_frames_async",
-    "exact_format",
     "is_control",
     "wire_dtypes",
 ]
@@ -91,8 +90,6 @@ DEFAULT_MAX_TENSOR_BYTES = MAX_TENSOR_BYTES  # a receiver refuses larger tensors
 MAX_NDIM = 64  # numpy's own limit
 DUPLICATE_WINDOW_REQUESTS = 4096  # requests remembered per stream for duplicate detection
 ENCODE_IN_THREAD_BYTES = 256 << 10  # encoding more to float16/int8: on a thread (~1 ms/MB)
-
-EXACT_MIN_BYTES = 64 << 10  # smaller inputs are not worth the check
 
 RequestId = NewType("RequestId", str)
 
@@ -157,17 +154,6 @@ def control(request_id: RequestId, name: str, text: str = "", plan_digest: str =
 def control_text(tensor: Tensor) -> str:
     """The text a control tensor carries (undecodable bytes replaced)."""
     return bytes(np.ascontiguousarray(tensor.array, dtype=np.uint8)).decode("utf-8", "replace")
-
-
-def exact_format(array: npt.NDArray[Any]) -> WireFormat:
-    """How a tensor that must arrive exact (a client's input) travels: float16 when it is
-    a float32 array that float16 holds exactly (pixel values, small integers: half the
-    bytes, the same numbers), else as it is. Arrays below EXACT_MIN_BYTES are not checked."""
-    if array.dtype != np.float32 or array.nbytes < EXACT_MIN_BYTES:
-        return DEFAULT_WIRE_FORMAT
-    with np.errstate(over="ignore"):  # a value beyond float16's range becomes inf: unequal
-        half = array.astype(np.float16)
-    return "float16" if np.array_equal(half, array) else DEFAULT_WIRE_FORMAT
 
 
 def wire_dtypes() -> list[np.dtype[Any]]:
