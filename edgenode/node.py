@@ -284,6 +284,7 @@ class Node:
                     directory,
                     threads=config.model.threads,
                     factory=self._runner_factory,
+                    memory_bytes=local.capacity.memory_bytes,
                 )
             )
 

@@ -31,6 +31,7 @@ import numpy as np
 from edgenode.backends import PartRunner, check_inputs, load_runner
 from edgenode.errors import ModelError, PlanError
 from edgenode.model.manifest import Manifest, PartSpec, TensorSpec
+from edgenode.planning import stage_memory_bytes
 
 __all__ = ["ChainResult", "PartHost", "RunnerFactory"]
 
@@ -117,8 +118,15 @@ class PartHost:
         factory: RunnerFactory | None = None,
         inline_max_s: float = INLINE_MAX_S,
         clock: Callable[[], float] = time.monotonic,
+        memory_bytes: int = 0,
     ) -> None:
         self._manifest = manifest
+        # The node's memory budget (0: none) and what each part needs by the planner's
+        # estimate: a new plan's parts load after the old ones are freed when both would
+        # not fit in it, and beside them (the node keeps serving) when they would.
+        self._memory_bytes = memory_bytes
+        graph = manifest.cost_graph()
+        self._part_bytes = [stage_memory_bytes(graph, i, i + 1) for i in range(len(manifest.parts))]
         self._directory = directory
         self._factory: RunnerFactory = factory or (
             lambda spec, d: load_runner(spec, d, threads=threads)
@@ -140,8 +148,13 @@ class PartHost:
         """Indices of the parts ready to run."""
         return tuple(sorted(self._loaded))
 
+    def needs_bytes(self, indices: Iterable[int]) -> int:
+        """What these parts need loaded together, by the planner's estimate per part."""
+        return sum(self._part_bytes[i] for i in set(indices))
+
     async def load(self, indices: Iterable[int]) -> None:
-        """Make exactly ``indices`` loaded: load what is missing, then drop the rest."""
+        """Make exactly ``indices`` loaded: load what is missing, then drop the rest; drop
+        the rest first when both together would exceed the memory budget."""
         wanted = sorted(set(indices))
         for i in wanted:
             if not 0 <= i < len(self._manifest.parts):
@@ -150,6 +163,17 @@ class PartHost:
             if i not in self._loaded:
                 self._loading.setdefault(i, asyncio.Event())
         async with self._lock:
+            together = self.needs_bytes([*self._loaded, *wanted])
+            if self._memory_bytes and together > self._memory_bytes:
+                old = sorted(i for i in self._loaded if i not in wanted)
+                if old:
+                    logger.info(
+                        "freeing parts %s before loading parts %s: together they would need "
+                        "%d bytes, the memory budget is %d",
+                        old, [i for i in wanted if i not in self._loaded], together,
+                        self._memory_bytes,
+                    )  # fmt: skip
+                    await self._unload(old)
             for i in wanted:
                 if i in self._loaded:
                     continue
@@ -169,9 +193,12 @@ class PartHost:
                 self._loaded[i] = _Loaded(spec, runner, worker, threading.Lock())
                 self._loading.pop(i, asyncio.Event()).set()
                 logger.debug("loaded part %d (%s)", i, spec.file)
-            for i in [i for i in self._loaded if i not in wanted]:
-                await asyncio.to_thread(self._loaded.pop(i).worker.shutdown, wait=True)
-                logger.debug("unloaded part %d", i)
+            await self._unload([i for i in self._loaded if i not in wanted])
+
+    async def _unload(self, indices: Iterable[int]) -> None:
+        for i in indices:
+            await asyncio.to_thread(self._loaded.pop(i).worker.shutdown, wait=True)
+            logger.debug("unloaded part %d", i)
 
     async def run(self, index: int, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run part ``index`` on its worker thread; ModelError on bad inputs."""

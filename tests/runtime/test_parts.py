@@ -231,3 +231,31 @@ def test_missing_part_file(split, tmp_path: Path) -> None:
 
     with pytest.raises(ModelError, match=r"does not exist|cannot load"):
         asyncio.run(go())
+
+
+@pytest.mark.parametrize("tight", [False, True])
+async def test_a_new_plan_loads_beside_the_old_unless_both_exceed_the_budget(
+    split, tight: bool
+) -> None:
+    """Plan A's parts {0, 1}, then plan B's {2, 3}: with room for both, B loads while A is
+    still loaded (the node serves A meanwhile); with room for one plan only, A goes first."""
+    from edgenode.backends import load_runner
+
+    manifest, directory, _, _ = split
+    beside: dict[int, tuple[int, ...]] = {}  # part -> what was loaded while it loaded
+    holder: list[PartHost] = []
+
+    def factory(spec, d):
+        beside[spec.index] = holder[0].loaded
+        return load_runner(spec, d)
+
+    probe = PartHost(manifest, directory)
+    a, b = probe.needs_bytes([0, 1]), probe.needs_bytes([2, 3])
+    assert probe.needs_bytes([0, 1, 2, 3]) == a + b > max(a, b)
+    budget = max(a, b) if tight else 0  # 0: no budget
+    async with PartHost(manifest, directory, factory=factory, memory_bytes=budget) as host:
+        holder.append(host)
+        await host.load([0, 1])
+        await host.load([2, 3])
+        assert host.loaded == (2, 3)
+    assert beside[2] == (() if tight else (0, 1))
