@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ready_file = Path(args.ready_file) if args.ready_file else None
     _check_before_tensorflow(config, ready_file)
     security = node_security(config)  # a missing or bad key: one line before anything starts
-    if config.model.backend == "keras" or not Path(config.model.source).is_dir():
+    if _needs_tensorflow(config):
         setup_tensorflow(args, threads=config.model.threads)
     tune_malloc()
     state_dir = Path(args.state_dir)
@@ -88,6 +88,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     run(main())
     return EXIT_OK
+
+
+def _needs_tensorflow(config: Config) -> bool:
+    """Whether this node imports TensorFlow (~480 MiB resident): to cut a model itself, or
+    to run Keras parts. A split directory's parts decide, not ``model.backend``: a node
+    serving LiteRT parts needs none (an unreadable manifest fails later, in one line)."""
+    from edgenode.errors import ManifestError
+    from edgenode.model.manifest import load_manifest
+
+    source = Path(config.model.source)
+    if not source.is_dir():
+        return True
+    try:
+        return any(part.format == "keras" for part in load_manifest(source).parts)
+    except ManifestError:
+        return False
 
 
 def _check_before_tensorflow(config: Config, ready_file: Path | None = None) -> None:
