@@ -53,7 +53,7 @@ from edgenode.errors import (
     TransportError,
 )
 from edgenode.logfields import RequestLog
-from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, WireFormat, row_slices
+from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, row_slices
 from edgenode.planning import ClusterPlan
 from edgenode.runtime.outbox import Outbox, origin_of
 from edgenode.runtime.parts import PartHost
@@ -254,7 +254,7 @@ class Router:
         backoff = RETRY_BACKOFF_S
         failed_replicas: set[int] = set()
         arrays = {name: np.ascontiguousarray(value) for name, value in inputs.items()}
-        arrays.update(_contiguous(row_slices(self._manifest.tiles, arrays)))
+        arrays.update(row_slices(self._manifest.tiles, arrays))
         while True:
             stage = self._role()
             input_bytes = sum(a.nbytes for a in arrays.values())
@@ -268,10 +268,7 @@ class Router:
             self._attempts[request] = attempt
             try:
                 progress[0] = f"plan {stage.plan.digest[:12]} replica {replica} running"
-                tensors = [  # the inputs exact; their row slices as any tensor between parts
-                    Tensor(request, name, value, stage.plan.digest, self._wire_of(name))
-                    for name, value in arrays.items()
-                ]
+                tensors = self._tensors(request, stage.plan.digest, arrays)
                 try:
                     await self._outbox.route(stage.plan, replica, tensors, producer_parts=range(0))
                 except TransportError as exc:
@@ -479,19 +476,20 @@ class Router:
         outputs = {**result.outputs, **row_slices(self._manifest.tiles, result.outputs)}
         join.values.update(outputs)
         made.update(outputs)
-        plan = join.plan
-        return [
-            Tensor(RequestId(request), name, value, plan, self._wire_of(name))
-            for name, value in _contiguous({n: join.values[n] for n in segment.sends}).items()
-        ]
+        return self._tensors(request, join.plan, {n: join.values[n] for n in segment.sends})
 
-    def _wire_of(self, name: str) -> WireFormat:
-        """How a tensor travels: model inputs and finals exact (the origin answers with
-        them), the others (a stage's outputs, row slices) in the cluster's wire format
-        (handed over locally, they are never encoded)."""
-        if name in self._finals or name in self._input_names:
-            return DEFAULT_WIRE_FORMAT
-        return self._manifest.wire_format
+    def _tensors(self, request: str, plan: str, values: Mapping[str, np.ndarray]) -> list[Tensor]:
+        """``values`` to send, each C-contiguous (a row slice of a batch of more than one
+        is not): model inputs and finals exact (the origin answers with them), the others
+        (a stage's outputs, row slices) in the cluster's wire format (handed over locally,
+        they are never encoded)."""
+        exact = self._finals | self._input_names
+        wire = self._manifest.wire_format
+        return [
+            Tensor(RequestId(request), name, np.ascontiguousarray(value), plan,
+                   DEFAULT_WIRE_FORMAT if name in exact else wire)
+            for name, value in values.items()
+        ]  # fmt: skip
 
     async def _sweep(self) -> None:
         while True:
@@ -502,8 +500,3 @@ class Router:
                 del self._joins[request]
             if stale:
                 logger.info("freed the join buffers of %d abandoned requests", len(stale))
-
-
-def _contiguous(values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each array C-contiguous (a row slice of a batch of more than one is not)."""
-    return {name: np.ascontiguousarray(value) for name, value in values.items()}
