@@ -1,0 +1,1 @@
+"""Pieces of benchmarks/edgelab.py, one module per concern."""
