@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -155,7 +156,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from edgenode.model.cost import graph_stats
     from edgenode.model.graph import build_graph
     from edgenode.model.split import layer_cost_graph
-    from edgenode.planning import NodeSpec, node_link, plan_pipeline
+    from edgenode.planning import (
+        BASELINE_BYTES,
+        MEMORY_MODELS,
+        NodeSpec,
+        node_link,
+        plan_pipeline,
+        room_bytes,
+        stage_memory_bytes,
+    )
 
     model = load_model_arg(args)
     graph = build_graph(model)
@@ -173,14 +182,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
             say(args, "measuring this machine's speed on the whole model")
             base_speed = _calibrate(graph, sum(s.flops for s in stats))
         unit = f"{base_speed / 1e9:.1f} GFLOP/s per unit speed"
+    costs = dataclasses.replace(costs, memory=MEMORY_MODELS[args.backend])
+    baseline = BASELINE_BYTES[args.backend]
+    room = room_bytes(args.node_memory, baseline)
     nodes = [
-        NodeSpec(node_id=f"node-{i}", speed=base_speed * s, memory_bytes=args.node_memory)
+        NodeSpec(node_id=f"node-{i}", speed=base_speed * s, memory_bytes=room)
         for i, s in enumerate(args.nodes)
     ]
     link = node_link(args.bandwidth, args.hop_latency_ms / 1e3)
     plan = plan_pipeline(costs, nodes, link, max_parts=args.max_parts)
     if args.json:
-        print(json.dumps(_plan_json(plan, graph, args), indent=2))
+        print(json.dumps(_plan_json(plan, graph, costs, args), indent=2))
         return EXIT_OK
     rows = []
     for i, st in enumerate(plan.stages):
@@ -197,6 +209,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 format_bytes(st.send_bytes),
                 f"{st.compute_s * 1e3:.2f}",
                 f"{st.time_s * 1e3:.2f}",
+                f"{(baseline + stage_memory_bytes(costs, st.start, st.stop)) / 2**20:.0f}",
             ]
         )
     headers = [
@@ -210,12 +223,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         "bytes",
         "compute ms",
         "stage ms",
+        "MiB predicted",
     ]
     print(format_table(headers, rows))
     print(
         f"\nmodel {graph.name}: {len(graph.ops)} ops, {sum(s.macs for s in stats) / 1e6:.1f} M "
         f"multiply-adds; speed basis: {unit}; link {args.bandwidth / 1e6:.0f} MB/s, "
         f"{args.hop_latency_ms} ms per hop; tensors between parts as {wire}"
+    )
+    print(
+        f"memory: each node's budget {format_bytes(args.node_memory)}, of which the "
+        f"{args.backend} baseline takes {format_bytes(baseline)} (predicted: baseline plus "
+        "the stage's weights, activations and buffers as the backend holds them)"
     )
     print(
         f"predicted: bottleneck stage {plan.bottleneck_s * 1e3:.2f} ms "
@@ -295,12 +314,18 @@ def _print_spatial(
     )
 
 
-def _plan_json(plan: Any, graph: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _plan_json(plan: Any, graph: Any, costs: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from edgenode.planning import BASELINE_BYTES, stage_memory_bytes
+
+    baseline = BASELINE_BYTES[args.backend]
     return {
         "model": graph.name,
         "link_bytes_per_s": args.bandwidth,
         "hop_latency_s": args.hop_latency_ms / 1e3,
         "wire_format": args.wire_format,
+        "backend": args.backend,
+        "memory_budget_bytes": args.node_memory,
+        "baseline_bytes": baseline,
         "bottleneck_s": plan.bottleneck_s,
         "latency_s": plan.latency_s,
         "single_node_id": plan.single_node_id,
@@ -317,6 +342,7 @@ def _plan_json(plan: Any, graph: Any, args: argparse.Namespace) -> dict[str, Any
                 "send_s": st.send_s,
                 "time_s": st.time_s,
                 "param_bytes": st.param_bytes,
+                "predicted_memory_bytes": baseline + stage_memory_bytes(costs, st.start, st.stop),
             }
             for st in plan.stages
         ],

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from edgenode._cli_cluster import client_security, find_nodes
 from edgenode._cli_common import EXIT_OK, say
-from edgenode._table import format_bytes, format_table
+from edgenode._table import format_table
 from edgenode.errors import EdgenodeError
 
 if TYPE_CHECKING:
@@ -202,6 +202,7 @@ def status_table(statuses: Sequence[NodeReport], *, wide: bool = False) -> str:
             stage_ms,
             _duration(st.uptime_s),
             f"{node.capacity.speed / 1e9:.3g}",
+            f"{_mib(st.predicted_bytes)}/{_mib(node.capacity.memory_bytes)}",
         ]
         if wide:
             per_part = ", ".join(
@@ -209,21 +210,28 @@ def status_table(statuses: Sequence[NodeReport], *, wide: bool = False) -> str:
             )
             row += [
                 st.requests_failed,
-                format_bytes(node.capacity.memory_bytes),
+                f"{_mib(st.resident_bytes)}/{_mib(st.peak_bytes)}",
+                _mib(node.capacity.baseline_bytes),
                 _link_label(node.capacity.link_bytes_per_s),
                 per_part or "-",
             ]
         rows.append(row)
     headers = ["node", "address", "parts", "plan", "agreed", "state", "requests here",
-               "part runs", "run p50 ms", "up", "GFLOP/s"]  # fmt: skip
+               "part runs", "run p50 ms", "up", "GFLOP/s", "MiB predicted/budget"]  # fmt: skip
     if wide:
-        headers += ["failed here", "memory budget", "link Mbit/s", "part run ms p50/p90"]
+        headers += ["failed here", "MiB resident/peak", "MiB baseline", "link Mbit/s",
+                    "part run ms p50/p90"]  # fmt: skip
         table = format_table(headers, rows)
-    else:  # address, uptime and speed while they fit (always with --wide)
-        table = format_table(headers, rows, max_width=TABLE_WIDTH, optional=(1, 9, 10))
+    else:  # address, uptime, speed and memory while they fit (always with --wide)
+        table = format_table(headers, rows, max_width=TABLE_WIDTH, optional=(1, 9, 10, 11))
     # every member computes the same plan, so they give the same reason: say it once
     problems = dict.fromkeys(st.plan.problem for st in statuses if st.plan.problem)
     return "\n".join([table, *(f"no plan: {problem}" for problem in problems)])
+
+
+def _mib(n: int) -> str:
+    """Bytes in whole MiB; "-" for 0 (not known: an older node, or an OS that does not say)."""
+    return f"{n / 2**20:.0f}" if n else "-"
 
 
 def _link_label(bytes_per_s: float) -> str:

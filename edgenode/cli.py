@@ -57,7 +57,7 @@ DEFAULT_SEED = 0  # edgenode.model.loading
 DEFAULT_PROFILE_RUNS = 20  # edgenode.model.profile.DEFAULT_RUNS
 DEFAULT_PROFILE_SEGMENTS = 16  # edgenode.model.profile.DEFAULT_SEGMENTS
 DEFAULT_CREDENTIAL_DAYS = 3650  # edgenode.security.DEFAULT_DAYS
-DEFAULT_NODE_MEMORY = "4GiB"  # what `plan` assumes each node gives a part
+DEFAULT_NODE_MEMORY = "4GiB"  # the memory budget `plan` assumes for each node
 
 _Parser = Parser  # the parser class of every command, by its former name (tests/test_cli.py)
 
@@ -219,7 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=size,
         default=DEFAULT_NODE_MEMORY,  # a string default goes through type= like an argument
         metavar="SIZE",
-        help="memory each node gives a part",
+        help="each node's memory budget (node.memory_budget); a node gets parts that fit it "
+        "less the backend's baseline",
+    )
+    plan.add_argument(
+        "--backend",
+        choices=("keras", "litert"),
+        default="keras",
+        help="what the nodes run parts on: its memory model prices each stage",
     )
     plan.add_argument(
         "--bandwidth",

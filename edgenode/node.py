@@ -37,8 +37,8 @@ from edgenode.mesh import (
     new_incarnation,
 )
 from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, Manifest, link_spec, load_manifest
-from edgenode.planning import ClusterPlan
-from edgenode.runtime.control import NodeControl
+from edgenode.planning import ClusterPlan, room_bytes
+from edgenode.runtime.control import MemoryUse, NodeControl
 from edgenode.runtime.follow import follow_plan, tell_router
 from edgenode.runtime.instrument import (
     ObservedRequests,
@@ -51,7 +51,12 @@ from edgenode.runtime.metrics import MetricsServer, NodeMetrics, sample_gauges
 from edgenode.runtime.negotiation import Negotiator, PlanState, link_of
 from edgenode.runtime.parts import PartHost, RunnerFactory
 from edgenode.runtime.requests import Router
-from edgenode.runtime.selfbench import measure_speed, memory_budget_bytes
+from edgenode.runtime.selfbench import (
+    baseline_memory_bytes,
+    measure_speed,
+    memory_budget_bytes,
+    process_memory_bytes,
+)
 from edgenode.security import load_credentials
 from edgenode.transport import (
     PROTOCOL_VERSION,
@@ -247,6 +252,7 @@ class Node:
         speed = config.node.speed_gflops * 1e9 or await asyncio.to_thread(
             measure_speed, backend=backend
         )
+        baseline = await asyncio.to_thread(baseline_memory_bytes, backend)
         host, port = parse_address(config.node.listen, key="node.listen")
         transport_config = TransportConfig(
             max_tensor_bytes=config.limits.max_tensor_bytes, security=security
@@ -266,7 +272,8 @@ class Node:
             stack.push_async_callback(transport.aclose)
             await transport.bind()
             bound_port = int(transport.address.rsplit(":", 1)[1])
-            local = self._local_record(manifest, bound_port, speed)
+            local = self._local_record(manifest, bound_port, speed, baseline)
+            room = room_bytes(local.capacity.memory_bytes, baseline)
             client = ControlClient(security=security)
             stack.push_async_callback(client.aclose)
             discovery = self._discovery(local, client)
@@ -284,7 +291,7 @@ class Node:
                     directory,
                     threads=config.model.threads,
                     factory=self._runner_factory,
-                    memory_bytes=local.capacity.memory_bytes,
+                    memory_bytes=room,
                 )
             )
 
@@ -334,6 +341,14 @@ class Node:
                 server = await stack.enter_async_context(MetricsServer(metrics, m_host, m_port))
                 reachable = local.host if m_host in ("0.0.0.0", "::", "") else m_host
                 metrics_url = f"http://{_url_host(reachable)}:{server.port}/metrics"
+
+            def memory() -> MemoryUse:
+                resident, peak = process_memory_bytes()
+                predicted = baseline + part_host.needs_bytes(part_host.loaded)
+                return MemoryUse(
+                    resident_bytes=resident, peak_bytes=peak, predicted_bytes=predicted
+                )
+
             control = NodeControl(
                 local=lambda: discovery.local,
                 address=lambda: f"{local.host}:{bound_port}",
@@ -346,6 +361,7 @@ class Node:
                 directory=directory,
                 left=negotiator.peer_left,
                 metrics_url=metrics_url,
+                memory=memory,
             )
             await transport.serve(
                 control_handlers(
@@ -364,7 +380,7 @@ class Node:
             await stack.enter_async_context(discovery)
             logger.info(
                 "node %s serving on %s:%d (model %s, %s, %s, %s per part, speed %.1f GFLOP/s, "
-                "memory budget %s%s)",
+                "memory budget %s%s, baseline %s)",
                 local.node_id,
                 local.host,
                 bound_port,
@@ -377,6 +393,7 @@ class Node:
                 ""
                 if config.node.memory_budget
                 else f", {MEMORY_BUDGET_SHARE:.0%} of the memory available at start",
+                format_bytes(baseline),
             )
             if self._ready_file is not None:
                 await asyncio.to_thread(
@@ -425,7 +442,7 @@ class Node:
         self._running = None
         logger.info("stopped")
 
-    def _local_record(self, manifest: Manifest, port: int, speed: float) -> PeerInfo:
+    def _local_record(self, manifest: Manifest, port: int, speed: float, baseline: int) -> PeerInfo:
         config = self._config
         host, _ = parse_address(config.node.listen, key="node.listen")
         if host in ("0.0.0.0", "::", ""):
@@ -446,6 +463,8 @@ class Node:
                 speed=speed,
                 memory_bytes=memory_budget_bytes(config.node.memory_budget_bytes),
                 link_bytes_per_s=config.node.link_mbps * 1e6 / 8,  # 0: measured later
+                baseline_bytes=baseline,
+                backend=manifest.parts[0].format,
             ),
             incarnation=new_incarnation(),
             started_ms=time.time_ns() // 1_000_000,

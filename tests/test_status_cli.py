@@ -25,7 +25,7 @@ from edgenode.runtime.control import NodeControl
 from edgenode.runtime.negotiation import PlanState
 from edgenode.transport import NodeReport, Security
 from edgenode.transport._control import _status_reply
-from edgenode.transport._reports import report_of
+from edgenode.transport._reports import message_of, report_of
 from tests.nodes import (
     NodeProcess,
     cli,
@@ -181,12 +181,32 @@ def test_table_shows_the_plan_apart_from_what_is_loaded() -> None:
         "node": "a", "address": "127.0.0.1:4097", "parts": "0-2", "plan": digest,
         "agreed": "yes", "state": "ready", "requests here": "0", "part runs": "4",
         "run p50 ms": "60.00",  # the sum of the medians of its parts, not of part 6 (old)
-        "up": "12m05s", "GFLOP/s": "1", "failed here": "0", "memory budget": "1.0 GiB",
-        "link Mbit/s": "-",
+        "up": "12m05s", "GFLOP/s": "1", "MiB predicted/budget": "-/1024", "failed here": "0",
+        "MiB resident/peak": "-/-", "MiB baseline": "-", "link Mbit/s": "-",
         "part run ms p50/p90": "0: 10.00/10.00, 1: 20.00/20.00, 2: 30.00/30.00, 6: 500.00/500.00",
     }  # fmt: skip
     assert (b["parts"], b["state"]) == ("3-4", "unloading 0-2, 5-6")
     assert (c["parts"], c["state"]) == ("5-7", "loading 6-7")
+
+
+def test_table_shows_memory_predicted_against_budget_and_wide_what_is_resident() -> None:
+    mib = 2**20
+    a = status("a", THREE)
+    a = dataclasses.replace(
+        a,
+        node=dataclasses.replace(
+            a.node, capacity=dataclasses.replace(a.node.capacity, baseline_bytes=80 * mib)
+        ),
+        resident_bytes=300 * mib,
+        peak_bytes=351 * mib,
+        predicted_bytes=320 * mib,
+    )
+    # what GetStatus carries, through the wire and back
+    assert report_of(pb.NodeStatus.FromString(message_of(a).SerializeToString())) == a
+    [cells] = _cells(status_table([a], wide=True))
+    assert cells["MiB predicted/budget"] == "320/1024"
+    assert (cells["MiB resident/peak"], cells["MiB baseline"]) == ("300/351", "80")
+    assert a.to_json()["predicted_bytes"] == 320 * mib
 
 
 def test_wide_table_shows_each_nodes_own_link() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from edgenode.errors import ModelError
 from edgenode.model.manifest import PartSpec, TensorSpec
 
-__all__ = ["PartRunner", "check_inputs", "load_runner"]
+__all__ = ["PartRunner", "check_inputs", "import_backend", "load_runner"]
 
 
 class PartRunner(Protocol):
@@ -64,3 +64,13 @@ def load_runner(spec: PartSpec, directory: Path, *, threads: int = 1) -> PartRun
     from edgenode.backends.keras import KerasPart
 
     return KerasPart(path)
+
+
+def import_backend(fmt: str) -> None:
+    """Import the runtime that runs parts of this format ("keras" or "litert") now, so that a
+    node's resident memory at start-up (its baseline, ``planning.memory``) includes it."""
+    if fmt == "litert":
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+    else:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401

@@ -97,8 +97,11 @@ class Capacity:
     its own link."""
 
     speed: float  # work units per second, from the node's self-benchmark
-    memory_bytes: int
+    memory_bytes: int  # its budget (node.memory_budget)
     link_bytes_per_s: float = 0.0  # measured or configured; 0: not known (the cluster's link)
+    # Resident at start-up with the backend loaded and no part; parts get the budget less it.
+    baseline_bytes: int = 0
+    backend: str = ""  # what it runs parts on ("keras", "litert"; "": not said)
 
     def __post_init__(self) -> None:
         if isinstance(self.speed, bool) or not isinstance(self.speed, int | float):
@@ -109,6 +112,9 @@ class Capacity:
             raise UsageError(f"memory_bytes must be an int, got {self.memory_bytes!r}")
         if self.memory_bytes < 0:
             raise UsageError(f"memory_bytes must be >= 0, got {self.memory_bytes}")
+        base = self.baseline_bytes
+        if isinstance(base, bool) or not isinstance(base, int) or base < 0:
+            raise UsageError(f"baseline_bytes must be an int >= 0, got {base!r}")
         link = self.link_bytes_per_s
         if isinstance(link, bool) or not isinstance(link, int | float):
             raise UsageError(f"link_bytes_per_s must be a number, got {link!r}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from edgenode.errors import UsageError
 from edgenode.mesh._peer import NodeId, PeerEvent, PeerEventKind, PeerInfo
-from edgenode.planning import NodeSpec
+from edgenode.planning import MEMORY_MODELS, NodeSpec, room_bytes
 
 __all__ = ["REPLAN_MAX_DELAY_S", "REPLAN_QUIET_S", "Debounce", "Membership", "PeerChange",
            "peer_changes"]  # fmt: skip
@@ -85,8 +85,9 @@ class Membership:
             NodeSpec(
                 node_id=p.node_id,
                 speed=p.capacity.speed,
-                memory_bytes=p.capacity.memory_bytes,
+                memory_bytes=room_bytes(p.capacity.memory_bytes, p.capacity.baseline_bytes),
                 link_bytes_per_s=p.capacity.link_bytes_per_s,
+                memory=MEMORY_MODELS.get(p.capacity.backend),
             )
             for p in self.members
         )

@@ -92,6 +92,13 @@ def _optional_int(obj: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
+def _optional_size(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = _optional_int(obj, key, where)
+    if value < 0:
+        raise ManifestError(f"{where}.{key}: expected a byte count >= 0, got {value}")
+    return value
+
+
 def parse_manifest(data: Any) -> Manifest:
     """Parse and validate a manifest's JSON data; ManifestError names the offending field."""
     fmt = _field(data, "format", str, "manifest")
@@ -132,6 +139,7 @@ def parse_manifest(data: Any) -> Manifest:
                 macs=_optional_int(p, "macs", where),
                 flops=_field(p, "flops", int, where),
                 param_bytes=_field(p, "param_bytes", int, where),
+                activation_bytes=_optional_size(p, "activation_bytes", where),
             )
         )
     manifest = Manifest(

@@ -25,7 +25,7 @@ from keras.src.layers.pooling.base_pooling import BasePooling
 
 from edgenode.model.graph import LayerGraph, OpInfo
 
-__all__ = ["OpStats", "graph_stats", "op_stats"]
+__all__ = ["OpStats", "graph_stats", "layer_working_sets", "op_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -201,3 +201,15 @@ def op_stats(op: OpInfo) -> OpStats:
 def graph_stats(graph: LayerGraph) -> list[OpStats]:
     """Static cost of every op of ``graph``, in graph order."""
     return [op_stats(op) for op in graph.ops]
+
+
+def layer_working_sets(graph: LayerGraph) -> list[int]:
+    """Per op, in the graph's order: bytes of every tensor it reads plus every tensor it
+    writes (batch 1), all held at once while it runs: the memory model's activations."""
+    held = [0] * len(graph.ops)
+    for t in graph.tensors.values():
+        for c in set(t.consumers):
+            held[c] += t.nbytes
+        if t.producer >= 0:
+            held[t.producer] += t.nbytes
+    return held

@@ -16,7 +16,14 @@ from typing import Any, Final, Literal, TypeVar, get_args
 
 from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
 from edgenode.errors import ManifestError
-from edgenode.planning import CostGraph, Link, OpCost, TensorCost, TileShape, node_link
+from edgenode.planning import (
+    CostGraph,
+    Link,
+    OpCost,
+    TensorCost,
+    TileShape,
+    node_link,
+)
 
 __all__ = [
     "DEFAULT_WIRE_FORMAT",
@@ -130,6 +137,9 @@ class PartSpec:
     macs: int
     flops: int
     param_bytes: int
+    # The largest working set of one layer in the part (every tensor it reads and writes),
+    # for the memory model (planning.memory); 0 when the manifest does not say (older ones).
+    activation_bytes: int = 0
 
     @property
     def format(self) -> str:
@@ -268,6 +278,8 @@ class Manifest:
                     "macs": p.macs,
                     "flops": p.flops,
                     "param_bytes": p.param_bytes,
+                    # Only when recorded: an older manifest keeps its identity.
+                    **({"activation_bytes": p.activation_bytes} if p.activation_bytes else {}),
                 }
                 for p in self.parts
             ],
@@ -348,7 +360,12 @@ class Manifest:
                     specs[t.name] = t
         return CostGraph(
             ops=tuple(
-                OpCost(name=f"part-{p.index}", work=float(p.flops), param_bytes=p.param_bytes)
+                OpCost(
+                    name=f"part-{p.index}",
+                    work=float(p.flops),
+                    param_bytes=p.param_bytes,
+                    activation_bytes=p.activation_bytes,
+                )
                 for p in self.parts
             ),
             tensors=tuple(

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgenode import __version__
 from edgenode.errors import ModelError
-from edgenode.model.cost import OpStats, graph_stats
+from edgenode.model.cost import OpStats, graph_stats, layer_working_sets
 from edgenode.model.graph import LayerGraph, TensorInfo, build_graph
 from edgenode.model.loading import model_sha256
 from edgenode.model.manifest import (
@@ -260,6 +260,7 @@ def split_model(
     _prepare_directory(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     finals = set(graph.outputs)
+    working = layer_working_sets(graph)
     specs = []
     with tempfile.TemporaryDirectory(prefix=".edgenode-split-", dir=out.parent) as tmp:
         staging = Path(tmp)
@@ -286,6 +287,7 @@ def split_model(
                     macs=sum(s.macs for s in ops),
                     flops=sum(s.flops for s in ops),
                     param_bytes=_unique_weight_bytes(part.model),
+                    activation_bytes=max(working[part.start : part.stop], default=0),
                 )
             specs.append(spec)
         manifest = Manifest(

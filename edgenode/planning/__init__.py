@@ -15,6 +15,7 @@ from edgenode.planning._costs import (
     boundary_tensors,
     crossing_bytes,
     node_link,
+    parts_memory_bytes,
     stage_cost,
     stage_memory_bytes,
 )
@@ -24,6 +25,13 @@ from edgenode.planning.cluster import (
     plan_cluster,
     quantize_link,
     quantize_speed,
+)
+from edgenode.planning.memory import (
+    BASELINE_BYTES,
+    MEMORY_MODELS,
+    PLAIN,
+    MemoryModel,
+    room_bytes,
 )
 from edgenode.planning.partition import (
     MAX_EXACT_NODES,
@@ -38,14 +46,18 @@ from edgenode.planning.serving import Serving, serving
 from edgenode.planning.tiles import TiledPlan, plan_tiles, schedule
 
 __all__ = [
+    "BASELINE_BYTES",
     "DEFAULT_BANDWIDTH_BYTES_PER_S",
     "DEFAULT_HOP_LATENCY_S",
     "MAX_EXACT_NODES",
+    "MEMORY_MODELS",
+    "PLAIN",
     "TIE_REL_TOL",
     "Assignment",
     "ClusterPlan",
     "CostGraph",
     "Link",
+    "MemoryModel",
     "NodeSpec",
     "OpCost",
     "Plan",
@@ -59,12 +71,14 @@ __all__ = [
     "equal_cuts",
     "narrow_cuts",
     "node_link",
+    "parts_memory_bytes",
     "plan_cluster",
     "plan_parts",
     "plan_pipeline",
     "plan_tiles",
     "quantize_link",
     "quantize_speed",
+    "room_bytes",
     "schedule",
     "serving",
     "stage_cost",

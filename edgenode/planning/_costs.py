@@ -13,14 +13,17 @@ Cost of a part [a, b) of the topological order on a node (the model every planne
 - time: CPU + send_bytes / bandwidth + the hop latency, where the latency is paid only by a
   stage that sends at least one byte (to the next stage or to the origin). Measured in the
   edge lab, a node's sends do not overlap its next request's compute: the times add up.
-- memory: its parameters plus the largest working set of one of its ops (every tensor the op
-  reads plus every tensor it writes, all held at once). An estimate, not a bound: it assumes
-  activations are freed after their last reader.
+- memory: what the graph's ``MemoryModel`` (``planning.memory``) predicts for its parameters,
+  the largest working set of a layer in it (``OpCost.activation_bytes``, or the op's own
+  tensors when it is one layer) and the bytes it receives and sends (the transport's
+  buffers). The plain model, the default, is parameters plus the largest working set. An
+  estimate, not a bound.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +31,7 @@ from numpy.typing import NDArray
 
 from edgenode.defaults import BYTE_CPU_NS, HOP_LATENCY_MS, LINK_MBPS, STAGE_CPU_MS
 from edgenode.errors import PlanError
+from edgenode.planning.memory import PLAIN, MemoryModel
 
 __all__ = [
     "DEFAULT_BANDWIDTH_BYTES_PER_S",
@@ -50,6 +54,7 @@ __all__ = [
     "crossing_bytes",
     "make_stage",
     "node_link",
+    "parts_memory_bytes",
     "stage_cost",
     "stage_memory_bytes",
     "work_prefix",
@@ -70,6 +75,9 @@ class OpCost:
     name: str
     work: float  # FLOPs or reference-device seconds; NodeSpec.speed uses the same unit
     param_bytes: int = 0
+    # The largest working set of one layer inside the op (an op that is a whole part of a
+    # cut model); 0: the op is one layer, its working set is its own tensors.
+    activation_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,22 +103,28 @@ class TileShape:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CostGraph:
     """Ops in topological order and the tensors between them; ``tiles`` when some ops
-    are stripes of a spatial region (``planning.tiles`` plans those for latency)."""
+    are stripes of a spatial region (``planning.tiles`` plans those for latency); ``memory``
+    how the backend's resident memory grows with the ops a node holds."""
 
     ops: tuple[OpCost, ...]
     tensors: tuple[TensorCost, ...] = ()
     tiles: TileShape | None = None
+    memory: MemoryModel = PLAIN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeSpec:
-    """A device: its speed in work units per second, the bytes it can hold for its part, and
-    the bandwidth of its own link (0: as fast as the cluster's ``Link``)."""
+    """A device: its speed in work units per second, the bytes it can hold for its part (its
+    budget less its baseline, ``planning.memory.room_bytes``), and the bandwidth of its own
+    link (0: as fast as the cluster's ``Link``)."""
 
     node_id: str
     speed: float
     memory_bytes: int
     link_bytes_per_s: float = 0.0
+    # How its backend's resident memory grows with parts (planning.memory); None: the
+    # graph's model.
+    memory: MemoryModel | None = None
 
     def bandwidth(self, link: Link) -> float:
         """Bytes per second this node sends at: the cluster's link, or its own when slower."""
@@ -172,7 +186,28 @@ class CostTables:
     work_prefix: NDArray[np.float64]
     param_prefix: NDArray[np.int64]
     send_bytes: NDArray[np.int64]
-    memory_bytes: NDArray[np.int64]  # _NO_FIT_BYTES where stop <= start
+    largest_bytes: NDArray[np.int64]  # the largest layer working set in the part
+    moved_bytes: NDArray[np.int64]  # what the part receives and sends per request
+    memory: MemoryModel  # the graph's, for nodes that name none
+    _memory_tables: dict[MemoryModel, NDArray[np.int64]]
+
+    def memory_bytes(self, node: NodeSpec | None = None) -> NDArray[np.int64]:
+        """What every part needs on ``node`` by its memory model (the graph's for None);
+        _NO_FIT_BYTES where stop <= start."""
+        model = node.memory if node is not None and node.memory is not None else self.memory
+        table = self._memory_tables.get(model)
+        if table is None:
+            n = self.n
+            params = self.param_prefix[None, :] - self.param_prefix[:, None]
+            # need_bytes' arithmetic in its order, for every part at once (int() truncates
+            # as astype does)
+            need = model.runtime_bytes + model.weights * params
+            need += model.activations * self.largest_bytes
+            need += model.buffers * self.moved_bytes
+            table = need.astype(np.int64)
+            table[np.tril(np.ones((n + 1, n + 1), dtype=np.bool_))] = _NO_FIT_BYTES
+            self._memory_tables[model] = table
+        return table
 
 
 def check_graph(graph: CostGraph) -> None:
@@ -185,6 +220,8 @@ def check_graph(graph: CostGraph) -> None:
             raise PlanError(f"op {op.name!r} has work {op.work!r}; need a finite value >= 0")
         if op.param_bytes < 0:
             raise PlanError(f"op {op.name!r} has negative param_bytes {op.param_bytes}")
+        if op.activation_bytes < 0:
+            raise PlanError(f"op {op.name!r} has negative activation_bytes {op.activation_bytes}")
     for t in graph.tensors:
         if not -1 <= t.producer < n:
             raise PlanError(f"tensor {t.name!r} has producer {t.producer} outside -1..{n - 1}")
@@ -278,12 +315,39 @@ def stage_cost(graph: CostGraph, start: int, stop: int, node: NodeSpec, link: Li
     return make_stage(node, start, stop, work, _send_bytes(graph, start, stop), params, link)
 
 
-def stage_memory_bytes(graph: CostGraph, start: int, stop: int) -> int:
-    """Bytes part [start, stop) needs: its parameters plus its largest op working set."""
+def stage_memory_bytes(
+    graph: CostGraph, start: int, stop: int, model: MemoryModel | None = None
+) -> int:
+    """Bytes a node needs beyond its baseline to hold part [start, stop), by ``model`` (a
+    node's; None: the graph's)."""
     check_graph(graph)
     _check_range(graph, start, stop)
-    params = sum(op.param_bytes for op in graph.ops[start:stop])
-    return params + int(_working_sets(graph)[start:stop].max())
+    return parts_memory_bytes(graph, range(start, stop), model)
+
+
+def parts_memory_bytes(
+    graph: CostGraph, ops: Iterable[int], model: MemoryModel | None = None
+) -> int:
+    """Bytes a node needs beyond its baseline to hold these ops (any set, e.g. the parts of
+    an old plan and a new one loaded together) by ``model`` (None: the graph's); 0 for
+    none."""
+    held = sorted(set(ops))
+    if not held:
+        return 0
+    if not 0 <= held[0] <= held[-1] < len(graph.ops):
+        raise PlanError(f"ops {held} are not all among the {len(graph.ops)} ops")
+    inside = set(held)
+    moved = 0  # what the set receives and sends, as the transport holds it
+    for t in graph.tensors:
+        read = any(c in inside for c in t.consumers)
+        if t.producer in inside:
+            moved += t.nbytes * (any(c not in inside for c in t.consumers) + t.final)
+        elif read:
+            moved += t.nbytes
+    layers = _activations(graph, _working_sets(graph))
+    return (model or graph.memory).need_bytes(
+        sum(graph.ops[i].param_bytes for i in held), int(layers[held].max()), moved
+    )
 
 
 def _working_sets(graph: CostGraph) -> NDArray[np.int64]:
@@ -295,6 +359,12 @@ def _working_sets(graph: CostGraph) -> NDArray[np.int64]:
         if t.producer >= 0:
             held[t.producer] += t.nbytes
     return held
+
+
+def _activations(graph: CostGraph, own: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Per op: the largest working set of a layer in it (at least its own tensors)."""
+    inside = np.array([op.activation_bytes for op in graph.ops], dtype=np.int64)
+    return np.maximum(inside, own)
 
 
 def crossing_bytes(graph: CostGraph, cut: int) -> int:
@@ -339,8 +409,13 @@ def build_tables(graph: CostGraph) -> CostTables:
     param_prefix = np.zeros(n + 1, dtype=np.int64)
     np.cumsum([op.param_bytes for op in graph.ops], dtype=np.int64, out=param_prefix[1:])
     diff = np.zeros((n + 2, n + 2), dtype=np.int64)
-    peak = _working_sets(graph)
+    received = np.zeros((n + 2, n + 2), dtype=np.int64)
     for t in graph.tensors:
+        readers = sorted(set(t.consumers))
+        # received by [a, b) when the first reader at or after a is before b
+        for prev, c in zip([t.producer, *readers], readers, strict=False):
+            _add_rectangle(received, c, range(c + 1, n + 1), t.nbytes)
+            _add_rectangle(received, prev, range(c + 1, n + 1), -t.nbytes)
         if t.producer < 0:
             continue
         last = max(t.consumers, default=-1)
@@ -349,14 +424,18 @@ def build_tables(graph: CostGraph) -> CostTables:
         if t.final:
             _add_rectangle(diff, t.producer, range(t.producer + 1, n + 1), t.nbytes)
     send = np.cumsum(np.cumsum(diff, axis=0), axis=1)[: n + 1, : n + 1]
-    memory = param_prefix[None, :] - param_prefix[:, None]
+    moved = send + np.cumsum(np.cumsum(received, axis=0), axis=1)[: n + 1, : n + 1]
+    layers = _activations(graph, _working_sets(graph))
+    largest = np.zeros((n + 1, n + 1), dtype=np.int64)
     for a in range(n):
-        memory[a, a + 1 :] += np.maximum.accumulate(peak[a:])
-    memory[np.tril(np.ones((n + 1, n + 1), dtype=np.bool_))] = _NO_FIT_BYTES
+        largest[a, a + 1 :] = np.maximum.accumulate(layers[a:])
     return CostTables(
         n=n,
         work_prefix=work_prefix(graph),
         param_prefix=param_prefix,
         send_bytes=send,
-        memory_bytes=memory,
+        largest_bytes=largest,
+        moved_bytes=moved,
+        memory=graph.memory,
+        _memory_tables={},
     )

@@ -137,6 +137,7 @@ def plan_cluster(
             speed=quantize_speed(m.speed),
             memory_bytes=m.memory_bytes,
             link_bytes_per_s=quantize_link(m.link_bytes_per_s),
+            memory=m.memory,
         )
         for m in ordered
     ]

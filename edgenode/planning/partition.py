@@ -40,6 +40,7 @@ from edgenode.planning._costs import (
     node_link,
     work_prefix,
 )
+from edgenode.planning.memory import MemoryModel
 
 __all__ = [
     "MAX_EXACT_NODES",
@@ -115,7 +116,6 @@ def _flipped_costs(
     send = tables.send_bytes[:, ::-1]
     hops = np.where(send > 0, link.latency_s, 0.0)
     overhead = link.stage_cpu_s + 2 * link.byte_cpu_s * send
-    memory = np.ascontiguousarray(tables.memory_bytes[:, ::-1])
     comms: dict[float, NDArray[np.float64]] = {}
     costs = []
     for kind in kinds:
@@ -127,6 +127,7 @@ def _flipped_costs(
         cost = work / speed
         cost += overhead
         cost += comms[bandwidth]
+        memory = tables.memory_bytes(kind)[:, ::-1]
         np.putmask(cost, memory > min(memory_bytes, _MAX_MEMORY_BYTES), np.inf)
         costs.append(cost)
     return costs
@@ -266,27 +267,29 @@ def _no_plan(
 ) -> PlanError:
     largest = max(nodes, key=lambda v: v.memory_bytes)
     budget = largest.memory_bytes
-    needs = [int(tables.memory_bytes[k, k + 1]) for k in range(tables.n)]
+    memory = tables.memory_bytes(largest)
+    needs = [int(memory[k, k + 1]) for k in range(tables.n)]
     worst = max(range(tables.n), key=lambda k: needs[k])
     if needs[worst] > budget:
         return PlanError(
             f"no feasible plan: op {graph.ops[worst].name!r} needs {_size(needs[worst])}"
-            f" but the largest node {largest.node_id!r} holds {_size(budget)}"
+            f" but the largest node {largest.node_id!r} holds {_size(budget)} for parts"
         )
     # Fewest parts that each fit the largest budget: from each start, the furthest stop
     # that fits (a part's need never shrinks as it grows, so this greedy count is the least).
     count, need, start = 0, 0, 0
     while start < tables.n:
         stop = start + 1
-        while stop < tables.n and tables.memory_bytes[start, stop + 1] <= budget:
+        while stop < tables.n and memory[start, stop + 1] <= budget:
             stop += 1
-        count, need, start = count + 1, need + int(tables.memory_bytes[start, stop]), stop
+        count, need, start = count + 1, need + int(memory[start, stop]), stop
     have = str(len(nodes))
     if max_parts < len(nodes):
         have += f", at most {max_parts} part{'' if max_parts == 1 else 's'}"
     return PlanError(
         f"no feasible plan: the model needs {_size(need)} in at least {count} nodes of"
-        f" {_size(budget)} (the largest budget); the cluster has {have}"
+        f" {_size(budget)} for parts (the largest budget less its node's baseline); the"
+        f" cluster has {have}"
     )
 
 
@@ -315,11 +318,11 @@ def plan_pipeline(
     parts = len(ordered) if max_parts is None else min(max_parts, len(ordered))
     tables = build_tables(graph)
     n = tables.n
-    kinds: dict[tuple[float, int, float], int] = {}
+    kinds: dict[tuple[float, int, float, MemoryModel | None], int] = {}
     specs: list[NodeSpec] = []
     kind_of = []
     for v in ordered:
-        key = (v.speed, v.memory_bytes, v.bandwidth(link))
+        key = (v.speed, v.memory_bytes, v.bandwidth(link), v.memory)
         if key not in kinds:
             kinds[key] = len(kinds)
             specs.append(v)
@@ -355,7 +358,7 @@ def plan_pipeline(
     )
     single_id, single_s = "", math.inf
     for node in ordered:
-        if int(tables.memory_bytes[0, n]) <= node.memory_bytes:
+        if int(tables.memory_bytes(node)[0, n]) <= node.memory_bytes:
             time_s = _table_stage(tables, node, 0, n, link).time_s
             if time_s < single_s:
                 single_id, single_s = node.node_id, time_s

@@ -55,6 +55,7 @@ def serving(
             speed=quantize_speed(m.speed),
             memory_bytes=m.memory_bytes,
             link_bytes_per_s=quantize_link(m.link_bytes_per_s),
+            memory=m.memory,
         )
         for m in members
     }

@@ -128,7 +128,9 @@ def plan_tiles(graph: CostGraph, nodes: Sequence[NodeSpec], link: Link) -> Tiled
             ends = itertools.accumulate(spread[:-1], initial=first)
             bounds = [0, *list(ends)[1:], n]
             stages = [(v, a, b) for v, a, b in zip(chosen, bounds[:-1], bounds[1:], strict=True)]
-            if any(stage_memory_bytes(graph, a, b) > v.memory_bytes for v, a, b in stages):
+            if any(
+                stage_memory_bytes(graph, a, b, v.memory) > v.memory_bytes for v, a, b in stages
+            ):
                 continue
             latency = schedule(graph, stages, link)
             if best is None or latency < best[0] * (1 - _TIE_REL_TOL):

@@ -25,6 +25,7 @@ from edgenode.transport import MANIFEST_PART
 __all__ = [
     "RECENT_RUNS",
     "LoadState",
+    "MemoryUse",
     "NodeControl",
     "NodeStatus",
     "StageStats",
@@ -68,6 +69,18 @@ class NodeStatus:
     uptime_s: float
     metrics_url: str = ""  # where this node serves Prometheus metrics ("" when off)
     roles: tuple[str, ...] = ()  # what each owned part is, for a tiled model
+    memory: MemoryUse = field(default_factory=lambda: MemoryUse())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryUse:
+    """A node's memory in bytes: resident now and at its peak since start (0: the OS does
+    not say), and what the memory model predicts for the parts loaded now (its baseline
+    plus their need, ``planning.memory``)."""
+
+    resident_bytes: int = 0
+    peak_bytes: int = 0
+    predicted_bytes: int = 0
 
 
 def load_state(plan: PlanState, owned: tuple[int, ...], loaded: tuple[int, ...]) -> LoadState:
@@ -112,6 +125,7 @@ class NodeControl:
     failed: Callable[[], int] = lambda: 0  # requests that entered here and failed
     left: Callable[[NodeId, int], None] = lambda node_id, incarnation: None  # a peer's Leave
     metrics_url: str = ""  # where this node serves Prometheus metrics ("" when off)
+    memory: Callable[[], MemoryUse] = MemoryUse  # measured now, and predicted
     clock: Callable[[], float] = time.monotonic
     started_s: float = field(default=0.0)
     _stages: dict[int, _Stage] = field(default_factory=dict)
@@ -147,6 +161,7 @@ class NodeControl:
             uptime_s=self.clock() - self.started_s,
             metrics_url=self.metrics_url,
             roles=tuple(self.manifest.tiles.role(i) for i in owned) if self.manifest.tiles else (),
+            memory=self.memory(),
         )
 
     def file_path(self, manifest_identity: str, part: int) -> Path:

@@ -31,7 +31,7 @@ import numpy as np
 from edgenode.backends import PartRunner, check_inputs, load_runner
 from edgenode.errors import ModelError, PlanError
 from edgenode.model.manifest import Manifest, PartSpec, TensorSpec
-from edgenode.planning import stage_memory_bytes
+from edgenode.planning import MEMORY_MODELS, parts_memory_bytes
 
 __all__ = ["ChainResult", "PartHost", "RunnerFactory"]
 
@@ -121,12 +121,13 @@ class PartHost:
         memory_bytes: int = 0,
     ) -> None:
         self._manifest = manifest
-        # The node's memory budget (0: none) and what each part needs by the planner's
-        # estimate: a new plan's parts load after the old ones are freed when both would
-        # not fit in it, and beside them (the node keeps serving) when they would.
+        # The room the node's memory budget leaves its parts (budget less baseline; 0: no
+        # limit), against what parts need by the planner's memory model: a new plan's parts
+        # load after the old ones are freed when both would not fit in it, and beside them
+        # (the node keeps serving) when they would.
         self._memory_bytes = memory_bytes
-        graph = manifest.cost_graph()
-        self._part_bytes = [stage_memory_bytes(graph, i, i + 1) for i in range(len(manifest.parts))]
+        self._graph = manifest.cost_graph()
+        self._memory = MEMORY_MODELS.get(manifest.parts[0].format)  # this node's backend
         self._directory = directory
         self._factory: RunnerFactory = factory or (
             lambda spec, d: load_runner(spec, d, threads=threads)
@@ -149,8 +150,9 @@ class PartHost:
         return tuple(sorted(self._loaded))
 
     def needs_bytes(self, indices: Iterable[int]) -> int:
-        """What these parts need loaded together, by the planner's estimate per part."""
-        return sum(self._part_bytes[i] for i in set(indices))
+        """What these parts need loaded together beyond the node's baseline, by the
+        planner's memory model (``planning.parts_memory_bytes``)."""
+        return parts_memory_bytes(self._graph, indices, self._memory)
 
     async def load(self, indices: Iterable[int]) -> None:
         """Make exactly ``indices`` loaded: load what is missing, then drop the rest; drop
@@ -169,7 +171,7 @@ class PartHost:
                 if old:
                     logger.info(
                         "freeing parts %s before loading parts %s: together they would need "
-                        "%d bytes, the memory budget is %d",
+                        "%d bytes, the memory budget leaves them %d",
                         old, [i for i in wanted if i not in self._loaded], together,
                         self._memory_bytes,
                     )  # fmt: skip

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgenode.backends import import_backend
 from edgenode.defaults import MEMORY_BUDGET_SHARE
 from edgenode.errors import ModelError
 
@@ -33,10 +34,12 @@ __all__ = [
     "MODEL_EFFICIENCY",
     "UNKNOWN_BACKEND_EFFICIENCY",
     "available_memory_bytes",
+    "baseline_memory_bytes",
     "burst_flops",
     "burst_time_s",
     "measure_speed",
     "memory_budget_bytes",
+    "process_memory_bytes",
     "total_memory_bytes",
 ]
 
@@ -141,6 +144,31 @@ def memory_budget_bytes(configured: int, meminfo: str | None = None) -> int:
     if configured > 0:
         return configured
     return int(MEMORY_BUDGET_SHARE * available_memory_bytes(meminfo))
+
+
+def process_memory_bytes(status: str | None = None) -> tuple[int, int]:
+    """This process's resident memory now and at its peak (VmRSS, VmHWM from
+    /proc/self/status, or the text given); 0 for what the OS does not say."""
+    if status is None:
+        try:
+            status = Path("/proc/self/status").read_text()
+        except OSError:
+            status = ""
+    found = {"VmRSS": 0, "VmHWM": 0}
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        fields = value.split()
+        if key in found and fields and fields[0].isdigit():
+            found[key] = int(fields[0]) * (1024 if fields[1:2] == ["kB"] else 1)
+    return found["VmRSS"], found["VmHWM"]
+
+
+def baseline_memory_bytes(backend: str) -> int:
+    """This node's baseline (``planning.memory``): its resident memory with the runtime of
+    ``backend`` imported and no part loaded (blocking: the import may take seconds)."""
+    import_backend(backend)
+    resident, _ = process_memory_bytes()
+    return resident
 
 
 def total_memory_bytes() -> int:

@@ -83,6 +83,11 @@ class NodeReport:
     uptime_s: float
     metrics_url: str = ""  # where it serves Prometheus metrics ("" when off)
     roles: tuple[str, ...] = ()  # what each owned part is, for a tiled model
+    # Memory in bytes: resident now and at its peak (0: not known), and what the memory
+    # model predicts for the parts loaded now (planning.memory).
+    resident_bytes: int = 0
+    peak_bytes: int = 0
+    predicted_bytes: int = 0
 
     @property
     def node_id(self) -> str:
@@ -122,6 +127,8 @@ def record_of(info: PeerInfo) -> pb.NodeRecord:
         model_sha256=info.manifest_identity,
         speed=info.capacity.speed,
         memory_bytes=info.capacity.memory_bytes,
+        baseline_bytes=info.capacity.baseline_bytes,
+        backend=info.capacity.backend,
         link_bytes_per_s=info.capacity.link_bytes_per_s,
         incarnation=info.incarnation,
         started_ms=info.started_ms,
@@ -142,6 +149,8 @@ def peer_from_record(record: pb.NodeRecord) -> PeerInfo:
             speed=record.speed,
             memory_bytes=record.memory_bytes,
             link_bytes_per_s=record.link_bytes_per_s,
+            baseline_bytes=record.baseline_bytes,
+            backend=record.backend,
         ),
         incarnation=record.incarnation,
         started_ms=record.started_ms,
@@ -181,6 +190,9 @@ def report_of(status: pb.NodeStatus) -> NodeReport:
         uptime_s=status.uptime_s,
         metrics_url=status.metrics_url,
         roles=tuple(status.roles),
+        resident_bytes=status.resident_bytes,
+        peak_bytes=status.peak_bytes,
+        predicted_bytes=status.predicted_bytes,
     )
 
 
@@ -219,6 +231,9 @@ def report_from(status: StatusView) -> NodeReport:
         uptime_s=status.uptime_s,
         metrics_url=status.metrics_url,
         roles=tuple(status.roles),
+        resident_bytes=status.memory.resident_bytes,
+        peak_bytes=status.memory.peak_bytes,
+        predicted_bytes=status.memory.predicted_bytes,
     )
 
 
@@ -259,6 +274,9 @@ def message_of(report: NodeReport) -> pb.NodeStatus:
         uptime_s=report.uptime_s,
         metrics_url=report.metrics_url,
         roles=list(report.roles),
+        resident_bytes=report.resident_bytes,
+        peak_bytes=report.peak_bytes,
+        predicted_bytes=report.predicted_bytes,
     )
 
 

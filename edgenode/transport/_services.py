@@ -60,6 +60,17 @@ class StageView(Protocol):
     def p90_s(self) -> float: ...
 
 
+class MemoryView(Protocol):
+    """A node's memory: measured now and at its peak, and predicted (runtime's ``MemoryUse``)."""
+
+    @property
+    def resident_bytes(self) -> int: ...
+    @property
+    def peak_bytes(self) -> int: ...
+    @property
+    def predicted_bytes(self) -> int: ...
+
+
 class StatusView(Protocol):
     """What GetStatus reports (runtime's ``NodeStatus``)."""
 
@@ -91,6 +102,8 @@ class StatusView(Protocol):
     def metrics_url(self) -> str: ...
     @property
     def roles(self) -> Sequence[str]: ...
+    @property
+    def memory(self) -> MemoryView: ...
 
 
 class ControlService(Protocol):

@@ -97,6 +97,8 @@ def _broken(mutate) -> dict:
         (lambda d: d.update(link={"bandwidth_bytes_per_s": True, "latency_s": 0}), "positive"),
         (lambda d: d["model"].update(preprocess=3), r"model\.preprocess: expected str"),
         (lambda d: d["model"].update(preprocess="../x"), "not a preprocessing family"),
+        (lambda d: d["parts"][0].update(activation_bytes=-1), r"parts\[0\]\.activation_bytes"),
+        (lambda d: d["parts"][0].update(activation_bytes="x"), r"activation_bytes: expected int"),
     ],
 )
 def test_invalid_manifests_name_the_field(mutate, message: str) -> None:
@@ -236,3 +238,25 @@ def test_invalid_tiles_name_the_field(mutate, message: str) -> None:
     mutate(data["tiles"])
     with pytest.raises(ManifestError, match=message):
         Manifest.from_json(data)
+
+
+def test_layer_working_sets_travel_in_the_manifest_and_its_cost_graph() -> None:
+    from edgenode.planning import MEMORY_MODELS, PLAIN, stage_memory_bytes
+
+    plain = Manifest.from_json(_sample())  # an older manifest: no working sets
+    assert "activation_bytes" not in plain.to_json()["parts"][0]
+    data = _sample()
+    data["parts"][0]["activation_bytes"] = 5 * 2**20
+    recorded = Manifest.from_json(data)
+    assert recorded.parts[0].activation_bytes == 5 * 2**20
+    assert Manifest.from_json(recorded.to_json()) == recorded
+    assert recorded.identity != plain.identity  # nodes would plan differently
+    graph = recorded.cost_graph()
+    # Whatever its part files' format: a Keras node and a LiteRT node on one cut plan alike,
+    # each with its own backend's model (NodeSpec.memory).
+    assert graph.memory is PLAIN
+    assert graph.ops[0].activation_bytes == 5 * 2**20
+    litert = MEMORY_MODELS["litert"]
+    assert stage_memory_bytes(graph, 0, 1, litert) > stage_memory_bytes(
+        plain.cost_graph(), 0, 1, litert
+    )

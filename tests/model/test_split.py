@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgenode.errors import ModelError
-from edgenode.model.cost import graph_stats
+from edgenode.model.cost import graph_stats, layer_working_sets
 from edgenode.model.graph import build_graph
 from edgenode.model.manifest import load_manifest
 from edgenode.model.split import choose_cuts, split_model, verify_chain
@@ -33,6 +33,12 @@ def test_split_writes_parts_and_a_consistent_manifest(tmp_path: Path) -> None:
     assert early.final and early.shape == (None, 2)
     assert sum(p.flops for p in manifest.parts) == manifest.model.flops
     assert sum(p.param_bytes for p in manifest.parts) == manifest.model.param_bytes
+    # each part's largest layer working set, for the memory model
+    working = layer_working_sets(build_graph(model))
+    assert [p.activation_bytes for p in manifest.parts] == [
+        max(working[p.start : p.stop]) for p in manifest.parts
+    ]
+    assert all(p.activation_bytes > 0 for p in manifest.parts)
     check = verify_chain(result, tolerance=KERAS_TOLERANCE)
     assert check.moves and check.diff == 0.0 and check.spread > 100 * KERAS_TOLERANCE
     # the check bites: the same parts judged against another model's answers

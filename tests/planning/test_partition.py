@@ -513,7 +513,10 @@ GRAPH = chain([1.0, 1.0, 1.0])
                 [node("a", 1.0, 500), node("b", 1.0, 100)],
                 FAST_LINK,
             ),
-            "no feasible plan: op 'op1' needs 1001 bytes but the largest node 'a' holds 500 bytes",
+            (
+                "no feasible plan: op 'op1' needs 1001 bytes but the largest node 'a' holds"
+                " 500 bytes for parts"
+            ),
         ),
         (
             lambda: plan_pipeline(
@@ -521,8 +524,8 @@ GRAPH = chain([1.0, 1.0, 1.0])
                 [node("a", 1.0, 100), node("b", 1.0, 100)],
                 FAST_LINK,
             ),
-            "no feasible plan: the model needs 300 bytes in at least 3 nodes of 100 bytes (the"
-            " largest budget); the cluster has 2",
+            "no feasible plan: the model needs 300 bytes in at least 3 nodes of 100 bytes for"
+            " parts (the largest budget less its node's baseline); the cluster has 2",
         ),
         (
             lambda: plan_pipeline(GRAPH, [node("a")], Link(bandwidth_bytes_per_s=0.0)),
@@ -582,8 +585,8 @@ def test_memory_split_infeasible_although_the_parameters_fit_in_total() -> None:
     with pytest.raises(PlanError) as info:
         plan_pipeline(graph, nodes, FAST_LINK)
     assert str(info.value) == (
-        "no feasible plan: the model needs 186 bytes in at least 3 nodes of 100 bytes (the"
-        " largest budget); the cluster has 2"
+        "no feasible plan: the model needs 186 bytes in at least 3 nodes of 100 bytes for"
+        " parts (the largest budget less its node's baseline); the cluster has 2"
     )
     with pytest.raises(PlanError, match=r"the cluster has 3, at most 2 parts$"):
         plan_pipeline(graph, [*nodes, node("c", 1.0, 100)], FAST_LINK, max_parts=2)

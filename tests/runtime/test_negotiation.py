@@ -154,7 +154,7 @@ async def test_members_whose_budgets_cannot_hold_the_model_say_why_until_one_joi
     assert states[0].problem == states[1].problem  # every member says the same
     found = re.fullmatch(
         r"no feasible plan: the model needs \d+ bytes in at least (\d+) nodes of (\d+) bytes"
-        r" \(the largest budget\); the cluster has 2",
+        r" for parts \(the largest budget less its node's baseline\); the cluster has 2",
         states[0].problem,
     )
     assert found, states[0].problem

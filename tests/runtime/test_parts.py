@@ -251,7 +251,7 @@ async def test_a_new_plan_loads_beside_the_old_unless_both_exceed_the_budget(
 
     probe = PartHost(manifest, directory)
     a, b = probe.needs_bytes([0, 1]), probe.needs_bytes([2, 3])
-    assert probe.needs_bytes([0, 1, 2, 3]) == a + b > max(a, b)
+    assert probe.needs_bytes([0, 1, 2, 3]) > max(a, b)
     budget = max(a, b) if tight else 0  # 0: no budget
     async with PartHost(manifest, directory, factory=factory, memory_bytes=budget) as host:
         holder.append(host)

@@ -57,7 +57,7 @@ class HelloRequest(_message.Message):
     def __init__(self, protocol: _Optional[int] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("node_id", "name", "addresses", "port", "protocol", "cluster", "model_sha256", "speed", "memory_bytes", "incarnation", "started_ms", "link_bytes_per_s")
+    __slots__ = ("node_id", "name", "addresses", "port", "protocol", "cluster", "model_sha256", "speed", "memory_bytes", "incarnation", "started_ms", "link_bytes_per_s", "baseline_bytes", "backend")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESSES_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +70,8 @@ class NodeRecord(_message.Message):
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     STARTED_MS_FIELD_NUMBER: _ClassVar[int]
     LINK_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     addresses: _containers.RepeatedScalarFieldContainer[str]
@@ -82,7 +84,9 @@ class NodeRecord(_message.Message):
     incarnation: int
     started_ms: int
     link_bytes_per_s: float
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., port: _Optional[int] = ..., protocol: _Optional[int] = ..., cluster: _Optional[str] = ..., model_sha256: _Optional[str] = ..., speed: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., incarnation: _Optional[int] = ..., started_ms: _Optional[int] = ..., link_bytes_per_s: _Optional[float] = ...) -> None: ...
+    baseline_bytes: int
+    backend: str
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., addresses: _Optional[_Iterable[str]] = ..., port: _Optional[int] = ..., protocol: _Optional[int] = ..., cluster: _Optional[str] = ..., model_sha256: _Optional[str] = ..., speed: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., incarnation: _Optional[int] = ..., started_ms: _Optional[int] = ..., link_bytes_per_s: _Optional[float] = ..., baseline_bytes: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class ProbeChunk(_message.Message):
     __slots__ = ("data",)
@@ -165,7 +169,7 @@ class StageStats(_message.Message):
     def __init__(self, part: _Optional[int] = ..., count: _Optional[int] = ..., mean_s: _Optional[float] = ..., p50_s: _Optional[float] = ..., p90_s: _Optional[float] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node", "address", "plan", "parts", "requests_served", "stages", "peers", "uptime_s", "owned", "state", "part_runs", "requests_failed", "metrics_url", "roles")
+    __slots__ = ("node", "address", "plan", "parts", "requests_served", "stages", "peers", "uptime_s", "owned", "state", "part_runs", "requests_failed", "metrics_url", "roles", "resident_bytes", "peak_bytes", "predicted_bytes")
     NODE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +184,9 @@ class NodeStatus(_message.Message):
     REQUESTS_FAILED_FIELD_NUMBER: _ClassVar[int]
     METRICS_URL_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_BYTES_FIELD_NUMBER: _ClassVar[int]
     node: NodeRecord
     address: str
     plan: PlanReply
@@ -194,7 +201,10 @@ class NodeStatus(_message.Message):
     requests_failed: int
     metrics_url: str
     roles: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node: _Optional[_Union[NodeRecord, _Mapping]] = ..., address: _Optional[str] = ..., plan: _Optional[_Union[PlanReply, _Mapping]] = ..., parts: _Optional[_Iterable[int]] = ..., requests_served: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageStats, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., owned: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., part_runs: _Optional[int] = ..., requests_failed: _Optional[int] = ..., metrics_url: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ...) -> None: ...
+    resident_bytes: int
+    peak_bytes: int
+    predicted_bytes: int
+    def __init__(self, node: _Optional[_Union[NodeRecord, _Mapping]] = ..., address: _Optional[str] = ..., plan: _Optional[_Union[PlanReply, _Mapping]] = ..., parts: _Optional[_Iterable[int]] = ..., requests_served: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[StageStats, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[NodeRecord, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., owned: _Optional[_Iterable[int]] = ..., state: _Optional[str] = ..., part_runs: _Optional[int] = ..., requests_failed: _Optional[int] = ..., metrics_url: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., resident_bytes: _Optional[int] = ..., peak_bytes: _Optional[int] = ..., predicted_bytes: _Optional[int] = ...) -> None: ...
 
 class FileRequest(_message.Message):
     __slots__ = ("model_sha256", "part")
