@@ -85,6 +85,11 @@ def test_a_node_whose_budget_holds_no_part_is_left_idle(split_dir: Path, tmp_pat
         # Each measured its baseline (resident at start, the backend loaded, no part): the
         # planner gives a node parts that fit its budget less that.
         assert all(16 * 2**20 < found[n]["node"]["baseline_bytes"] < 2**31 for n in "ab")
+        # status: what it holds now, at its peak, and what the model predicts for its parts
+        b = found["b"]
+        assert 0 < b["resident_bytes"] <= b["peak_bytes"]
+        assert b["predicted_bytes"] > b["node"]["baseline_bytes"]
+        assert found["a"]["predicted_bytes"] == found["a"]["node"]["baseline_bytes"]  # no part
         # Both are equally fast, so without the budgets the plan would use both.
         assert not found["a"]["parts"]
         assert len(found["b"]["parts"]) == 4
