@@ -286,7 +286,10 @@ class Negotiator:
                 continue
             self._debounce = self._debounce.done()
             plan, problem = self._compute()
-            await self._publish(computed=plan, agreed=self._state.agreed, problem=problem)
+            # No plan for these members: serve nothing (the old plan routes through nodes
+            # that left) until one joins; a new plan keeps the old one until agreed.
+            agreed = self._state.agreed if plan is not None else None
+            await self._publish(computed=plan, agreed=agreed, problem=problem)
             if plan is not None:
                 await self._confirm(plan)
 

@@ -165,6 +165,32 @@ async def test_members_whose_budgets_cannot_hold_the_model_say_why_until_one_joi
     assert all(s.agreed is not None and not s.problem for s in joined)
 
 
+async def test_members_left_that_cannot_hold_the_model_stop_serving_the_old_plan(
+    cluster: Cluster,
+) -> None:
+    """Three nodes hold two parts each; when one leaves, the two left cannot hold three
+    each: they say why and serve nothing (not the old plan, which routes through the one
+    gone), until a node joins."""
+    graph = cluster.manifest.cost_graph()
+    room = stage_memory_bytes(graph, 0, 2)
+    assert stage_memory_bytes(graph, 0, 3) > room  # six parts: three nodes needed
+    for i, node in enumerate("abc"):
+        await cluster.start(node, i + 1, memory_bytes=room)
+    states = await cluster.agreed({"a", "b", "c"})
+    assert {x.node_id for x in states[0].agreed.assignments} == {"a", "b", "c"}
+    await cluster.stop("c")
+
+    def stuck(state: PlanState) -> bool:
+        return set(state.members) == {"a", "b"} and bool(state.problem)
+
+    for node in "ab":
+        state = await cluster.peers.negotiators[node].wait(stuck, DEADLINE_S)
+        assert state.agreed is None and state.computed is None
+    await cluster.start("d", 4, memory_bytes=room)
+    joined = await cluster.agreed({"a", "b", "d"})
+    assert all(s.agreed is not None and not s.problem for s in joined)
+
+
 async def test_a_crashed_node_is_marked_dead_and_the_rest_replan(cluster: Cluster) -> None:
     for i, node in enumerate("abc"):
         await cluster.start(node, i + 1)
