@@ -187,6 +187,7 @@ class CostTables:
     param_prefix: NDArray[np.int64]
     send_bytes: NDArray[np.int64]
     largest_bytes: NDArray[np.int64]  # the largest layer working set in the part
+    summed_bytes: NDArray[np.int64]  # the ops' largest layer working sets, added up
     moved_bytes: NDArray[np.int64]  # what the part receives and sends per request
     memory: MemoryModel  # the graph's, for nodes that name none
     _memory_tables: dict[MemoryModel, NDArray[np.int64]]
@@ -202,7 +203,8 @@ class CostTables:
             # need_bytes' arithmetic in its order, for every part at once (int() truncates
             # as astype does)
             need = model.runtime_bytes + model.weights * params
-            need += model.activations * self.largest_bytes
+            layers = self.summed_bytes if model.activations_add_up else self.largest_bytes
+            need += model.activations * layers
             need += model.buffers * self.moved_bytes
             table = need.astype(np.int64)
             table[np.tril(np.ones((n + 1, n + 1), dtype=np.bool_))] = _NO_FIT_BYTES
@@ -344,10 +346,10 @@ def parts_memory_bytes(
             moved += t.nbytes * (any(c not in inside for c in t.consumers) + t.final)
         elif read:
             moved += t.nbytes
-    layers = _activations(graph, _working_sets(graph))
-    return (model or graph.memory).need_bytes(
-        sum(graph.ops[i].param_bytes for i in held), int(layers[held].max()), moved
-    )
+    layers = _activations(graph, _working_sets(graph))[held]
+    model = model or graph.memory
+    layer_bytes = int(layers.sum()) if model.activations_add_up else int(layers.max())
+    return model.need_bytes(sum(graph.ops[i].param_bytes for i in held), layer_bytes, moved)
 
 
 def _working_sets(graph: CostGraph) -> NDArray[np.int64]:
@@ -429,12 +431,15 @@ def build_tables(graph: CostGraph) -> CostTables:
     largest = np.zeros((n + 1, n + 1), dtype=np.int64)
     for a in range(n):
         largest[a, a + 1 :] = np.maximum.accumulate(layers[a:])
+    layer_prefix = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(layers, dtype=np.int64, out=layer_prefix[1:])
     return CostTables(
         n=n,
         work_prefix=work_prefix(graph),
         param_prefix=param_prefix,
         send_bytes=send,
         largest_bytes=largest,
+        summed_bytes=layer_prefix[None, :] - layer_prefix[:, None],
         moved_bytes=moved,
         memory=graph.memory,
         _memory_tables={},

@@ -14,19 +14,22 @@ A node's resident memory (VmRSS, and its peak VmHWM) is
   all become resident on the first run) and XNNPACK packs a second, anonymous copy of the
   weights: about 2.1 P. Keras holds the weights as tensors plus what loading leaves behind,
   with a short-lived peak while a part loads: about 2.55 P at the peak.
-- **activations** x A, the largest working set of one layer of the parts (every tensor that
-  layer reads and writes; ``OpCost.activation_bytes``). LiteRT plans one arena per part
-  that holds all of its intermediates at once (about 3.3 A); TensorFlow frees them as it
-  goes (about 2.1 A).
+- **activations** x A: from the largest working set of one layer of a part (every tensor
+  that layer reads and writes; ``OpCost.activation_bytes``). LiteRT keeps an arena per part
+  (its interpreter's and XNNPACK's), so the parts' working sets add up (about 3.3 x each);
+  TensorFlow frees intermediates as it goes, so the largest one counts (about 2.1 x).
 - **buffers** x B, the bytes the parts receive and send for one request (model inputs and
   answers included): the transport's chunks of a request in flight and the arrays they
   become.
 
 The coefficients were fitted to the VmHWM of real nodes serving MobileNetV2, ResNet50 and
 EfficientNetB3 in 1 to 4 parts of each backend, 20 requests each (typical error 6 MiB,
-worst 14 MiB for LiteRT; 13 and 26 MiB for Keras), and are checked against big models by
-``benchmarks/memory.py``. The planner gives a node parts whose need fits its budget less its
-baseline (``room_bytes``).
+worst 14 MiB for LiteRT; 13 and 26 MiB for Keras). ``benchmarks/memory.py`` checks them on
+ConvNeXtLarge; it showed that LiteRT's arenas add up across parts (a node with five parts
+held 50-70 MiB more than the largest arena alone explains), and the summed form predicts its
+nodes within 2 % (it over-predicts the small models' multi-part nodes by up to 18 %: safe).
+The planner gives a node parts whose need fits its budget less its baseline
+(``room_bytes``).
 """
 
 from __future__ import annotations
@@ -53,10 +56,14 @@ class MemoryModel:
     weights: float
     activations: float
     buffers: float
+    # Each part keeps its own activation memory (LiteRT): the working sets add up, rather
+    # than only the largest counting.
+    activations_add_up: bool = False
 
     def need_bytes(self, param_bytes: int, activation_bytes: int, moved_bytes: int) -> int:
-        """Bytes a node needs beyond its baseline for parts with these parameter bytes, the
-        largest layer working set, and these bytes received and sent per request."""
+        """Bytes a node needs beyond its baseline for parts with these parameter bytes, these
+        layer working sets (the largest, or the parts' sum when ``activations_add_up``), and
+        these bytes received and sent per request."""
         return int(
             self.runtime_bytes
             + self.weights * param_bytes
@@ -71,7 +78,12 @@ PLAIN = MemoryModel(backend="plain", runtime_bytes=0, weights=1.0, activations=1
 
 MEMORY_MODELS: dict[str, MemoryModel] = {
     "litert": MemoryModel(
-        backend="litert", runtime_bytes=14 * _MIB, weights=2.12, activations=3.3, buffers=2.0
+        backend="litert",
+        runtime_bytes=14 * _MIB,
+        weights=2.12,
+        activations=3.3,
+        buffers=2.0,
+        activations_add_up=True,
     ),
     "keras": MemoryModel(
         backend="keras", runtime_bytes=45 * _MIB, weights=2.55, activations=2.1, buffers=2.0
