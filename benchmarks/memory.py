@@ -1,10 +1,10 @@
 """A model bigger than one node: memory budgets that hold, in resident memory (issue 22).
 
-    .venv/bin/python benchmarks/memory.py [--model ConvNeXtLarge] [--parts 12] [--nodes 3]
+    .venv/bin/python benchmarks/memory.py [--model ConvNeXtLarge] [--parts 3] [--nodes 3]
         [--backends litert,keras] [--requests 24] [--out-dir DIR]
 
 For each backend: the model (random weights, seeded; logits) cut into ``--parts`` parts of
-that backend, and a memory budget per node chosen from the memory model
+that backend of about equal weights, and a memory budget per node chosen from the memory model
 (``edgenode.planning.memory``) so that ``--nodes`` nodes can hold the model and one cannot:
 the smallest room for parts with which ``--nodes`` nodes have a plan, plus the backend's
 baseline and a margin. Then, on 127.0.0.1:
@@ -49,13 +49,23 @@ TARGET_ERROR = 0.15
 PHOTOS = sorted((ROOT / "edgenode" / "data" / "images").glob("*.jpg"))
 
 
+def weight_cuts(model: Any, parts: int) -> list[int]:
+    """Cut positions that give ``parts`` parts of about equal parameter bytes: where memory,
+    not work, decides how many nodes a model needs (each part is a node's share)."""
+    from edgenode.model.cost import graph_stats
+    from edgenode.model.graph import build_graph
+
+    prefix = np.cumsum([s.param_bytes for s in graph_stats(build_graph(model))])
+    return [int(np.searchsorted(prefix, prefix[-1] * k / parts)) + 1 for k in range(1, parts)]
+
+
 def split(model: Any, name: str, parts: int, fmt: str, work: Path) -> Path:
     from edgenode.model.split import split_model
 
-    out = work / f"{name.lower()}-{parts}-{fmt}"
+    out = work / f"{name.lower()}-{parts}-weights-{fmt}"
     if not (out / "manifest.json").is_file():
-        say(f"splitting {name} into {parts} {fmt} parts")
-        split_model(model, out, parts=parts, fmt=fmt)
+        say(f"splitting {name} into {parts} {fmt} parts of about equal weights")
+        split_model(model, out, cuts=weight_cuts(model, parts), fmt=fmt)
     return out
 
 
@@ -231,8 +241,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
             verdicts.append((peak <= budget, abs(err) <= TARGET_ERROR))
     lines = ["# Models bigger than one node: memory budgets in resident memory", "",
              f"Command: `{args.command}`", "", *machine_lines(), "",
-             f"{args.model}, random weights (seed 0, logits), cut into {args.parts} parts per "
-             f"backend; {args.nodes} nodes on 127.0.0.1, each with the budget below; "
+             f"{args.model}, random weights (seed 0, logits), cut into {args.parts} parts of "
+             f"about equal weights per backend; {args.nodes} nodes on 127.0.0.1, each with the budget below; "
              f"{args.requests} requests, 2 per node in flight.", ""]  # fmt: skip
     for r in results:
         lines += [f"- **{r['backend']}**: budget {r['budget_bytes'] / MIB:.0f} MiB per node; "
@@ -254,7 +264,7 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="ConvNeXtLarge")
-    parser.add_argument("--parts", type=int, default=12)
+    parser.add_argument("--parts", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--backends", default="litert,keras")
     parser.add_argument("--requests", type=int, default=24)

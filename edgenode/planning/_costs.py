@@ -188,6 +188,7 @@ class CostTables:
     send_bytes: NDArray[np.int64]
     largest_bytes: NDArray[np.int64]  # the largest layer working set in the part
     summed_bytes: NDArray[np.int64]  # the ops' largest layer working sets, added up
+    largest_params: NDArray[np.int64]  # the parameter bytes of the part's largest op
     moved_bytes: NDArray[np.int64]  # what the part receives and sends per request
     memory: MemoryModel  # the graph's, for nodes that name none
     _memory_tables: dict[MemoryModel, NDArray[np.int64]]
@@ -203,6 +204,7 @@ class CostTables:
             # need_bytes' arithmetic in its order, for every part at once (int() truncates
             # as astype does)
             need = model.runtime_bytes + model.weights * params
+            need += model.loading * self.largest_params
             layers = self.summed_bytes if model.activations_add_up else self.largest_bytes
             need += model.activations * layers
             need += model.buffers * self.moved_bytes
@@ -349,7 +351,8 @@ def parts_memory_bytes(
     layers = _activations(graph, _working_sets(graph))[held]
     model = model or graph.memory
     layer_bytes = int(layers.sum()) if model.activations_add_up else int(layers.max())
-    return model.need_bytes(sum(graph.ops[i].param_bytes for i in held), layer_bytes, moved)
+    params = [graph.ops[i].param_bytes for i in held]
+    return model.need_bytes(sum(params), max(params), layer_bytes, moved)
 
 
 def _working_sets(graph: CostGraph) -> NDArray[np.int64]:
@@ -429,8 +432,11 @@ def build_tables(graph: CostGraph) -> CostTables:
     moved = send + np.cumsum(np.cumsum(received, axis=0), axis=1)[: n + 1, : n + 1]
     layers = _activations(graph, _working_sets(graph))
     largest = np.zeros((n + 1, n + 1), dtype=np.int64)
+    heaviest = np.zeros((n + 1, n + 1), dtype=np.int64)
+    own_params = np.array([op.param_bytes for op in graph.ops], dtype=np.int64)
     for a in range(n):
         largest[a, a + 1 :] = np.maximum.accumulate(layers[a:])
+        heaviest[a, a + 1 :] = np.maximum.accumulate(own_params[a:])
     layer_prefix = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(layers, dtype=np.int64, out=layer_prefix[1:])
     return CostTables(
@@ -440,6 +446,7 @@ def build_tables(graph: CostGraph) -> CostTables:
         send_bytes=send,
         largest_bytes=largest,
         summed_bytes=layer_prefix[None, :] - layer_prefix[:, None],
+        largest_params=heaviest,
         moved_bytes=moved,
         memory=graph.memory,
         _memory_tables={},

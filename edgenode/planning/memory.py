@@ -2,7 +2,7 @@
 
 A node's resident memory (VmRSS, and its peak VmHWM) is
 
-    baseline + runtime + weights * P + activations * A + buffers * B
+    baseline + runtime + weights * P + loading * L + activations * A + buffers * B
 
 - **baseline**: what the node holds before any part: Python, gRPC, numpy and the backend's
   library once imported. Each node measures its own at start-up and advertises it
@@ -14,6 +14,9 @@ A node's resident memory (VmRSS, and its peak VmHWM) is
   all become resident on the first run) and XNNPACK packs a second, anonymous copy of the
   weights: about 2.1 P. Keras holds the weights as tensors plus what loading leaves behind,
   with a short-lived peak while a part loads: about 2.55 P at the peak.
+- **loading** x L, the largest part's parameter bytes: what loading a part holds for a
+  moment beside its weights. Keras reads the file into memory and builds the variables from
+  it (about 1.66 L at the peak); LiteRT maps the file (0).
 - **activations** x A: from the largest working set of one layer of a part (every tensor
   that layer reads and writes; ``OpCost.activation_bytes``). LiteRT keeps an arena per part
   (its interpreter's and XNNPACK's), so the parts' working sets add up (about 3.3 x each);
@@ -23,11 +26,14 @@ A node's resident memory (VmRSS, and its peak VmHWM) is
   become.
 
 The coefficients were fitted to the VmHWM of real nodes serving MobileNetV2, ResNet50 and
-EfficientNetB3 in 1 to 4 parts of each backend, 20 requests each (typical error 6 MiB,
-worst 14 MiB for LiteRT; 13 and 26 MiB for Keras). ``benchmarks/memory.py`` checks them on
-ConvNeXtLarge; it showed that LiteRT's arenas add up across parts (a node with five parts
-held 50-70 MiB more than the largest arena alone explains), and the summed form predicts its
-nodes within 2 % (it over-predicts the small models' multi-part nodes by up to 18 %: safe).
+EfficientNetB3 in 1 to 4 parts of each backend, 20 requests each (LiteRT: typical error
+6 MiB, worst 14 MiB). ``benchmarks/memory.py`` on ConvNeXtLarge (12 parts, 3 nodes) showed
+two things the small models hid: LiteRT's arenas add up across a node's parts (a node with
+five parts held 50-70 MiB more than the largest arena alone explains; the summed form
+predicts those nodes within 2 %, and over-predicts the small models' multi-part nodes by
+up to 18 %: the safe side), and a Keras node's peak is its largest part's load, not 2.55x
+its weights (the old form was 5-20 % off). Keras' coefficients are refitted on both sets
+(worst error 26 MiB, 3.7 %); ``benchmarks/memory.py`` checks them on a model outside it.
 The planner gives a node parts whose need fits its budget less its baseline
 (``room_bytes``).
 """
@@ -56,17 +62,21 @@ class MemoryModel:
     weights: float
     activations: float
     buffers: float
+    loading: float = 0.0
     # Each part keeps its own activation memory (LiteRT): the working sets add up, rather
     # than only the largest counting.
     activations_add_up: bool = False
 
-    def need_bytes(self, param_bytes: int, activation_bytes: int, moved_bytes: int) -> int:
-        """Bytes a node needs beyond its baseline for parts with these parameter bytes, these
-        layer working sets (the largest, or the parts' sum when ``activations_add_up``), and
-        these bytes received and sent per request."""
+    def need_bytes(
+        self, param_bytes: int, largest_part_bytes: int, activation_bytes: int, moved_bytes: int
+    ) -> int:
+        """Bytes a node needs beyond its baseline for parts with these parameter bytes (all,
+        and the largest part's), these layer working sets (the largest, or the parts' sum
+        when ``activations_add_up``), and these bytes received and sent per request."""
         return int(
             self.runtime_bytes
             + self.weights * param_bytes
+            + self.loading * largest_part_bytes
             + self.activations * activation_bytes
             + self.buffers * moved_bytes
         )
@@ -86,7 +96,12 @@ MEMORY_MODELS: dict[str, MemoryModel] = {
         activations_add_up=True,
     ),
     "keras": MemoryModel(
-        backend="keras", runtime_bytes=45 * _MIB, weights=2.55, activations=2.1, buffers=2.0
+        backend="keras",
+        runtime_bytes=31 * _MIB,
+        weights=1.51,
+        activations=2.86,
+        buffers=2.0,
+        loading=1.66,
     ),
 }
 

@@ -48,7 +48,14 @@ def ref_need(graph: CostGraph, a: int, b: int) -> int:
     layer = sum(each) if m.activations_add_up else max(each)
     moved = ref_send_bytes(graph, a, b) + ref_received(graph, set(range(a, b)))
     params = sum(op.param_bytes for op in graph.ops[a:b])
-    return int(m.runtime_bytes + m.weights * params + m.activations * layer + m.buffers * moved)
+    heaviest = max(op.param_bytes for op in graph.ops[a:b])
+    return int(
+        m.runtime_bytes
+        + m.weights * params
+        + m.loading * heaviest
+        + m.activations * layer
+        + m.buffers * moved
+    )
 
 
 def with_model(rng: random.Random, graph: CostGraph) -> CostGraph:
@@ -59,6 +66,7 @@ def with_model(rng: random.Random, graph: CostGraph) -> CostGraph:
         weights=rng.uniform(1.0, 3.0),
         activations=rng.uniform(1.0, 4.0),
         buffers=rng.uniform(0.0, 3.0),
+        loading=rng.choice([0.0, rng.uniform(0.0, 2.0)]),
         activations_add_up=rng.random() < 0.5,
     )
     ops = tuple(
@@ -112,9 +120,7 @@ def test_a_set_of_parts_counts_what_it_receives_and_sends_and_the_runtime_once()
     # parts 0 and 2 (an old plan's and a new one's): x in, t0 out; t1 in, y out
     moved = 4 * MIB + 2 * MIB + 1 * MIB + 8
     layers = (4 * MIB + 2 * MIB) + (1 * MIB + 8)  # LiteRT: each part's arena, added up
-    want = int(
-        m.runtime_bytes + m.weights * 150 * MIB + m.activations * layers + m.buffers * moved
-    )
+    want = int(m.runtime_bytes + m.weights * 150 * MIB + m.activations * layers + m.buffers * moved)
     assert parts_memory_bytes(graph, [2, 0, 0]) == want
     assert parts_memory_bytes(graph, []) == 0
     with pytest.raises(PlanError, match="not all among the 3 ops"):
@@ -136,13 +142,14 @@ def test_the_planner_gives_no_node_more_than_its_room_by_the_model() -> None:
 def test_backends_and_their_baselines() -> None:
     assert set(MEMORY_MODELS) == set(BASELINE_BYTES) == {"keras", "litert"}
     for backend, model in MEMORY_MODELS.items():
-        assert model.backend == backend and model.weights >= 2.0  # measured: never 1x
+        assert model.backend == backend and model.weights + model.loading >= 2.0  # never 1x
     assert room_bytes(100, 300) == 0  # a budget below the baseline leaves nothing
 
 
 def test_each_node_is_planned_with_its_own_backends_model() -> None:
     """A LiteRT node and a Keras node with the same room: only the LiteRT node holds the
-    part (Keras keeps 2.55x the weights, LiteRT 2.12x), whatever the graph's own model."""
+    part (Keras loads it at 1.51 + 1.66 x its weights, LiteRT keeps 2.12x), whatever the
+    graph's own model."""
     graph = dataclasses.replace(line([100 * MIB], [MIB, 4000]), memory=PLAIN)
     litert, keras = MEMORY_MODELS["litert"], MEMORY_MODELS["keras"]
     room = stage_memory_bytes(graph, 0, 1, litert)
