@@ -242,8 +242,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     lines = ["# Models bigger than one node: memory budgets in resident memory", "",
              f"Command: `{args.command}`", "", *machine_lines(), "",
              f"{args.model}, random weights (seed 0, logits), cut into {args.parts} parts of "
-             f"about equal weights per backend; {args.nodes} nodes on 127.0.0.1, each with the budget below; "
-             f"{args.requests} requests, 2 per node in flight.", ""]  # fmt: skip
+             f"about equal weights per backend; {args.nodes} nodes on 127.0.0.1, each with "
+             f"the budget below; {args.requests} requests, 2 per node in flight.", ""]  # fmt: skip
     for r in results:
         lines += [f"- **{r['backend']}**: budget {r['budget_bytes'] / MIB:.0f} MiB per node; "
                   f"weights {r['weights_bytes'] / MIB:.0f} MiB; the whole model would need "
