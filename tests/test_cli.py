@@ -162,6 +162,18 @@ def test_split_command_end_to_end(small_model: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.tf
+def test_a_litert_split_checks_the_part_files_it_wrote(small_model: Path, tmp_path: Path) -> None:
+    out = _edgenode(
+        "split", "--model", str(small_model), "--parts", "3", "--format", "litert",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    found = re.search(r"chained LiteRT part files vs whole model: max abs diff (\S+)", out.stdout)
+    assert found, out.stdout
+    assert float(found[1]) < 1e-4
+
+
+@pytest.mark.tf
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,14 +126,17 @@ def run_parts(
     *,
     outputs: Sequence[str],
     tiles: TileSpec | None = None,
+    runners: Sequence[Callable[[Mapping[str, np.ndarray]], Mapping[str, Any]]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Chain ``parts`` on named model inputs (cutting the row slices of ``tiles`` where
-    their sources are made); return the named ``outputs``."""
+    their sources are made); return the named ``outputs``. ``runners``: one per part, run
+    instead of its Keras sub-model."""
     values: dict[str, Any] = dict(inputs)
     values.update(row_slices(tiles, values))
-    for part in parts:
+    for i, part in enumerate(parts):
         feed = {name: values[name] for name in part.inputs}
-        result = {name: np.asarray(t) for name, t in part.model(feed, training=False).items()}
+        raw = runners[i](feed) if runners is not None else part.model(feed, training=False)
+        result = {name: np.asarray(t) for name, t in raw.items()}
         values.update(result)
         values.update(row_slices(tiles, result))
     return {name: values[name] for name in outputs}

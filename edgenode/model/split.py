@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,14 +335,23 @@ class ChainCheck:
     diff: float  # largest max abs diff over the inputs and the final outputs
     spread: float  # smallest max abs diff between two inputs' whole-model outputs
     moves: bool  # whether the outputs move with the input by far more than the tolerance
+    scale: float = 0.0  # the largest magnitude in the whole model's outputs
 
 
 def verify_chain(
-    result: SplitResult, *, tolerance: float, seed: int = 0, inputs: int = 2
+    result: SplitResult,
+    *,
+    tolerance: float,
+    seed: int = 0,
+    inputs: int = 2,
+    runners: Sequence[Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]]
+    | None = None,
 ) -> ChainCheck:
     """Chained parts against the whole model on ``inputs`` random inputs (edgenode.verify
     decides). ``moves`` is False when the model answers (nearly) the same whatever the
-    input: then "equal" would also hold for a wrong chain, and the caller should say so."""
+    input: then "equal" would also hold for a wrong chain, and the caller should say so.
+    ``runners``: one per part, what runs it instead of its Keras sub-model (the part files
+    as exported, e.g. LiteRT)."""
     from edgenode.errors import VacuousReference
     from edgenode.model.slicing import run_model
     from edgenode.verify import ReferenceSet, max_abs_diff
@@ -361,11 +370,15 @@ def verify_chain(
         {n: v for n, v in run_model(graph, b).items() if n in graph.outputs} for b in batches
     ]
     tiles = result.manifest.tiles
-    answers = [run_parts(result.parts, b, outputs=graph.outputs, tiles=tiles) for b in batches]
+    answers = [
+        run_parts(result.parts, b, outputs=graph.outputs, tiles=tiles, runners=runners)
+        for b in batches
+    ]
     diff = max(max_abs_diff(r, a) for r, a in zip(references, answers, strict=True))
+    scale = max(float(np.abs(v).max(initial=0.0)) for r in references for v in r.values())
     try:
         spread = ReferenceSet(references, tolerance=tolerance).spread()
     except VacuousReference:
         pairs = [(a, b) for i, a in enumerate(references) for b in references[i + 1 :]]
-        return ChainCheck(diff, min(max_abs_diff(a, b) for a, b in pairs), moves=False)
-    return ChainCheck(diff, spread, moves=True)
+        return ChainCheck(diff, min(max_abs_diff(a, b) for a, b in pairs), False, scale)
+    return ChainCheck(diff, spread, True, scale)

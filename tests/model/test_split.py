@@ -109,6 +109,16 @@ def test_litert_split(tmp_path: Path) -> None:
         assert set(runner.inputs) == {t.name for t in spec.inputs}
     keras = split_model(model, tmp_path / "keras", parts=3).manifest
     assert keras.identity == result.manifest.identity  # keras and litert nodes can mix
+    # the files as written, chained, against the whole model; a wrong part is caught
+    runners = [LiteRTPart(tmp_path / spec.file) for spec in result.manifest.parts]
+    check = verify_chain(result, tolerance=KERAS_TOLERANCE, runners=runners)
+    assert check.moves and check.diff < 1e-4 * max(1.0, check.scale)
+
+    def off(feed):
+        return {k: v * 1.01 for k, v in runners[1](feed).items()}
+
+    wrong = verify_chain(result, tolerance=KERAS_TOLERANCE, runners=[runners[0], off, runners[2]])
+    assert wrong.diff > 100 * check.diff + 1e-4 * check.scale
 
 
 @pytest.mark.parametrize("method", ["balanced", "narrow", "even"])
