@@ -259,7 +259,8 @@ def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         within = all(v[1] for v in mine)
         lines += [f"Targets, {backend}: no node above its budget: "
                   f"**{'met' if under else 'NOT met'}**; prediction within "
-                  f"{TARGET_ERROR:.0%} of the peak: **{'met' if within else 'NOT met'}**.", ""]  # fmt: skip
+                  f"{TARGET_ERROR:.0%} of the peak: **{'met' if within else 'NOT met'}**.",
+                  ""]  # fmt: skip
     return "\n".join(lines)
 
 
