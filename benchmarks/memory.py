@@ -56,7 +56,11 @@ def weight_cuts(model: Any, parts: int) -> list[int]:
     from edgenode.model.graph import build_graph
 
     prefix = np.cumsum([s.param_bytes for s in graph_stats(build_graph(model))])
-    return [int(np.searchsorted(prefix, prefix[-1] * k / parts)) + 1 for k in range(1, parts)]
+    cuts: list[int] = []
+    for k in range(1, parts):  # distinct, increasing, each part at least one op
+        at = int(np.searchsorted(prefix, prefix[-1] * k / parts)) + 1
+        cuts.append(min(max(at, cuts[-1] + 1 if cuts else 1), len(prefix) - (parts - k)))
+    return cuts
 
 
 def split(model: Any, name: str, parts: int, fmt: str, work: Path) -> Path:
@@ -143,6 +147,11 @@ async def run_backend(
     args: argparse.Namespace, backend: str, directory: Path, inputs: list[dict[str, np.ndarray]]
 ) -> dict[str, Any]:
     budget = choose_budget(directory, backend, args.nodes)
+    if budget["one_node_needs_bytes"] <= budget["budget_bytes"]:
+        sys.exit(
+            f"memory.py: {args.model} fits one {backend} node with the budget {args.nodes} "
+            f"nodes need ({budget['budget_bytes'] / MIB:.0f} MiB): choose a bigger model"
+        )
     say(
         f"{backend}: budget {budget['budget_bytes'] / MIB:.0f} MiB per node; the whole model "
         f"would need {budget['one_node_needs_bytes'] / MIB:.0f} MiB on one node; weights "
