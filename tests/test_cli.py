@@ -243,6 +243,28 @@ def test_plan_and_profile(small_model: Path, tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.tf
+def test_plan_prices_memory_with_the_backends_model(small_model: Path, capsys) -> None:
+    """Each stage's predicted resident memory: the backend's baseline plus its need by the
+    backend's memory model; a budget below the baseline holds nothing (one line, exit 1)."""
+    from edgenode.planning import BASELINE_BYTES
+
+    plan = ["plan", "--model", str(small_model), "--nodes", "2", "--gflops", "2", "--json"]
+    found = {}
+    for backend in ("keras", "litert"):
+        assert main([*plan, "--backend", backend, "--node-memory", "4GiB"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert (data["backend"], data["baseline_bytes"]) == (backend, BASELINE_BYTES[backend])
+        found[backend] = [
+            s["predicted_memory_bytes"] - data["baseline_bytes"] for s in data["stages"]
+        ]
+        assert all(need > 0 for need in found[backend])
+    assert found["keras"] != found["litert"]  # each backend's own model
+    assert main([*plan, "--backend", "litert", "--node-memory", "64MiB"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "holds 0 bytes for parts" in err.splitlines()[-1]
+
+
+@pytest.mark.tf
 def test_plan_counts_the_wire_formats_bytes_per_hop(small_model: Path, capsys) -> None:
     """Between parts a float32 tensor costs half as float16 and a quarter (plus its scale and
     zero point) as int8; the model's input and its answer stay exact; `plan` says which."""
