@@ -140,6 +140,7 @@ def parse_manifest(data: Any) -> Manifest:
                 flops=_field(p, "flops", int, where),
                 param_bytes=_field(p, "param_bytes", int, where),
                 activation_bytes=_optional_size(p, "activation_bytes", where),
+                largest_weight_bytes=_optional_size(p, "largest_weight_bytes", where),
             )
         )
     manifest = Manifest(

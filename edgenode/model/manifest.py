@@ -140,6 +140,7 @@ class PartSpec:
     # The largest working set of one layer in the part (every tensor it reads and writes),
     # for the memory model (planning.memory); 0 when the manifest does not say (older ones).
     activation_bytes: int = 0
+    largest_weight_bytes: int = 0  # its largest single weight tensor (0: not said)
 
     @property
     def format(self) -> str:
@@ -280,6 +281,11 @@ class Manifest:
                     "param_bytes": p.param_bytes,
                     # Only when recorded: an older manifest keeps its identity.
                     **({"activation_bytes": p.activation_bytes} if p.activation_bytes else {}),
+                    **(
+                        {"largest_weight_bytes": p.largest_weight_bytes}
+                        if p.largest_weight_bytes
+                        else {}
+                    ),
                 }
                 for p in self.parts
             ],
@@ -365,6 +371,7 @@ class Manifest:
                     work=float(p.flops),
                     param_bytes=p.param_bytes,
                     activation_bytes=p.activation_bytes,
+                    largest_weight_bytes=p.largest_weight_bytes,
                 )
                 for p in self.parts
             ),

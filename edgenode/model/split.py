@@ -171,11 +171,14 @@ def _spec(graph: LayerGraph, name: str) -> TensorSpec:
     return TensorSpec(name=name, shape=t.shape, dtype=t.dtype)
 
 
+def _weight_sizes(model: Any) -> list[int]:
+    return [
+        int(np.prod(w.shape, dtype=np.int64)) * np.dtype(w.dtype).itemsize for w in model.weights
+    ]
+
+
 def _unique_weight_bytes(model: Any) -> int:
-    total = 0
-    for w in model.weights:
-        total += int(np.prod(w.shape, dtype=np.int64)) * np.dtype(w.dtype).itemsize
-    return total
+    return sum(_weight_sizes(model))
 
 
 def _prepare_directory(out: Path) -> None:
@@ -288,6 +291,7 @@ def split_model(
                     flops=sum(s.flops for s in ops),
                     param_bytes=_unique_weight_bytes(part.model),
                     activation_bytes=max(working[part.start : part.stop], default=0),
+                    largest_weight_bytes=max(_weight_sizes(part.model), default=0),
                 )
             specs.append(spec)
         manifest = Manifest(
@@ -344,8 +348,7 @@ def verify_chain(
     tolerance: float,
     seed: int = 0,
     inputs: int = 2,
-    runners: Sequence[Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]]
-    | None = None,
+    runners: Sequence[Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]] | None = None,
 ) -> ChainCheck:
     """Chained parts against the whole model on ``inputs`` random inputs (edgenode.verify
     decides). ``moves`` is False when the model answers (nearly) the same whatever the

@@ -78,6 +78,14 @@ class OpCost:
     # The largest working set of one layer inside the op (an op that is a whole part of a
     # cut model); 0: the op is one layer, its working set is its own tensors.
     activation_bytes: int = 0
+    # Its largest single weight tensor; 0: not known, its param_bytes stand in (an upper
+    # bound).
+    largest_weight_bytes: int = 0
+
+    @property
+    def heaviest_weight_bytes(self) -> int:
+        """Its largest weight tensor, or its parameters where that is not known."""
+        return self.largest_weight_bytes or self.param_bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,7 +196,7 @@ class CostTables:
     send_bytes: NDArray[np.int64]
     largest_bytes: NDArray[np.int64]  # the largest layer working set in the part
     summed_bytes: NDArray[np.int64]  # the ops' largest layer working sets, added up
-    largest_params: NDArray[np.int64]  # the parameter bytes of the part's largest op
+    largest_weights: NDArray[np.int64]  # the part's largest weight tensor
     moved_bytes: NDArray[np.int64]  # what the part receives and sends per request
     memory: MemoryModel  # the graph's, for nodes that name none
     _memory_tables: dict[MemoryModel, NDArray[np.int64]]
@@ -204,7 +212,7 @@ class CostTables:
             # need_bytes' arithmetic in its order, for every part at once (int() truncates
             # as astype does)
             need = model.runtime_bytes + model.weights * params
-            need += model.loading * self.largest_params
+            need += model.loading * self.largest_weights
             layers = self.summed_bytes if model.activations_add_up else self.largest_bytes
             need += model.activations * layers
             need += model.buffers * self.moved_bytes
@@ -224,8 +232,8 @@ def check_graph(graph: CostGraph) -> None:
             raise PlanError(f"op {op.name!r} has work {op.work!r}; need a finite value >= 0")
         if op.param_bytes < 0:
             raise PlanError(f"op {op.name!r} has negative param_bytes {op.param_bytes}")
-        if op.activation_bytes < 0:
-            raise PlanError(f"op {op.name!r} has negative activation_bytes {op.activation_bytes}")
+        if op.activation_bytes < 0 or op.largest_weight_bytes < 0:
+            raise PlanError(f"op {op.name!r} has a negative activation or weight size")
     for t in graph.tensors:
         if not -1 <= t.producer < n:
             raise PlanError(f"tensor {t.name!r} has producer {t.producer} outside -1..{n - 1}")
@@ -351,8 +359,9 @@ def parts_memory_bytes(
     layers = _activations(graph, _working_sets(graph))[held]
     model = model or graph.memory
     layer_bytes = int(layers.sum()) if model.activations_add_up else int(layers.max())
-    params = [graph.ops[i].param_bytes for i in held]
-    return model.need_bytes(sum(params), max(params), layer_bytes, moved)
+    params = sum(graph.ops[i].param_bytes for i in held)
+    heaviest = max(graph.ops[i].heaviest_weight_bytes for i in held)
+    return model.need_bytes(params, heaviest, layer_bytes, moved)
 
 
 def _working_sets(graph: CostGraph) -> NDArray[np.int64]:
@@ -433,10 +442,10 @@ def build_tables(graph: CostGraph) -> CostTables:
     layers = _activations(graph, _working_sets(graph))
     largest = np.zeros((n + 1, n + 1), dtype=np.int64)
     heaviest = np.zeros((n + 1, n + 1), dtype=np.int64)
-    own_params = np.array([op.param_bytes for op in graph.ops], dtype=np.int64)
+    own_weights = np.array([op.heaviest_weight_bytes for op in graph.ops], dtype=np.int64)
     for a in range(n):
         largest[a, a + 1 :] = np.maximum.accumulate(layers[a:])
-        heaviest[a, a + 1 :] = np.maximum.accumulate(own_params[a:])
+        heaviest[a, a + 1 :] = np.maximum.accumulate(own_weights[a:])
     layer_prefix = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(layers, dtype=np.int64, out=layer_prefix[1:])
     return CostTables(
@@ -446,7 +455,7 @@ def build_tables(graph: CostGraph) -> CostTables:
         send_bytes=send,
         largest_bytes=largest,
         summed_bytes=layer_prefix[None, :] - layer_prefix[:, None],
-        largest_params=heaviest,
+        largest_weights=heaviest,
         moved_bytes=moved,
         memory=graph.memory,
         _memory_tables={},

@@ -2,7 +2,7 @@
 
 A node's resident memory (VmRSS, and its peak VmHWM) is
 
-    baseline + runtime + weights * P + loading * L + activations * A + buffers * B
+    baseline + runtime + weights * P + loading * W + activations * A + buffers * B
 
 - **baseline**: what the node holds before any part: Python, gRPC, numpy and the backend's
   library once imported. Each node measures its own at start-up and advertises it
@@ -12,11 +12,13 @@ A node's resident memory (VmRSS, and its peak VmHWM) is
   XNNPACK delegate and thread pool; TensorFlow's eager context, kernels and allocator).
 - **weights** x P, the parts' parameter bytes. LiteRT maps each ``.tflite`` file (its pages
   all become resident on the first run) and XNNPACK packs a second, anonymous copy of the
-  weights: about 2.1 P. Keras holds the weights as tensors plus what loading leaves behind,
-  with a short-lived peak while a part loads: about 2.55 P at the peak.
-- **loading** x L, the largest part's parameter bytes: what loading a part holds for a
-  moment beside its weights. Keras reads the file into memory and builds the variables from
-  it (about 1.66 L at the peak); LiteRT maps the file (0).
+  weights: about 2.1 P. Keras holds the weights as tensors plus what loading leaves behind:
+  about 1.7 P.
+- **loading** x W, the largest single weight tensor of the parts
+  (``OpCost.largest_weight_bytes``): Keras passes each variable through several copies
+  while it loads a part, and the largest sets the peak (about 9.8 W: ConvNeXtLarge's last
+  part, with 36 MiB matrices, peaked 250 MiB above the others of the same size); LiteRT
+  maps the file (0).
 - **activations** x A: from the largest working set of one layer of a part (every tensor
   that layer reads and writes; ``OpCost.activation_bytes``). LiteRT keeps an arena per part
   (its interpreter's and XNNPACK's), so the parts' working sets add up (about 3.3 x each);
@@ -27,13 +29,13 @@ A node's resident memory (VmRSS, and its peak VmHWM) is
 
 The coefficients were fitted to the VmHWM of real nodes serving MobileNetV2, ResNet50 and
 EfficientNetB3 in 1 to 4 parts of each backend, 20 requests each (LiteRT: typical error
-6 MiB, worst 14 MiB). ``benchmarks/memory.py`` on ConvNeXtLarge (12 parts, 3 nodes) showed
-two things the small models hid: LiteRT's arenas add up across a node's parts (a node with
-five parts held 50-70 MiB more than the largest arena alone explains; the summed form
-predicts those nodes within 2 %, and over-predicts the small models' multi-part nodes by
-up to 18 %: the safe side), and a Keras node's peak is its largest part's load, not 2.55x
-its weights (the old form was 5-20 % off). Keras' coefficients are refitted on both sets
-(worst error 26 MiB, 3.7 %); ``benchmarks/memory.py`` checks them on a model outside it.
+6 MiB, worst 14 MiB). ``benchmarks/memory.py`` on ConvNeXtLarge and ConvNeXtBase showed
+what the small models hid: LiteRT's arenas add up across a node's parts (a node with five
+parts held 50-70 MiB more than the largest arena alone explains; the summed form predicts
+those nodes within 2 %, and over-predicts the small models' multi-part nodes by up to 18 %:
+the safe side), and a Keras node's peak follows its largest weight tensor (a form in the
+parameters and the largest part was 20-26 % off). Keras' coefficients are fitted on all of
+those nodes (26 of them; worst error 50 MiB, 4.5 %).
 The planner gives a node parts whose need fits its budget less its baseline
 (``room_bytes``).
 """
@@ -68,15 +70,15 @@ class MemoryModel:
     activations_add_up: bool = False
 
     def need_bytes(
-        self, param_bytes: int, largest_part_bytes: int, activation_bytes: int, moved_bytes: int
+        self, param_bytes: int, largest_weight_bytes: int, activation_bytes: int, moved_bytes: int
     ) -> int:
-        """Bytes a node needs beyond its baseline for parts with these parameter bytes (all,
-        and the largest part's), these layer working sets (the largest, or the parts' sum
-        when ``activations_add_up``), and these bytes received and sent per request."""
+        """Bytes a node needs beyond its baseline for parts with these parameter bytes, this
+        largest weight tensor, these layer working sets (the largest, or the parts' sum when
+        ``activations_add_up``), and these bytes received and sent per request."""
         return int(
             self.runtime_bytes
             + self.weights * param_bytes
-            + self.loading * largest_part_bytes
+            + self.loading * largest_weight_bytes
             + self.activations * activation_bytes
             + self.buffers * moved_bytes
         )
@@ -97,11 +99,11 @@ MEMORY_MODELS: dict[str, MemoryModel] = {
     ),
     "keras": MemoryModel(
         backend="keras",
-        runtime_bytes=31 * _MIB,
-        weights=1.51,
-        activations=2.86,
+        runtime_bytes=23 * _MIB,
+        weights=1.71,
+        activations=2.75,
         buffers=2.0,
-        loading=1.66,
+        loading=9.77,
     ),
 }
 

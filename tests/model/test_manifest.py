@@ -99,6 +99,7 @@ def _broken(mutate) -> dict:
         (lambda d: d["model"].update(preprocess="../x"), "not a preprocessing family"),
         (lambda d: d["parts"][0].update(activation_bytes=-1), r"parts\[0\]\.activation_bytes"),
         (lambda d: d["parts"][0].update(activation_bytes="x"), r"activation_bytes: expected int"),
+        (lambda d: d["parts"][1].update(largest_weight_bytes=-3), r"largest_weight_bytes"),
     ],
 )
 def test_invalid_manifests_name_the_field(mutate, message: str) -> None:
@@ -247,8 +248,10 @@ def test_layer_working_sets_travel_in_the_manifest_and_its_cost_graph() -> None:
     assert "activation_bytes" not in plain.to_json()["parts"][0]
     data = _sample()
     data["parts"][0]["activation_bytes"] = 5 * 2**20
+    data["parts"][0]["largest_weight_bytes"] = 40
     recorded = Manifest.from_json(data)
     assert recorded.parts[0].activation_bytes == 5 * 2**20
+    assert recorded.parts[0].largest_weight_bytes == 40
     assert Manifest.from_json(recorded.to_json()) == recorded
     assert recorded.identity != plain.identity  # nodes would plan differently
     graph = recorded.cost_graph()
@@ -256,6 +259,7 @@ def test_layer_working_sets_travel_in_the_manifest_and_its_cost_graph() -> None:
     # each with its own backend's model (NodeSpec.memory).
     assert graph.memory is PLAIN
     assert graph.ops[0].activation_bytes == 5 * 2**20
+    assert (graph.ops[0].heaviest_weight_bytes, graph.ops[1].heaviest_weight_bytes) == (40, 32)
     litert = MEMORY_MODELS["litert"]
     assert stage_memory_bytes(graph, 0, 1, litert) > stage_memory_bytes(
         plain.cost_graph(), 0, 1, litert

@@ -39,6 +39,7 @@ def test_split_writes_parts_and_a_consistent_manifest(tmp_path: Path) -> None:
         max(working[p.start : p.stop]) for p in manifest.parts
     ]
     assert all(p.activation_bytes > 0 for p in manifest.parts)
+    assert all(0 < p.largest_weight_bytes <= p.param_bytes for p in manifest.parts)
     check = verify_chain(result, tolerance=KERAS_TOLERANCE)
     assert check.moves and check.diff == 0.0 and check.spread > 100 * KERAS_TOLERANCE
     # the check bites: the same parts judged against another model's answers
