@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,82 @@ def check_profile(args: argparse.Namespace) -> None:
     folder = Path(args.out).parent
     if not folder.is_dir():
         raise UsageError(f"--out {args.out}: no folder {folder}")
+
+
+DEFAULT_NODE_MEMORY = "4GiB"  # the memory budget `plan` assumes for each node
+
+
+def add_plan_command(
+    sub: Any, add_model_arguments: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """The `plan` subcommand's parser (``sub``: the command line's subparsers)."""
+    from edgenode._cli_args import node_speeds, non_negative_float, positive_int, size
+    from edgenode.defaults import HOP_LATENCY_MS, LINK_MBPS
+    from edgenode.model.manifest import DEFAULT_WIRE_FORMAT, WIRE_FORMATS
+
+    plan = sub.add_parser(
+        "plan",
+        help="show how a model would be balanced over nodes",
+        description="Balance a model over nodes: contiguous parts minimising the slowest "
+        "stage (compute + sending its outputs), and print the plan as a table.",
+    )
+    add_model_arguments(plan)
+    plan.add_argument(
+        "--nodes",
+        type=node_speeds,
+        required=True,
+        metavar="N|S,S,...",
+        help="number of equal nodes, or their relative speeds (1,1,2)",
+    )
+    plan.add_argument(
+        "--gflops", type=float, help="speed of a unit node in GFLOP/s (default: measure here)"
+    )
+    plan.add_argument("--profile", metavar="FILE", help="per-op latencies from `edgenode profile`")
+    plan.add_argument(
+        "--node-memory",
+        type=size,
+        default=DEFAULT_NODE_MEMORY,  # a string default goes through type= like an argument
+        metavar="SIZE",
+        help="each node's memory budget (node.memory_budget); a node gets parts that fit it "
+        "less the backend's baseline",
+    )
+    plan.add_argument(
+        "--backend",
+        choices=("keras", "litert"),
+        default="keras",
+        help="what the nodes run parts on: its memory model prices each stage",
+    )
+    plan.add_argument(
+        "--bandwidth",
+        type=size,
+        default=f"{LINK_MBPS / 8:g}MB",  # gigabit Ethernet
+        metavar="BYTES_PER_S",
+        help="link bandwidth per second; the default is gigabit Ethernet",
+    )
+    plan.add_argument(
+        "--hop-latency-ms",
+        type=non_negative_float,
+        default=HOP_LATENCY_MS,
+        metavar="MS",
+        help="fixed cost of a hop",
+    )
+    plan.add_argument(
+        "--wire-format",
+        choices=WIRE_FORMATS,
+        default=DEFAULT_WIRE_FORMAT,
+        help="how tensors travel between parts (as `split --wire-format`): the bytes per hop",
+    )
+    plan.add_argument("--max-parts", type=positive_int, help="at most this many parts")
+    plan.add_argument(
+        "--spatial",
+        type=positive_int,
+        metavar="N",
+        help="also price a spatial plan of N stripes (`split --spatial N`) on these nodes "
+        "and say which answers one request sooner",
+    )
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.add_argument("--threads", type=positive_int, default=1, help="TensorFlow threads")
+    plan.set_defaults(needs_tensorflow=True, check=check_plan, func=cmd_plan)
 
 
 def check_plan(args: argparse.Namespace) -> None:

@@ -12,12 +12,10 @@ from edgenode import __version__
 from edgenode._cli_args import (
     Parser,
     int_list,
-    node_speeds,
     non_negative_float,
     positive_float,
     positive_int,
     shape,
-    size,
 )
 from edgenode._cli_cluster import DEFAULT_KEY, cmd_run
 from edgenode._cli_common import (
@@ -32,10 +30,9 @@ from edgenode._cli_infer import cmd_infer
 from edgenode._cli_keygen import cmd_keygen
 from edgenode._cli_logging import add_log_arguments, configure_logging
 from edgenode._cli_model import (
-    check_plan,
+    add_plan_command,
     check_profile,
     check_split,
-    cmd_plan,
     cmd_profile,
     cmd_split,
 )
@@ -57,7 +54,6 @@ DEFAULT_SEED = 0  # edgenode.model.loading
 DEFAULT_PROFILE_RUNS = 20  # edgenode.model.profile.DEFAULT_RUNS
 DEFAULT_PROFILE_SEGMENTS = 16  # edgenode.model.profile.DEFAULT_SEGMENTS
 DEFAULT_CREDENTIAL_DAYS = 3650  # edgenode.security.DEFAULT_DAYS
-DEFAULT_NODE_MEMORY = "4GiB"  # the memory budget `plan` assumes for each node
 
 _Parser = Parser  # the parser class of every command, by its former name (tests/test_cli.py)
 
@@ -196,69 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     split.set_defaults(needs_tensorflow=True, check=check_split, func=cmd_split)
 
-    plan = sub.add_parser(
-        "plan",
-        help="show how a model would be balanced over nodes",
-        description="Balance a model over nodes: contiguous parts minimising the slowest "
-        "stage (compute + sending its outputs), and print the plan as a table.",
-    )
-    _add_model_arguments(plan)
-    plan.add_argument(
-        "--nodes",
-        type=node_speeds,
-        required=True,
-        metavar="N|S,S,...",
-        help="number of equal nodes, or their relative speeds (1,1,2)",
-    )
-    plan.add_argument(
-        "--gflops", type=float, help="speed of a unit node in GFLOP/s (default: measure here)"
-    )
-    plan.add_argument("--profile", metavar="FILE", help="per-op latencies from `edgenode profile`")
-    plan.add_argument(
-        "--node-memory",
-        type=size,
-        default=DEFAULT_NODE_MEMORY,  # a string default goes through type= like an argument
-        metavar="SIZE",
-        help="each node's memory budget (node.memory_budget); a node gets parts that fit it "
-        "less the backend's baseline",
-    )
-    plan.add_argument(
-        "--backend",
-        choices=("keras", "litert"),
-        default="keras",
-        help="what the nodes run parts on: its memory model prices each stage",
-    )
-    plan.add_argument(
-        "--bandwidth",
-        type=size,
-        default=f"{DEFAULT_LINK_MBPS / 8:g}MB",  # gigabit Ethernet
-        metavar="BYTES_PER_S",
-        help="link bandwidth per second; the default is gigabit Ethernet",
-    )
-    plan.add_argument(
-        "--hop-latency-ms",
-        type=non_negative_float,
-        default=DEFAULT_HOP_LATENCY_MS,
-        metavar="MS",
-        help="fixed cost of a hop",
-    )
-    plan.add_argument(
-        "--wire-format",
-        choices=WIRE_FORMATS,
-        default=DEFAULT_WIRE_FORMAT,
-        help="how tensors travel between parts (as `split --wire-format`): the bytes per hop",
-    )
-    plan.add_argument("--max-parts", type=positive_int, help="at most this many parts")
-    plan.add_argument(
-        "--spatial",
-        type=positive_int,
-        metavar="N",
-        help="also price a spatial plan of N stripes (`split --spatial N`) on these nodes "
-        "and say which answers one request sooner",
-    )
-    plan.add_argument("--json", action="store_true", help="machine-readable output")
-    plan.add_argument("--threads", type=positive_int, default=1, help="TensorFlow threads")
-    plan.set_defaults(needs_tensorflow=True, check=check_plan, func=cmd_plan)
+    add_plan_command(sub, _add_model_arguments)
 
     prof = sub.add_parser(
         "profile",
