@@ -123,14 +123,11 @@ def photo_inputs(side: int) -> list[np.ndarray]:
     ]
 
 
-def proc_memory(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process in bytes."""
-    found = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            found[key] = int(value.split()[0]) * 1024
-    return found["VmRSS"], found["VmHWM"]
+def node_memory(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a node process (ours), read as the node reads its own."""
+    from edgenode.runtime.selfbench import process_memory_bytes
+
+    return process_memory_bytes(Path(f"/proc/{pid}/status").read_text())
 
 
 def config(path: Path, cluster: str, backend: str, budget: int) -> Path:
@@ -205,7 +202,7 @@ async def run_backend(
         for node in cluster.nodes:
             st = await client.status(node.address)
             assert st is not None
-            rss, hwm = proc_memory(node.process.pid)
+            rss, hwm = node_memory(node.process.pid)
             rows.append({
                 "node": node.name, "parts": sorted(st.parts),
                 "budget_bytes": st.node.capacity.memory_bytes,
