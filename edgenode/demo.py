@@ -86,7 +86,7 @@ async def local_cluster(
 
     # The nodes share this machine: one measurement, the same score for all, so the
     # plan does not depend on which node happened to benchmark while another started.
-    backend = load_manifest(model_dir).parts[0].format  # what the nodes will run
+    backend = load_manifest(model_dir).backend  # what the nodes will run
     speed_gflops = measure_speed(backend=backend) / 1e9
     config = workdir / "node.toml"
     security = f'key = "{key}"' if key is not None else "insecure = true"

@@ -248,7 +248,7 @@ class Node:
             # A file left by a killed run must not announce this one's address early.
             _remove_ready_file(self._ready_file)
         manifest, directory = await asyncio.to_thread(prepare_model, config.model, self._state_dir)
-        backend = manifest.parts[0].format  # what the parts run on (prepare_model converted)
+        backend = manifest.backend  # what the parts run on (prepare_model converted)
         speed = config.node.speed_gflops * 1e9 or await asyncio.to_thread(
             measure_speed, backend=backend
         )
@@ -464,7 +464,7 @@ class Node:
                 memory_bytes=memory_budget_bytes(config.node.memory_budget_bytes),
                 link_bytes_per_s=config.node.link_mbps * 1e6 / 8,  # 0: measured later
                 baseline_bytes=baseline,
-                backend=manifest.parts[0].format,
+                backend=manifest.backend,
             ),
             incarnation=new_incarnation(),
             started_ms=time.time_ns() // 1_000_000,

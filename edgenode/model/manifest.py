@@ -340,6 +340,12 @@ class Manifest:
         path.write_text(self.dumps())
         return path
 
+    @property
+    def backend(self) -> str:
+        """What these part files run on, ``keras`` or ``litert`` (a split writes one
+        format; the identity leaves it out, so nodes of both can share a cluster)."""
+        return self.parts[0].format
+
     def cost_graph(self) -> CostGraph:
         """The planner's view of the parts: each part is one op, boundary tensors link them
         (``split.layer_cost_graph`` is the finer view, one op per layer, used to choose cuts).

@@ -127,7 +127,7 @@ class PartHost:
         # (the node keeps serving) when they would.
         self._memory_bytes = memory_bytes
         self._graph = manifest.cost_graph()
-        self._memory = MEMORY_MODELS.get(manifest.parts[0].format)  # this node's backend
+        self._memory = MEMORY_MODELS.get(manifest.backend)  # this node's backend
         self._directory = directory
         self._factory: RunnerFactory = factory or (
             lambda spec, d: load_runner(spec, d, threads=threads)
